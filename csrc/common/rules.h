@@ -1,0 +1,125 @@
+// The update rules of ALGORITHMS.md §2, written once. Each rule is
+//   direction(g, state, hyper, per_tensor) -> d
+// on a value type V (float, double, a SIMD vector, a CUDA register) with scalars of type S, and
+// updates its state in place. The surrounding pipeline (pipeline.h) handles AMP, maximize, weight decay
+// and the final apply. Per-tensor scalars (bias corrections, warm-ups) are computed once per tensor in
+// double by the *_tensor_scalars functions below, on the host (CPU) or on the device (CUDA).
+//
+// Include order matters: the vector overloads of sqrt/max must be declared before this header.
+#pragma once
+#include "config.h"
+#include "hyper.h"
+#include "math.h"
+
+GF_CODE_BEGIN
+
+// ---- PersistentSGD ---------------------------------------------------------------------------------
+// buf = decay·buf + (1-dampening)·g;  d = g + decay·buf (nesterov) or buf.
+template <bool kNesterov>
+struct PersistentSgdRule {
+  static constexpr int kNumStates = 1;
+  template <class S> using Hyper = SgdHyper<S>;
+  template <class S> using TensorScalars = SgdTensorScalars<S>;
+
+  template <class V, class S>
+  GF_HD static V direction(V g, V* state, const SgdHyper<S>& h, const SgdTensorScalars<S>&) {
+    V& buf = state[0];
+    buf = h.decay * buf + h.one_minus_dampening * g;
+    if constexpr (kNesterov) return g + h.decay * buf;
+    return buf;
+  }
+};
+GF_HD SgdTensorScalars<double> sgd_tensor_scalars(double /*t*/, const SgdHyper<double>&) { return {}; }
+
+// ---- Adam / AdamW ------------------------------------------------------------------------------------
+// m = β1 m + (1-β1) g;  v = β2 v + (1-β2) g²;  v̂ = max(v̂, v) (amsgrad);  d = (m/bc1) / (sqrt(v̂)/sqrt(bc2) + eps)
+template <bool kAmsgrad>
+struct AdamRule {
+  static constexpr int kNumStates = kAmsgrad ? 3 : 2;
+  template <class S> using Hyper = AdamHyper<S>;
+  template <class S> using TensorScalars = AdamTensorScalars<S>;
+
+  template <class V, class S>
+  GF_HD static V direction(V g, V* state, const AdamHyper<S>& h, const AdamTensorScalars<S>& t) {
+    V& m = state[0];
+    V& v = state[1];
+    m = h.beta1 * m + (S(1) - h.beta1) * g;
+    v = h.beta2 * v + (S(1) - h.beta2) * g * g;
+    V v_hat = v;
+    if constexpr (kAmsgrad) {
+      state[2] = max(state[2], v);
+      v_hat = state[2];
+    }
+    return (m * t.inv_bc1) / (sqrt(v_hat) * t.inv_sqrt_bc2 + h.eps);
+  }
+};
+GF_HD AdamTensorScalars<double> adam_tensor_scalars(double t, const AdamHyper<double>& h) {
+  return {1.0 / (1.0 - ::pow(h.beta1, t)), 1.0 / ::sqrt(1.0 - ::pow(h.beta2, t))};
+}
+
+// ---- RAdam ---------------------------------------------------------------------------------------------
+// m, v as Adam; m̂ = m/bc1; rectified (ρt > 5): d = m̂ · r · sqrt(bc2) / (sqrt(v) + eps), else d = m̂.
+template <bool /*unused: RAdam has no variant*/>
+struct RAdamRule {
+  static constexpr int kNumStates = 2;
+  template <class S> using Hyper = AdamHyper<S>;
+  template <class S> using TensorScalars = RAdamTensorScalars<S>;
+
+  template <class V, class S>
+  GF_HD static V direction(V g, V* state, const AdamHyper<S>& h, const RAdamTensorScalars<S>& t) {
+    V& m = state[0];
+    V& v = state[1];
+    m = h.beta1 * m + (S(1) - h.beta1) * g;
+    v = h.beta2 * v + (S(1) - h.beta2) * g * g;
+    V m_hat = m * t.inv_bc1;
+    if (t.rectified) return m_hat * t.rect_factor / (sqrt(v) + h.eps);
+    return m_hat;
+  }
+};
+GF_HD RAdamTensorScalars<double> radam_tensor_scalars(double t, const AdamHyper<double>& h) {
+  const double bc1 = 1.0 - ::pow(h.beta1, t);
+  const double bc2 = 1.0 - ::pow(h.beta2, t);
+  const double rho_inf = 2.0 / (1.0 - h.beta2) - 1.0;
+  const double rho_t = rho_inf - 2.0 * t * ::pow(h.beta2, t) / bc2;
+  if (!(rho_t > 5.0)) return {false, 1.0 / bc1, 0.0};
+  const double r = ::sqrt((rho_t - 4.0) * (rho_t - 2.0) * rho_inf / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t));
+  return {true, 1.0 / bc1, r * ::sqrt(bc2)};
+}
+
+// ---- AdEMA (AdEMAMix) ----------------------------------------------------------------------------------
+// m1 = β1 m1 + (1-β1) g;  m2 = β3(t) m2 + (1-β3(t)) g;  v = β2 v + (1-β2) g²;
+// d = (m1/bc1 + α(t) m2) / (sqrt(v)/sqrt(bc2) + eps). Without the slow EMA (alpha == 0) it is AdamW.
+template <bool kSlowEma>
+struct AdemaRule {
+  static constexpr int kNumStates = kSlowEma ? 3 : 2;  // exp_avg, exp_avg_sq[, exp_avg_slow]
+  template <class S> using Hyper = AdemaHyper<S>;
+  template <class S> using TensorScalars = AdemaTensorScalars<S>;
+
+  template <class V, class S>
+  GF_HD static V direction(V g, V* state, const AdemaHyper<S>& h, const AdemaTensorScalars<S>& t) {
+    V& m1 = state[0];
+    V& v = state[1];
+    m1 = h.beta1 * m1 + (S(1) - h.beta1) * g;
+    v = h.beta2 * v + (S(1) - h.beta2) * g * g;
+    V numerator = m1 * t.inv_bc1;
+    if constexpr (kSlowEma) {
+      V& m2 = state[2];
+      m2 = t.beta3_t * m2 + (S(1) - t.beta3_t) * g;
+      numerator = numerator + t.alpha_t * m2;
+    }
+    return numerator / (sqrt(v) * t.inv_sqrt_bc2 + h.eps);
+  }
+};
+GF_HD AdemaTensorScalars<double> adema_tensor_scalars(double t, const AdemaHyper<double>& h) {
+  double alpha_t = h.alpha;
+  double beta3_t = h.beta3;
+  if (h.t_alpha_beta3 > 0.0) {  // the warm-up of AdEMAMix
+    const double T = h.t_alpha_beta3;
+    alpha_t = ::fmin(t * h.alpha / T, h.alpha);
+    const double ln_b1 = ::log(h.beta1), ln_b3 = ::log(h.beta3);
+    beta3_t = ::fmin(::exp(ln_b1 * ln_b3 / ((1.0 - t / T) * ln_b3 + (t / T) * ln_b1)), h.beta3);
+  }
+  return {1.0 / (1.0 - ::pow(h.beta1, t)), 1.0 / ::sqrt(1.0 - ::pow(h.beta2, t)), beta3_t, alpha_t};
+}
+
+GF_CODE_END

@@ -1,0 +1,44 @@
+// Picks the kernel table for this CPU once (NOTE: [one source, several instruction sets]).
+#include <cstdlib>
+#include <cstring>
+#include "kernel_api.h"
+
+namespace gf {
+namespace cpu {
+namespace {
+
+bool cpu_has_avx2() {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+#else
+  return false;
+#endif
+}
+
+bool cpu_has_avx512() {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  return cpu_has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+#else
+  return false;
+#endif
+}
+
+const KernelTable& choose() {
+  const char* cap = std::getenv("GRADFUSED_CPU_ISA");  // an upper bound, for testing the lower paths
+  const bool allow_avx512 = !cap || std::strcmp(cap, "avx512") == 0;
+  const bool allow_avx2 = allow_avx512 || std::strcmp(cap, "avx2") == 0;
+  if (allow_avx512 && kAvx512Kernels.isa && cpu_has_avx512()) return kAvx512Kernels;
+  if (allow_avx2 && kAvx2Kernels.isa && cpu_has_avx2()) return kAvx2Kernels;
+  return kGenericKernels;
+}
+
+}  // namespace
+
+const KernelTable& kernels() {
+  static const KernelTable& table = choose();
+  return table;
+}
+
+}  // namespace cpu
+}  // namespace gf

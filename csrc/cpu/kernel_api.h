@@ -1,0 +1,79 @@
+// The torch-free boundary between the torch-facing CPU ops (ops_cpu.cpp) and the kernels, which are
+// compiled once per instruction set (NOTE: [one source, several instruction sets]). Only plain data
+// and function pointers cross it.
+#pragma once
+#include <cstdint>
+#include "../common/hyper.h"
+
+namespace gf {
+namespace cpu {
+
+enum class DType : int { Float32 = 0, Float64 = 1, BFloat16 = 2, Float16 = 3 };
+
+// param, grad and up to three state tensors, in the order of the rule's state array
+constexpr int kMaxLists = 5;
+
+// One tensor of a call, with its per-tensor scalars (computed once, in double).
+template <class TensorScalars>
+struct Slot {
+  void* ptr[kMaxLists];
+  int64_t numel;
+  int64_t first_chunk;  // index of this tensor's first chunk among all chunks of the call
+  double grad_mul;      // ALGORITHMS.md §1 steps 1-3 folded: ±s_T / grad_scale
+  TensorScalars scalars;
+};
+
+template <class Hyper, class TensorScalars>
+struct UpdateLaunch {
+  const Slot<TensorScalars>* slots;
+  int64_t num_slots;
+  int64_t chunk_size;
+  DType dtype;
+  bool scale_grad;  // any slot has grad_mul != 1
+  WeightDecay weight_decay_mode;
+  bool rule_variant;  // amsgrad (Adam), nesterov (PersistentSGD), slow EMA (AdEMA)
+  PipelineScalars<double> pipeline;
+  Hyper hyper;
+};
+
+using SgdLaunch = UpdateLaunch<SgdHyper<double>, SgdTensorScalars<double>>;
+using AdamLaunch = UpdateLaunch<AdamHyper<double>, AdamTensorScalars<double>>;
+using RAdamLaunch = UpdateLaunch<AdamHyper<double>, RAdamTensorScalars<double>>;
+using AdemaLaunch = UpdateLaunch<AdemaHyper<double>, AdemaTensorScalars<double>>;
+
+struct AlignSlot {
+  const void* grad;
+  void* ema;
+  int64_t numel;
+  int64_t first_chunk;
+};
+
+struct AlignLaunch {
+  const AlignSlot* slots;
+  int64_t num_slots;
+  int64_t chunk_size;
+  DType dtype;
+  bool unscale;
+  AlignHyper<double> hyper;
+  double* partials;  // 3 per chunk: <g,a>, ‖g‖², ‖a‖²; summed per tensor in chunk order (deterministic)
+};
+
+// Every kernel processes the chunks [chunk_begin, chunk_end) of its launch.
+struct KernelTable {
+  const char* isa;
+  void (*persistent_sgd)(const SgdLaunch&, int64_t chunk_begin, int64_t chunk_end);
+  void (*adam)(const AdamLaunch&, int64_t, int64_t);
+  void (*radam)(const RAdamLaunch&, int64_t, int64_t);
+  void (*adema)(const AdemaLaunch&, int64_t, int64_t);
+  void (*alignment_stats)(const AlignLaunch&, int64_t, int64_t);
+};
+
+extern const KernelTable kGenericKernels;
+extern const KernelTable kAvx2Kernels;    // nullptr isa when not built (non-x86)
+extern const KernelTable kAvx512Kernels;  // likewise
+
+// The best table this CPU supports, chosen once; GRADFUSED_CPU_ISA=generic|avx2|avx512 caps it.
+const KernelTable& kernels();
+
+}  // namespace cpu
+}  // namespace gf

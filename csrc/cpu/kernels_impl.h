@@ -1,0 +1,164 @@
+// The CPU multi-tensor launcher body: chunk loops for every rule, compiled once per instruction set.
+// Included only by kernels_<isa>.cpp (NOTE: [one source, several instruction sets]).
+#pragma once
+#include <type_traits>
+#include "simd.h"
+#include "../common/pipeline.h"
+#include "kernel_api.h"
+
+GF_CODE_BEGIN
+namespace kernels {
+using namespace ::gf::cpu;
+
+// ---- runtime flags -> template parameters, at one boundary ----
+template <class F>
+GF_HD void bool_switch(bool b, F&& f) {
+  if (b) f(std::true_type{});
+  else f(std::false_type{});
+}
+template <WeightDecay W> using WdTag = std::integral_constant<WeightDecay, W>;
+template <class F>
+GF_HD void weight_decay_switch(WeightDecay w, F&& f) {
+  switch (w) {
+    case WeightDecay::None: f(WdTag<WeightDecay::None>{}); break;
+    case WeightDecay::L2: f(WdTag<WeightDecay::L2>{}); break;
+    case WeightDecay::Decoupled: f(WdTag<WeightDecay::Decoupled>{}); break;
+  }
+}
+template <class T> struct TypeTag { using type = T; };
+template <class F>
+GF_HD void dtype_switch(DType d, F&& f) {
+  switch (d) {
+    case DType::Float32: f(TypeTag<float>{}); break;
+    case DType::Float64: f(TypeTag<double>{}); break;
+    case DType::BFloat16: f(TypeTag<bf16>{}); break;
+    case DType::Float16: f(TypeTag<half>{}); break;
+  }
+}
+
+// Visits chunk c of the launch as (slot, element begin, element end). Slots are in chunk order and an
+// empty tensor owns no chunk, so a forward walk from a binary-searched start finds each owner.
+template <class SlotT, class F>
+GF_HD void for_each_chunk(const SlotT* slots, int64_t num_slots, int64_t chunk_size, int64_t chunk_begin,
+                          int64_t chunk_end, F&& f) {
+  int64_t lo = 0, hi = num_slots;  // last slot with first_chunk <= chunk_begin and numel > 0
+  while (hi - lo > 1) {
+    const int64_t mid = (lo + hi) / 2;
+    if (slots[mid].first_chunk <= chunk_begin) lo = mid; else hi = mid;
+  }
+  int64_t s = lo;
+  for (int64_t c = chunk_begin; c < chunk_end; ++c) {
+    while (slots[s].numel == 0 || c >= slots[s].first_chunk + (slots[s].numel + chunk_size - 1) / chunk_size) ++s;
+    const int64_t begin = (c - slots[s].first_chunk) * chunk_size;
+    const int64_t end = begin + chunk_size < slots[s].numel ? begin + chunk_size : slots[s].numel;
+    f(slots[s], c, begin, end);
+  }
+}
+
+// One chunk of one tensor: the SIMD body over whole vectors, then the same pipeline on scalars.
+template <class Rule, bool kScaleGrad, WeightDecay kWd, class T, class SlotT, class Launch>
+GF_HD void update_chunk(const SlotT& slot, int64_t begin, int64_t end, const Launch& L) {
+  using S = typename Compute<T>::S;
+  using V = typename Compute<T>::V;
+  constexpr int kStates = Rule::kNumStates;
+  constexpr int kW = kLanes<T>;
+  const auto ps = L.pipeline.template cast<S>();
+  const auto hyper = L.hyper.template cast<S>();
+  const auto ts = slot.scalars.template cast<S>();
+  const S grad_mul = S(slot.grad_mul);
+  T* __restrict p = static_cast<T*>(slot.ptr[0]);
+  const T* __restrict g = static_cast<const T*>(slot.ptr[1]);
+  T* st[kStates];
+  for (int j = 0; j < kStates; ++j) st[j] = static_cast<T*>(slot.ptr[2 + j]);
+
+  int64_t i = begin;
+  for (; i + kW <= end; i += kW) {
+    V pv = load(p + i);
+    V sv[kStates];
+    for (int j = 0; j < kStates; ++j) sv[j] = load(st[j] + i);
+    pipeline_step<Rule, kScaleGrad, kWd>(pv, load(g + i), sv, grad_mul, ps, hyper, ts);
+    store(p + i, pv);
+    for (int j = 0; j < kStates; ++j) store(st[j] + i, sv[j]);
+  }
+  for (; i < end; ++i) {
+    S pv = to_compute(p[i]);
+    S sv[kStates];
+    for (int j = 0; j < kStates; ++j) sv[j] = to_compute(st[j][i]);
+    pipeline_step<Rule, kScaleGrad, kWd>(pv, to_compute(g[i]), sv, grad_mul, ps, hyper, ts);
+    store_scalar(p + i, pv);
+    for (int j = 0; j < kStates; ++j) store_scalar(st[j] + i, sv[j]);
+  }
+}
+
+template <template <bool> class RuleT, class Launch>
+void update_chunks(const Launch& L, int64_t chunk_begin, int64_t chunk_end) {
+  bool_switch(L.rule_variant, [&](auto variant) {
+    bool_switch(L.scale_grad, [&](auto scale_grad) {
+      weight_decay_switch(L.weight_decay_mode, [&](auto wd) {
+        dtype_switch(L.dtype, [&](auto tag) {
+          using Rule = RuleT<decltype(variant)::value>;
+          using T = typename decltype(tag)::type;
+          for_each_chunk(L.slots, L.num_slots, L.chunk_size, chunk_begin, chunk_end,
+                         [&](const auto& slot, int64_t, int64_t begin, int64_t end) {
+                           update_chunk<Rule, decltype(scale_grad)::value, decltype(wd)::value, T>(slot, begin, end, L);
+                         });
+        });
+      });
+    });
+  });
+}
+
+// GradientAlignment statistics of one chunk; the partial sums go to L.partials[3 * chunk].
+template <bool kUnscale, class T>
+GF_HD void alignment_chunk(const AlignSlot& slot, int64_t chunk, int64_t begin, int64_t end, const AlignLaunch& L) {
+  using S = typename Compute<T>::S;
+  using V = typename Compute<T>::V;
+  constexpr int kW = kLanes<T>;
+  const auto h = L.hyper.template cast<S>();
+  const T* __restrict g = static_cast<const T*>(slot.grad);
+  T* __restrict a = static_cast<T*>(slot.ema);
+  V dot = V{} , gg = V{}, aa = V{};
+  int64_t i = begin;
+  for (; i + kW <= end; i += kW) {
+    V av = load(a + i);
+    alignment_step<kUnscale>(load(g + i), av, dot, gg, aa, h);
+    store(a + i, av);
+  }
+  S dot_s = 0, gg_s = 0, aa_s = 0;
+  for (; i < end; ++i) {
+    S av = to_compute(a[i]);
+    alignment_step<kUnscale>(to_compute(g[i]), av, dot_s, gg_s, aa_s, h);
+    store_scalar(a + i, av);
+  }
+  double sums[3] = {double(dot_s), double(gg_s), double(aa_s)};
+  for (int k = 0; k < kW; ++k) {  // lanes summed in a fixed order: deterministic
+    sums[0] += double(dot[k]);
+    sums[1] += double(gg[k]);
+    sums[2] += double(aa[k]);
+  }
+  for (int k = 0; k < 3; ++k) L.partials[3 * chunk + k] = sums[k];
+}
+
+inline void alignment_chunks(const AlignLaunch& L, int64_t chunk_begin, int64_t chunk_end) {
+  bool_switch(L.unscale, [&](auto unscale) {
+    dtype_switch(L.dtype, [&](auto tag) {
+      for_each_chunk(L.slots, L.num_slots, L.chunk_size, chunk_begin, chunk_end,
+                     [&](const AlignSlot& slot, int64_t chunk, int64_t begin, int64_t end) {
+                       alignment_chunk<decltype(unscale)::value, typename decltype(tag)::type>(slot, chunk, begin, end, L);
+                     });
+    });
+  });
+}
+
+// constexpr: the tables are static data, so no code of this instruction set runs at library load.
+constexpr KernelTable make_kernel_table(const char* isa) {
+  return KernelTable{isa,
+                     &update_chunks<PersistentSgdRule, SgdLaunch>,
+                     &update_chunks<AdamRule, AdamLaunch>,
+                     &update_chunks<RAdamRule, RAdamLaunch>,
+                     &update_chunks<AdemaRule, AdemaLaunch>,
+                     &alignment_chunks};
+}
+
+}  // namespace kernels
+GF_CODE_END

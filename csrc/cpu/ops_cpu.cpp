@@ -1,0 +1,358 @@
+// The torch-facing CPU implementations: validate a call, compute per-tensor scalars once, pack the
+// tensors into slots and run the kernel over all chunks of all tensors in one parallel region.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <initializer_list>
+#include <utility>
+#include <vector>
+
+#include "../common/pipeline.h"
+#include "kernel_api.h"
+
+namespace gf {
+namespace cpu {
+namespace {
+
+using at::Tensor;
+using at::TensorList;
+using OptTensor = std::optional<Tensor>;
+
+// Elements per chunk, the unit of parallel work. Fixed (never derived from the thread count), so the
+// alignment statistics are summed in the same order whatever the number of threads.
+constexpr int64_t kChunkSize = int64_t(1) << 15;
+
+DType dtype_of(const Tensor& t) {
+  switch (t.scalar_type()) {
+    case at::kFloat: return DType::Float32;
+    case at::kDouble: return DType::Float64;
+    case at::kBFloat16: return DType::BFloat16;
+    case at::kHalf: return DType::Float16;
+    default: TORCH_CHECK(false, "unreachable: dtype checked in check_lists");
+  }
+}
+
+struct NamedList {
+  const char* name;
+  TensorList tensors;
+};
+
+// Every check runs before anything is written, so bad input never half-applies a step.
+void check_lists(const char* op, const NamedList& params, std::initializer_list<NamedList> others) {
+  for (size_t i = 0; i < params.tensors.size(); ++i) {
+    const Tensor& p = params.tensors[i];
+    TORCH_CHECK(p.defined(), op, ": ", params.name, "[", i, "] is undefined");
+    TORCH_CHECK(p.layout() == at::kStrided, op, ": ", params.name, "[", i, "] is sparse (", p.layout(),
+                "); gradfused supports dense tensors only");
+    TORCH_CHECK(!p.is_complex(), op, ": ", params.name, "[", i, "] is complex (", p.scalar_type(),
+                "); pass torch.view_as_real of it");
+    TORCH_CHECK(p.scalar_type() == at::kFloat || p.scalar_type() == at::kDouble ||
+                    p.scalar_type() == at::kBFloat16 || p.scalar_type() == at::kHalf,
+                op, ": ", params.name, "[", i, "] has dtype ", p.scalar_type(),
+                "; expected float32, float64, bfloat16 or float16");
+    TORCH_CHECK(p.device().is_cpu(), op, ": ", params.name, "[", i, "] is on ", p.device(),
+                " but this call runs on cpu; all tensors of one call must be on one device");
+  }
+  for (const NamedList& list : others) {
+    TORCH_CHECK(list.tensors.size() == params.tensors.size(), op, ": ", list.name, " has ", list.tensors.size(),
+                " tensors but ", params.name, " has ", params.tensors.size());
+    for (size_t i = 0; i < list.tensors.size(); ++i) {
+      const Tensor& t = list.tensors[i];
+      const Tensor& p = params.tensors[i];
+      TORCH_CHECK(t.defined(), op, ": ", list.name, "[", i, "] is undefined");
+      TORCH_CHECK(t.layout() == at::kStrided, op, ": ", list.name, "[", i, "] is sparse (", t.layout(),
+                  "); gradfused does not support sparse ", list.name);
+      TORCH_CHECK(t.device() == p.device(), op, ": ", list.name, "[", i, "] is on ", t.device(), " but ",
+                  params.name, "[", i, "] is on ", p.device());
+      TORCH_CHECK(t.scalar_type() == p.scalar_type(), op, ": ", list.name, "[", i, "] has dtype ", t.scalar_type(),
+                  " but ", params.name, "[", i, "] has ", p.scalar_type());
+      TORCH_CHECK(t.sizes() == p.sizes(), op, ": ", list.name, "[", i, "] has shape ", t.sizes(), " but ",
+                  params.name, "[", i, "] has ", p.sizes());
+    }
+  }
+}
+
+void check_steps(const char* op, TensorList steps, size_t n) {
+  TORCH_CHECK(steps.size() == n, op, ": state_steps has ", steps.size(), " tensors but params has ", n);
+  for (size_t i = 0; i < n; ++i) {
+    const Tensor& s = steps[i];
+    TORCH_CHECK(s.defined() && s.device().is_cpu() && s.numel() == 1 &&
+                    (s.scalar_type() == at::kFloat || s.scalar_type() == at::kDouble),
+                op, ": state_steps[", i, "] must be a one-element float32 or float64 cpu tensor");
+  }
+}
+
+void check_scalar_tensor(const char* op, const char* name, const OptTensor& t) {
+  if (!t) return;
+  TORCH_CHECK(t->numel() == 1 && t->device().is_cpu() && t->is_floating_point(), op, ": ", name,
+              " must be a one-element floating-point cpu tensor");
+}
+
+// [lo, hi) or [lo, hi] with finiteness; messages name the argument, as the Python classes do.
+void check_range(const char* op, const char* name, double v, double lo, double hi, bool hi_inclusive) {
+  TORCH_CHECK(std::isfinite(v) && v >= lo && (hi_inclusive ? v <= hi : v < hi), op, ": invalid ", name, "=", v,
+              " (expected a finite value in [", lo, ", ", hi, hi_inclusive ? "]" : ")", ")");
+}
+void check_nonneg(const char* op, const char* name, double v) {
+  TORCH_CHECK(std::isfinite(v) && v >= 0, op, ": invalid ", name, "=", v, " (expected a finite value >= 0)");
+}
+
+double lr_value(double lr) { return lr; }
+double lr_value(const Tensor& lr) {
+  TORCH_CHECK(lr.numel() == 1 && lr.device().is_cpu(), "lr must be a float or a one-element cpu tensor");
+  return lr.item<double>();
+}
+
+bool step_is_skipped(const OptTensor& found_inf) { return found_inf && found_inf->item<double>() != 0.0; }
+
+double read_step(const Tensor& s) {
+  return s.scalar_type() == at::kFloat ? double(*s.data_ptr<float>()) : *s.data_ptr<double>();
+}
+void increment_steps(TensorList steps) {
+  for (const Tensor& s : steps) {
+    if (s.scalar_type() == at::kFloat) *s.data_ptr<float>() += 1.0f;
+    else *s.data_ptr<double>() += 1.0;
+  }
+}
+
+// Gives each tensor of a call a flat pointer. A tensor that shares its parameter's dense layout is
+// used in place; otherwise (a non-contiguous view, say) the kernel works on a dense copy that is
+// written back afterwards.
+class FlatViews {
+ public:
+  void* ptr(const Tensor& t, const Tensor& param, bool written) {
+    if (param.is_non_overlapping_and_dense() && t.strides() == param.strides()) return t.data_ptr();
+    Tensor dense = param.is_non_overlapping_and_dense() ? at::empty_like(param) : at::empty(t.sizes(), t.options());
+    dense.copy_(t);
+    if (written) writeback_.emplace_back(t, dense);
+    else keep_alive_.push_back(dense);
+    return dense.data_ptr();
+  }
+  void write_back() {
+    for (auto& [orig, dense] : writeback_) orig.copy_(dense);
+  }
+
+ private:
+  std::vector<std::pair<Tensor, Tensor>> writeback_;
+  std::vector<Tensor> keep_alive_;
+};
+
+template <class F>
+void parallel_over_chunks(int64_t num_chunks, const F& f) {
+  if (num_chunks == 1) f(0, 1);
+  else if (num_chunks > 1) at::parallel_for(0, num_chunks, 1, f);
+}
+
+// The common body of every update op. `states` are in the rule's state order.
+template <class Launch, class TensorScalarsFn>
+void run_update(const char* op, TensorList params, TensorList grads, std::initializer_list<NamedList> states,
+                TensorList steps, double lr, double weight_decay, bool decoupled, bool maximize, bool rule_variant,
+                const OptTensor& grad_scale, const OptTensor& found_inf, const OptTensor& alignment_scales,
+                const decltype(Launch::hyper)& hyper, TensorScalarsFn tensor_scalars,
+                void (*kernel)(const Launch&, int64_t, int64_t)) {
+  const size_t n = params.size();
+  check_lists(op, {"params", params}, {{"grads", grads}});
+  check_lists(op, {"params", params}, states);
+  check_steps(op, steps, n);
+  check_nonneg(op, "lr", lr);
+  check_nonneg(op, "weight_decay", weight_decay);
+  check_scalar_tensor(op, "grad_scale", grad_scale);
+  check_scalar_tensor(op, "found_inf", found_inf);
+  if (alignment_scales) {
+    TORCH_CHECK(alignment_scales->device().is_cpu() && alignment_scales->scalar_type() == at::kDouble &&
+                    alignment_scales->dim() == 1 && size_t(alignment_scales->numel()) == n &&
+                    alignment_scales->is_contiguous(),
+                op, ": alignment_scales must be a contiguous float64 cpu tensor of shape [", n, "]");
+  }
+  if (n == 0 || step_is_skipped(found_inf)) return;
+
+  for (size_t i = 1; i < n; ++i)
+    TORCH_CHECK(params[i].scalar_type() == params[0].scalar_type(), op, ": params[", i, "] has dtype ",
+                params[i].scalar_type(), " but params[0] has ", params[0].scalar_type(),
+                "; group parameters by dtype before calling");
+
+  const double grad_mul_base = (maximize ? -1.0 : 1.0) / (grad_scale ? grad_scale->item<double>() : 1.0);
+  const double* align = alignment_scales ? alignment_scales->data_ptr<double>() : nullptr;
+
+  using SlotT = std::remove_cv_t<std::remove_pointer_t<decltype(Launch::slots)>>;
+  static thread_local std::vector<SlotT> slots;  // reused: no allocation per step once warm
+  slots.resize(n);
+  FlatViews views;
+  int64_t num_chunks = 0;
+  bool scale_grad = false;
+  for (size_t i = 0; i < n; ++i) {
+    const Tensor& p = params[i];
+    SlotT& slot = slots[i];
+    slot.numel = p.numel();
+    slot.first_chunk = num_chunks;
+    num_chunks += (slot.numel + kChunkSize - 1) / kChunkSize;
+    slot.grad_mul = grad_mul_base * (align ? align[i] : 1.0);
+    scale_grad = scale_grad || slot.grad_mul != 1.0;
+    slot.scalars = tensor_scalars(read_step(steps[i]) + 1.0, hyper);
+    if (slot.numel == 0) continue;
+    slot.ptr[0] = views.ptr(p, p, true);
+    slot.ptr[1] = views.ptr(grads[i], p, false);
+    int j = 2;
+    for (const NamedList& s : states) slot.ptr[j++] = views.ptr(s.tensors[i], p, true);
+  }
+
+  Launch launch{};
+  launch.slots = slots.data();
+  launch.num_slots = int64_t(n);
+  launch.chunk_size = kChunkSize;
+  launch.dtype = dtype_of(params[0]);
+  launch.scale_grad = scale_grad;
+  launch.weight_decay_mode =
+      weight_decay == 0.0 ? WeightDecay::None : (decoupled ? WeightDecay::Decoupled : WeightDecay::L2);
+  launch.rule_variant = rule_variant;
+  launch.pipeline = {lr, weight_decay, 1.0 - lr * weight_decay};
+  launch.hyper = hyper;
+  parallel_over_chunks(num_chunks, [&](int64_t b, int64_t e) { kernel(launch, b, e); });
+  views.write_back();
+  increment_steps(steps);
+}
+
+template <class Lr>
+void persistent_sgd_cpu(TensorList params, TensorList grads, TensorList momentum_buffers, TensorList state_steps,
+                        Lr lr, double decay, double dampening, double weight_decay, bool decoupled_weight_decay,
+                        bool nesterov, bool maximize, const OptTensor& grad_scale, const OptTensor& found_inf,
+                        const OptTensor& alignment_scales) {
+  const char* op = "gradfused.persistent_sgd_";
+  check_nonneg(op, "decay", decay);
+  check_range(op, "dampening", dampening, 0.0, 1.0, true);
+  TORCH_CHECK(!nesterov || (decay > 0 && dampening == 0), op, ": nesterov requires decay > 0 and dampening = 0");
+  run_update<SgdLaunch>(op, params, grads, {{"momentum_buffers", momentum_buffers}}, state_steps, lr_value(lr),
+                        weight_decay, decoupled_weight_decay, maximize, nesterov, grad_scale, found_inf,
+                        alignment_scales, SgdHyper<double>{decay, 1.0 - dampening}, sgd_tensor_scalars,
+                        kernels().persistent_sgd);
+}
+
+void check_adam_hyper(const char* op, double beta1, double beta2, double eps) {
+  check_range(op, "beta1", beta1, 0.0, 1.0, false);
+  check_range(op, "beta2", beta2, 0.0, 1.0, false);
+  check_nonneg(op, "eps", eps);
+}
+
+template <class Lr>
+void adam_cpu(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,
+              TensorList max_exp_avg_sqs, TensorList state_steps, Lr lr, double beta1, double beta2, double eps,
+              double weight_decay, bool decoupled_weight_decay, bool amsgrad, bool maximize,
+              const OptTensor& grad_scale, const OptTensor& found_inf, const OptTensor& alignment_scales) {
+  const char* op = "gradfused.adam_";
+  check_adam_hyper(op, beta1, beta2, eps);
+  const AdamHyper<double> hyper{beta1, beta2, eps};
+  if (amsgrad) {
+    run_update<AdamLaunch>(op, params, grads,
+                           {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}, {"max_exp_avg_sqs", max_exp_avg_sqs}},
+                           state_steps, lr_value(lr), weight_decay, decoupled_weight_decay, maximize, true, grad_scale,
+                           found_inf, alignment_scales, hyper, adam_tensor_scalars, kernels().adam);
+  } else {
+    run_update<AdamLaunch>(op, params, grads, {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}}, state_steps,
+                           lr_value(lr), weight_decay, decoupled_weight_decay, maximize, false, grad_scale, found_inf,
+                           alignment_scales, hyper, adam_tensor_scalars, kernels().adam);
+  }
+}
+
+template <class Lr>
+void radam_cpu(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,
+               TensorList state_steps, Lr lr, double beta1, double beta2, double eps, double weight_decay,
+               bool decoupled_weight_decay, bool maximize, const OptTensor& grad_scale, const OptTensor& found_inf,
+               const OptTensor& alignment_scales) {
+  const char* op = "gradfused.radam_";
+  check_adam_hyper(op, beta1, beta2, eps);
+  run_update<RAdamLaunch>(op, params, grads, {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}}, state_steps,
+                          lr_value(lr), weight_decay, decoupled_weight_decay, maximize, false, grad_scale, found_inf,
+                          alignment_scales, AdamHyper<double>{beta1, beta2, eps}, radam_tensor_scalars,
+                          kernels().radam);
+}
+
+template <class Lr>
+void adema_cpu(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,
+               TensorList exp_avg_slows, TensorList state_steps, Lr lr, double beta1, double beta2, double beta3,
+               double alpha, double eps, double weight_decay, std::optional<double> t_alpha_beta3, bool maximize,
+               const OptTensor& grad_scale, const OptTensor& found_inf, const OptTensor& alignment_scales) {
+  const char* op = "gradfused.adema_";
+  check_adam_hyper(op, beta1, beta2, eps);
+  check_range(op, "beta3", beta3, 0.0, 1.0, false);
+  check_nonneg(op, "alpha", alpha);
+  TORCH_CHECK(!t_alpha_beta3 || (std::isfinite(*t_alpha_beta3) && *t_alpha_beta3 > 0), op,
+              ": invalid t_alpha_beta3=", t_alpha_beta3.value_or(0), " (expected None or a number > 0)");
+  const AdemaHyper<double> hyper{beta1, beta2, eps, beta3, alpha, t_alpha_beta3.value_or(0.0)};
+  const bool slow = alpha != 0.0;  // alpha == 0 is AdamW: the slow EMA is neither read nor allocated
+  if (slow) {
+    run_update<AdemaLaunch>(op, params, grads,
+                            {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}, {"exp_avg_slows", exp_avg_slows}},
+                            state_steps, lr_value(lr), weight_decay, true, maximize, true, grad_scale, found_inf,
+                            alignment_scales, hyper, adema_tensor_scalars, kernels().adema);
+  } else {
+    run_update<AdemaLaunch>(op, params, grads, {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}}, state_steps,
+                            lr_value(lr), weight_decay, true, maximize, false, grad_scale, found_inf,
+                            alignment_scales, hyper, adema_tensor_scalars, kernels().adema);
+  }
+}
+
+void alignment_stats_cpu(TensorList grads, TensorList alignment_emas, const Tensor& scales, double beta, double eps,
+                         const OptTensor& grad_scale, const OptTensor& found_inf) {
+  const char* op = "gradfused.alignment_stats_";
+  const size_t n = grads.size();
+  check_lists(op, {"grads", grads}, {{"alignment_emas", alignment_emas}});
+  check_range(op, "beta", beta, 0.0, 1.0, false);
+  check_nonneg(op, "eps", eps);
+  check_scalar_tensor(op, "grad_scale", grad_scale);
+  check_scalar_tensor(op, "found_inf", found_inf);
+  TORCH_CHECK(scales.device().is_cpu() && scales.scalar_type() == at::kDouble && scales.dim() == 1 &&
+                  size_t(scales.numel()) == n && scales.is_contiguous(),
+              op, ": scales must be a contiguous float64 cpu tensor of shape [", n, "]");
+  if (n == 0 || step_is_skipped(found_inf)) return;
+
+  for (size_t i = 1; i < n; ++i)
+    TORCH_CHECK(grads[i].scalar_type() == grads[0].scalar_type(), op, ": grads[", i, "] has dtype ",
+                grads[i].scalar_type(), " but grads[0] has ", grads[0].scalar_type());
+
+  static thread_local std::vector<AlignSlot> slots;
+  static thread_local std::vector<double> partials;
+  slots.resize(n);
+  FlatViews views;
+  int64_t num_chunks = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const Tensor& g = grads[i];
+    slots[i] = AlignSlot{nullptr, nullptr, g.numel(), num_chunks};
+    num_chunks += (g.numel() + kChunkSize - 1) / kChunkSize;
+    if (g.numel() == 0) continue;
+    slots[i].grad = views.ptr(g, g, false);
+    slots[i].ema = views.ptr(alignment_emas[i], g, true);
+  }
+  partials.assign(size_t(3 * num_chunks), 0.0);
+  AlignLaunch launch{slots.data(), int64_t(n), kChunkSize, dtype_of(grads[0]), bool(grad_scale),
+                     {beta, grad_scale ? 1.0 / grad_scale->item<double>() : 1.0}, partials.data()};
+  parallel_over_chunks(num_chunks, [&](int64_t b, int64_t e) { kernels().alignment_stats(launch, b, e); });
+  views.write_back();
+
+  double* out = scales.data_ptr<double>();
+  for (size_t i = 0; i < n; ++i) {
+    double sums[3] = {0.0, 0.0, 0.0};
+    const int64_t chunks = (slots[i].numel + kChunkSize - 1) / kChunkSize;
+    for (int64_t c = slots[i].first_chunk; c < slots[i].first_chunk + chunks; ++c)
+      for (int k = 0; k < 3; ++k) sums[k] += partials[size_t(3 * c + k)];
+    out[i] = alignment_scale(sums[0], sums[1], sums[2], eps);
+  }
+}
+
+}  // namespace
+}  // namespace cpu
+}  // namespace gf
+
+TORCH_LIBRARY_IMPL(gradfused, CPU, m) {
+  using namespace gf::cpu;
+  m.impl("persistent_sgd_", &persistent_sgd_cpu<double>);
+  m.impl("persistent_sgd_.tensor_lr", &persistent_sgd_cpu<const at::Tensor&>);
+  m.impl("adam_", &adam_cpu<double>);
+  m.impl("adam_.tensor_lr", &adam_cpu<const at::Tensor&>);
+  m.impl("radam_", &radam_cpu<double>);
+  m.impl("radam_.tensor_lr", &radam_cpu<const at::Tensor&>);
+  m.impl("adema_", &adema_cpu<double>);
+  m.impl("adema_.tensor_lr", &adema_cpu<const at::Tensor&>);
+  m.impl("alignment_stats_", &alignment_stats_cpu);
+}

@@ -1,0 +1,112 @@
+// SIMD value types of one instruction set, as GCC/Clang vector extensions: the rules' arithmetic
+// operators work on them unchanged, and this file adds sqrt/max and the load/store conversions.
+// The including translation unit defines GF_VEC_BYTES (16, 32 or 64) and GF_ISA.
+#pragma once
+#include <cstdint>
+#include <cstring>
+#include "../common/math.h"
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+#ifndef GF_VEC_BYTES
+#error "define GF_VEC_BYTES before including simd.h"
+#endif
+
+namespace gf {
+struct bf16 {  // the bits of a c10::BFloat16
+  uint16_t bits;
+};
+using half = _Float16;  // IEEE binary16, as c10::Half
+}  // namespace gf
+
+GF_CODE_BEGIN
+
+typedef float vfloat __attribute__((vector_size(GF_VEC_BYTES)));
+typedef double vdouble __attribute__((vector_size(GF_VEC_BYTES)));
+typedef uint32_t vuint __attribute__((vector_size(GF_VEC_BYTES)));
+typedef uint16_t vbf16 __attribute__((vector_size(GF_VEC_BYTES / 2)));
+typedef _Float16 vhalf __attribute__((vector_size(GF_VEC_BYTES / 2)));
+
+GF_HD vfloat sqrt(vfloat x) {
+#if GF_VEC_BYTES == 64
+  return (vfloat)_mm512_sqrt_ps((__m512)x);
+#elif GF_VEC_BYTES == 32
+  return (vfloat)_mm256_sqrt_ps((__m256)x);
+#elif defined(__SSE2__)
+  return (vfloat)_mm_sqrt_ps((__m128)x);
+#else
+  for (int i = 0; i < int(sizeof(vfloat) / sizeof(float)); ++i) x[i] = ::sqrtf(x[i]);
+  return x;
+#endif
+}
+GF_HD vdouble sqrt(vdouble x) {
+#if GF_VEC_BYTES == 64
+  return (vdouble)_mm512_sqrt_pd((__m512d)x);
+#elif GF_VEC_BYTES == 32
+  return (vdouble)_mm256_sqrt_pd((__m256d)x);
+#elif defined(__SSE2__)
+  return (vdouble)_mm_sqrt_pd((__m128d)x);
+#else
+  for (int i = 0; i < int(sizeof(vdouble) / sizeof(double)); ++i) x[i] = ::sqrt(x[i]);
+  return x;
+#endif
+}
+GF_HD vfloat max(vfloat a, vfloat b) { return a > b ? a : b; }
+GF_HD vdouble max(vdouble a, vdouble b) { return a > b ? a : b; }
+
+namespace kernels {
+
+// Storage type T -> compute scalar S and vector V. 16-bit parameters compute in float.
+template <class T> struct Compute { using S = float; using V = vfloat; };
+template <> struct Compute<double> { using S = double; using V = vdouble; };
+template <class T> constexpr int kLanes = int(sizeof(typename Compute<T>::V) / sizeof(typename Compute<T>::S));
+
+// ---- scalar conversions (the tail) ----
+GF_HD float to_compute(float x) { return x; }
+GF_HD double to_compute(double x) { return x; }
+GF_HD float to_compute(half x) { return float(x); }
+GF_HD float to_compute(bf16 x) {
+  const uint32_t u = uint32_t(x.bits) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+GF_HD void store_scalar(float* p, float x) { *p = x; }
+GF_HD void store_scalar(double* p, double x) { *p = x; }
+GF_HD void store_scalar(half* p, float x) { *p = half(x); }
+GF_HD void store_scalar(bf16* p, float x) {  // round to nearest even, as c10::BFloat16
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  p->bits = (x != x) ? uint16_t(0x7FC0) : uint16_t((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
+
+// ---- vector loads and stores (unaligned) ----
+GF_HD vfloat load(const float* p) { vfloat v; std::memcpy(&v, p, sizeof v); return v; }
+GF_HD vdouble load(const double* p) { vdouble v; std::memcpy(&v, p, sizeof v); return v; }
+GF_HD vfloat load(const half* p) {
+  vhalf h;
+  std::memcpy(&h, p, sizeof h);
+  return __builtin_convertvector(h, vfloat);
+}
+GF_HD vfloat load(const bf16* p) {
+  vbf16 b;
+  std::memcpy(&b, p, sizeof b);
+  return (vfloat)(__builtin_convertvector(b, vuint) << 16);
+}
+GF_HD void store(float* p, vfloat v) { std::memcpy(p, &v, sizeof v); }
+GF_HD void store(double* p, vdouble v) { std::memcpy(p, &v, sizeof v); }
+GF_HD void store(half* p, vfloat v) {
+  const vhalf h = __builtin_convertvector(v, vhalf);
+  std::memcpy(p, &h, sizeof h);
+}
+GF_HD void store(bf16* p, vfloat v) {
+  const vuint u = (vuint)v;
+  const vuint rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+  const vuint is_nan = (vuint)(v != v);
+  const vbf16 b = __builtin_convertvector((rounded & ~is_nan) | (0x7FC0u & is_nan), vbf16);
+  std::memcpy(p, &b, sizeof b);
+}
+
+}  // namespace kernels
+GF_CODE_END

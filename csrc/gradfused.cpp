@@ -1,0 +1,68 @@
+// The module stub and the single TORCH_LIBRARY block: every op's schema, once. Backends register
+// their implementations with TORCH_LIBRARY_IMPL in csrc/cpu/ and csrc/cuda/.
+#include <Python.h>
+#include <torch/library.h>
+#include <string>
+#include "cpu/kernel_api.h"
+
+// Importing gradfused._C as a Python module runs the static registrations below.
+extern "C" PyObject* PyInit__C(void) {
+  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "gradfused native ops (see torch.ops.gradfused)", -1,
+                               nullptr};
+  return PyModule_Create(&module);
+}
+
+namespace {
+
+// The hyperparameters and pipeline options that every update op ends with (ALGORITHMS.md §1).
+constexpr const char* kPipelineArgs =
+    "bool maximize=False, Tensor? grad_scale=None, Tensor? found_inf=None, Tensor? alignment_scales=None";
+
+// NOTE: [lr as a float or a Tensor]
+// As aten::_fused_adam_, each update op has two overloads: the default one takes `float lr`, and
+// `.tensor_lr` takes `Tensor lr` (a scheduler may keep lr in a tensor, on the device, without a sync).
+void def_update_op(torch::Library& m, const std::string& name, const std::string& lists, const std::string& hyper) {
+  for (const char* lr : {"float lr", "Tensor lr"}) {
+    const std::string overload = std::string(lr) == "float lr" ? "" : ".tensor_lr";
+    const std::string schema = name + overload + "(" + lists + ", *, " + lr + ", " + hyper + ", " + kPipelineArgs + ") -> ()";
+    m.def(schema.c_str());
+  }
+}
+
+}  // namespace
+
+TORCH_LIBRARY(gradfused, m) {
+  // NOTE: [the op owns the step increment]
+  // Every update op increments `state_steps` itself, after the update and only when found_inf is
+  // unset, so a skipped AMP step leaves parameters, states and steps exactly as they were.
+  def_update_op(m, "persistent_sgd_",
+                "Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, Tensor(c!)[] state_steps",
+                "float decay, float dampening, float weight_decay, bool decoupled_weight_decay, bool nesterov");
+  def_update_op(m, "adam_",
+                "Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
+                "Tensor(d!)[] max_exp_avg_sqs, Tensor(e!)[] state_steps",
+                "float beta1, float beta2, float eps, float weight_decay, bool decoupled_weight_decay, bool amsgrad");
+  def_update_op(m, "radam_",
+                "Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
+                "Tensor(d!)[] state_steps",
+                "float beta1, float beta2, float eps, float weight_decay, bool decoupled_weight_decay");
+  def_update_op(m, "adema_",
+                "Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
+                "Tensor(d!)[] exp_avg_slows, Tensor(e!)[] state_steps",
+                "float beta1, float beta2, float beta3, float alpha, float eps, float weight_decay, "
+                "float? t_alpha_beta3=None");
+  // GradientAlignment statistics: updates each tensor's gradient EMA and writes its scale s_T into
+  // `scales` (float64, one per tensor), without touching the gradients.
+  m.def(
+      "alignment_stats_(Tensor[] grads, Tensor(a!)[] alignment_emas, Tensor(b!) scales, *, float beta, float eps, "
+      "Tensor? grad_scale=None, Tensor? found_inf=None) -> ()");
+  // Build facts for `gradfused info`.
+  m.def("cpu_isa() -> str", []() { return std::string(gf::cpu::kernels().isa); });
+  m.def("cuda_built() -> bool", []() {
+#ifdef GRADFUSED_WITH_CUDA
+    return true;
+#else
+    return false;
+#endif
+  });
+}

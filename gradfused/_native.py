@@ -1,0 +1,80 @@
+"""Loads the native extension: the ahead-of-time build (gradfused._C) when it is there and matches the
+installed torch, else a just-in-time build of the shipped sources, compiled once and cached."""
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+
+from . import _build
+
+BUILD_KIND: str | None = None  # "ahead-of-time" or "just-in-time" once loaded
+LOAD_ERROR: BaseException | None = None
+
+
+def _source_dir() -> str:
+    here = os.path.dirname(os.path.abspath(__file__))
+    for candidate in (os.path.join(here, "_csrc"), os.path.join(os.path.dirname(here), "csrc")):
+        if os.path.isfile(os.path.join(candidate, "gradfused.cpp")):
+            return candidate
+    raise RuntimeError("gradfused: no prebuilt extension and no C++ sources to build one from")
+
+
+def _jit_build() -> None:
+    from torch.utils import cpp_extension
+
+    src = _source_dir()
+    # The name carries the torch version: an extension only runs against the torch it was built with.
+    name = "gradfused_C_torch" + torch.__version__.split("+")[0].replace(".", "_")
+    build_dir = cpp_extension._get_build_directory(name, verbose=False)
+    if not os.path.exists(os.path.join(build_dir, name + ".so")):
+        print(
+            f"gradfused: compiling native kernels for torch {torch.__version__} (first use only; cached in {build_dir})",
+            file=sys.stderr,
+            flush=True,
+        )
+    cpp_extension.load(
+        name=name,
+        sources=[os.path.join(src, s) for s in _build.CPU_SOURCES],
+        extra_cflags=_build.CXX_FLAGS,
+        extra_include_paths=[src],
+        build_directory=build_dir,
+        is_python_module=False,
+        verbose=False,
+    )
+
+
+def load() -> None:
+    """Registers torch.ops.gradfused.*; idempotent. On failure LOAD_ERROR says why."""
+    global BUILD_KIND, LOAD_ERROR
+    if BUILD_KIND is not None:
+        return
+    try:
+        from . import _C  # noqa: F401  (importing it registers the ops)
+
+        BUILD_KIND = "ahead-of-time"
+        return
+    except ImportError as e:  # not built, or built against another torch
+        aot_error = e
+    try:
+        _jit_build()
+        BUILD_KIND = "just-in-time"
+    except Exception as e:  # noqa: BLE001  (kept and reported by require())
+        LOAD_ERROR = e
+        LOAD_ERROR.__context__ = aot_error
+
+
+def require() -> None:
+    """Raises a clear error when the native kernels are unavailable."""
+    load()
+    if BUILD_KIND is None:
+        raise RuntimeError(
+            "gradfused: the native kernels could not be loaded or compiled "
+            f"({LOAD_ERROR}); pass fused=False to use the pure-PyTorch reference implementation"
+        ) from LOAD_ERROR
+
+
+def available() -> bool:
+    load()
+    return BUILD_KIND is not None

@@ -1,0 +1,59 @@
+"""Typed entry points to the fused ops (torch.ops.gradfused.*), with a fake implementation of each
+for torch.compile and FakeTensor tracing.
+
+The reference implementations (gradfused.reference) have the same names and signatures, so an
+optimizer picks its backend with one attribute lookup."""
+from __future__ import annotations
+
+import torch
+
+from . import _native
+
+# Update ops in the order of their schemas in csrc/gradfused.cpp; each has a `.tensor_lr` overload
+# (NOTE: [lr as a float or a Tensor]).
+UPDATE_OPS = ("persistent_sgd_", "adam_", "radam_", "adema_")
+ALL_OPS = UPDATE_OPS + ("alignment_stats_",)
+
+
+def _update_op(name: str):
+    def call(*tensor_lists, lr, **hyperparameters) -> None:
+        _native.require()
+        packet = getattr(torch.ops.gradfused, name)
+        overload = packet.tensor_lr if isinstance(lr, torch.Tensor) else packet.default
+        overload(*tensor_lists, lr=lr, **hyperparameters)
+
+    call.__name__ = call.__qualname__ = name
+    call.__doc__ = f"torch.ops.gradfused.{name}: in-place fused update; see csrc/gradfused.cpp for the schema."
+    return call
+
+
+persistent_sgd_ = _update_op("persistent_sgd_")
+adam_ = _update_op("adam_")
+radam_ = _update_op("radam_")
+adema_ = _update_op("adema_")
+
+
+def alignment_stats_(grads, alignment_emas, scales, *, beta, eps, grad_scale=None, found_inf=None) -> None:
+    """Updates each gradient EMA in place and writes each tensor's alignment scale into `scales`."""
+    _native.require()
+    torch.ops.gradfused.alignment_stats_(
+        grads, alignment_emas, scales, beta=beta, eps=eps, grad_scale=grad_scale, found_inf=found_inf
+    )
+
+
+def _fake_in_place(*args, **kwargs) -> None:
+    # Every gradfused op mutates its arguments in place and returns nothing: shapes never change.
+    return None
+
+
+def _register_fakes() -> None:
+    for name in ALL_OPS:
+        packet = getattr(torch.ops.gradfused, name)
+        for overload in packet.overloads():
+            torch.library.register_fake(f"gradfused::{name}.{overload}" if overload != "default" else f"gradfused::{name}")(
+                _fake_in_place
+            )
+
+
+if _native.available():
+    _register_fakes()

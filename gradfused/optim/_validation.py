@@ -1,0 +1,43 @@
+"""Hyperparameter checks shared by every optimizer: each error names the argument and what was expected."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def _value(x):
+    return x.item() if isinstance(x, torch.Tensor) and x.numel() == 1 else x
+
+
+def check_nonneg(owner: str, name: str, value) -> None:
+    v = _value(value)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+        raise ValueError(f"{owner}: invalid {name}={value!r} (expected a finite number >= 0)")
+
+
+def check_unit_interval(owner: str, name: str, value, *, closed: bool = False) -> None:
+    """[0, 1) by default; [0, 1] when closed."""
+    v = _value(value)
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0 <= v
+    ok = ok and (v <= 1 if closed else v < 1)
+    if not ok:
+        raise ValueError(f"{owner}: invalid {name}={value!r} (expected a finite number in [0, 1{']' if closed else ')'})")
+
+
+def check_betas(owner: str, betas, count: int) -> None:
+    if not isinstance(betas, (tuple, list)) or len(betas) != count:
+        raise ValueError(f"{owner}: invalid betas={betas!r} (expected a tuple of {count} numbers in [0, 1))")
+    for k, b in enumerate(betas):
+        check_unit_interval(owner, f"betas[{k}]", b)
+
+
+def check_bool(owner: str, name: str, value) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{owner}: invalid {name}={value!r} (expected True or False)")
+
+
+def check_lr(owner: str, lr) -> None:
+    if isinstance(lr, torch.Tensor) and lr.numel() != 1:
+        raise ValueError(f"{owner}: invalid lr (a tensor lr must have one element, got shape {tuple(lr.shape)})")
+    check_nonneg(owner, "lr", lr)

@@ -1,0 +1,145 @@
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from .. import ops, reference
+from . import _validation as V
+from .base import FusedOptimizer
+
+
+class GradientAlignment(Optimizer):
+    r"""Scales each parameter tensor's gradient by its cosine alignment with an EMA of past gradients
+    (Gradient Alignment Optimizer), then steps the wrapped optimizer.
+
+    For each tensor T, on the raw (unscaled) gradient and before the base step:
+
+    .. math::
+        a_T = \beta a_T + (1-\beta) g_T,\qquad
+        s_T = \operatorname{clamp}\!\left(\frac{\langle g_T, a_T\rangle}
+              {\max(\lVert g_T\rVert,\epsilon)\,\max(\lVert a_T\rVert,\epsilon)}, 0, 1\right)
+
+    and the base optimizer steps with :math:`s_T g_T`. Over a gradfused optimizer the scales go straight
+    into its fused update and ``p.grad`` is left untouched; over any other ``torch.optim`` optimizer the
+    gradients are scaled in place before its ``step``. The wrapper shares the base's ``param_groups``,
+    so LR schedulers and GradScaler treat it as one optimizer.
+
+    State (per parameter, beside the base's): ``alignment_ema``.
+    """
+
+    _step_supports_amp_scaling = True
+
+    def __init__(self, base_optimizer: Optimizer, beta: float = 0.9, eps: float = 1e-8, *, fused=None):
+        name = "gradfused.GradientAlignment"
+        if not isinstance(base_optimizer, Optimizer):
+            raise TypeError(f"{name}: base_optimizer must be a torch.optim.Optimizer, got {type(base_optimizer)!r}")
+        V.check_unit_interval(name, "beta", beta)
+        V.check_nonneg(name, "eps", eps)
+        if fused not in (None, True, False):
+            raise ValueError(f"{name}: invalid fused={fused!r} (expected None, True or False)")
+        self.base = base_optimizer
+        self.beta, self.eps, self.fused = float(beta), float(eps), fused
+        # Deliberately not Optimizer.__init__: the groups are the base's own list, not copies.
+        self.defaults = base_optimizer.defaults
+        self.param_groups = base_optimizer.param_groups
+        self.state: defaultdict[Tensor, dict[str, Any]] = defaultdict(dict)
+        for hooks in ("_optimizer_step_pre_hooks", "_optimizer_step_post_hooks", "_optimizer_state_dict_pre_hooks",
+                      "_optimizer_state_dict_post_hooks", "_optimizer_load_state_dict_pre_hooks",
+                      "_optimizer_load_state_dict_post_hooks"):
+            setattr(self, hooks, type(base_optimizer._optimizer_step_pre_hooks)())
+        self._patch_step_function()
+
+    def __repr__(self) -> str:
+        return f"GradientAlignment(beta={self.beta}, eps={self.eps}, base={self.base!r})"
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        self.base.add_param_group(param_group)
+
+    def _stats(self, params: list[Tensor], grad_scale: Tensor | None, found_inf: Tensor | None) -> Tensor:
+        """Updates the EMAs of `params` (one device and dtype) and returns their scales (float64)."""
+        device = params[0].device
+        emas = []
+        for p in params:
+            st = self.state[p]
+            if "alignment_ema" not in st:
+                st["alignment_ema"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            emas.append(st["alignment_ema"])
+        scales = torch.ones(len(params), dtype=torch.float64, device=device)
+        backend = reference if self.fused is False else ops
+        backend.alignment_stats_(
+            [p.grad for p in params], emas, scales, beta=self.beta, eps=self.eps,
+            grad_scale=None if grad_scale is None else grad_scale.to(device),
+            found_inf=None if found_inf is None else found_inf.to(device),
+        )
+        return scales
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        grad_scale = getattr(self, "grad_scale", None)  # set by torch.amp.GradScaler
+        found_inf = getattr(self, "found_inf", None)
+        if isinstance(self.base, FusedOptimizer):
+            collected = [self.base._collect(group) for group in self.param_groups]  # every check first
+            for group, params in zip(self.param_groups, collected):
+                scales = [self._stats([params[i] for i in idx], grad_scale, found_inf)
+                          for idx in FusedOptimizer._buckets(params)]
+                self.base._update(group, params, grad_scale=grad_scale, found_inf=found_inf, alignment_scales=scales)
+            return loss
+        return self._step_torch_base(grad_scale, found_inf, loss)
+
+    def _step_torch_base(self, grad_scale, found_inf, loss):
+        """Any other optimizer: scale the gradients in place (and unscale them, under GradScaler), then step."""
+        if found_inf is not None and found_inf.item() != 0:
+            return loss  # a skipped AMP step: nothing changes, the EMAs included
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            for idx in FusedOptimizer._buckets(params):
+                bucket = [params[i] for i in idx]
+                scales = self._stats(bucket, grad_scale, None)
+                if grad_scale is not None:
+                    scales = scales / grad_scale.to(scales)
+                for p, s in zip(bucket, scales):
+                    p.grad.mul_(s.to(p.grad.dtype))
+        self.base.step()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.base.zero_grad(set_to_none=set_to_none)
+
+    # ---- checkpoints: the base's state_dict plus the EMAs, indexed as the base indexes parameters ----
+    def _param_index(self) -> dict[Tensor, int]:
+        order = [p for group in self.param_groups for p in group["params"]]
+        return {p: i for i, p in enumerate(order)}
+
+    def state_dict(self) -> dict[str, Any]:
+        index = self._param_index()
+        emas = {index[p]: {"alignment_ema": st["alignment_ema"]} for p, st in self.state.items() if "alignment_ema" in st}
+        return {"base": self.base.state_dict(), "alignment": {"state": emas, "beta": self.beta, "eps": self.eps}}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        name = "gradfused.GradientAlignment.load_state_dict"
+        if not isinstance(state_dict, dict) or set(state_dict) != {"base", "alignment"}:
+            raise ValueError(f"{name}: expected a dict with keys 'base' and 'alignment' (a GradientAlignment "
+                             "state_dict); was it saved by another optimizer?")
+        order = [p for group in self.param_groups for p in group["params"]]
+        emas = state_dict["alignment"]["state"]
+        for i, st in emas.items():
+            if not 0 <= int(i) < len(order):
+                raise ValueError(f"{name}: alignment state for parameter {i}, but there are {len(order)} parameters")
+            if tuple(st["alignment_ema"].shape) != tuple(order[int(i)].shape):
+                raise ValueError(f"{name}: alignment_ema of parameter {i} has shape {tuple(st['alignment_ema'].shape)}"
+                                 f" but the parameter has shape {tuple(order[int(i)].shape)}")
+        self.base.load_state_dict(state_dict["base"])
+        self.beta = float(state_dict["alignment"]["beta"])
+        self.eps = float(state_dict["alignment"]["eps"])
+        self.state = defaultdict(dict)
+        for i, st in emas.items():
+            p = order[int(i)]
+            self.state[p]["alignment_ema"] = st["alignment_ema"].to(device=p.device, dtype=p.dtype, copy=True)

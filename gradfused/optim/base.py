@@ -1,0 +1,209 @@
+"""FusedOptimizer: what every gradfused optimizer shares. A subclass declares its op, its state and its
+hyperparameter checks; this class collects the tensors, creates state lazily and calls the op."""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from .. import ops, reference
+from . import _validation as V
+
+_SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
+class FusedOptimizer(Optimizer):
+    """Base class. Subclasses set `op_name` and implement `_state_specs`, `_op_hyperparameters` and
+    `_check_hyperparameters`.
+
+    The switch `fused` (as in torch.optim) picks the backend: True or None runs the native fused kernels,
+    False the pure-PyTorch reference for-loop of gradfused.reference (the oracle, slower)."""
+
+    op_name: ClassVar[str]
+    _step_supports_amp_scaling = True  # GradScaler hands us grad_scale and found_inf (NOTE in ops)
+
+    def __init__(self, params, defaults: dict[str, Any]):
+        super().__init__(params, defaults)
+
+    # ---- what a subclass declares ------------------------------------------------------------
+    def _state_specs(self, group: dict) -> list[tuple[str, bool]]:
+        """The op's state lists in positional order, as (state key, used by this group)."""
+        raise NotImplementedError
+
+    def _op_hyperparameters(self, group: dict) -> dict[str, Any]:
+        """The op's keyword arguments, other than lr and the pipeline options."""
+        raise NotImplementedError
+
+    def _check_hyperparameters(self, group: dict) -> None:
+        raise NotImplementedError
+
+    # ---- groups and checkpoints --------------------------------------------------------------
+    @property
+    def _name(self) -> str:
+        return f"gradfused.{type(self).__name__}"
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        merged = {**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}}
+        self._check_hyperparameters(merged)
+        params = param_group["params"]
+        params = [params] if isinstance(params, Tensor) else list(params)
+        for i, p in enumerate(params):
+            if isinstance(p, Tensor):
+                self._check_param(p, f"params[{i}]")
+        super().add_param_group(param_group)
+
+    def _check_param(self, p: Tensor, where: str) -> None:
+        if p.is_complex():
+            raise ValueError(f"{self._name}: {where} is complex ({p.dtype}); complex parameters are not supported, "
+                             "optimize torch.view_as_real(p) instead")
+        if p.layout != torch.strided:
+            raise ValueError(f"{self._name}: {where} is sparse ({p.layout}); only dense parameters are supported")
+        if p.dtype not in _SUPPORTED_DTYPES:
+            raise ValueError(f"{self._name}: {where} has dtype {p.dtype}; expected float32, float64, bfloat16 or float16")
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:  # checkpoints from older versions or from torch.optim
+            self._upgrade_group(group)
+            for k, v in self.defaults.items():
+                group.setdefault(k, v)
+
+    def _upgrade_group(self, group: dict) -> None:
+        """Maps the hyperparameter names of a torch.optim counterpart onto ours (see PersistentSGD)."""
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._check_state_dict(state_dict)
+        super().load_state_dict(state_dict)
+        for p, st in self.state.items():  # `step` lives with its parameter, as float32
+            if isinstance(st.get("step"), Tensor):
+                st["step"] = st["step"].to(device=p.device, dtype=torch.float32)
+            elif "step" in st:
+                st["step"] = torch.tensor(float(st["step"]), dtype=torch.float32, device=p.device)
+
+    def _check_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Rejects a checkpoint of another optimizer or another model before anything is loaded."""
+        if not isinstance(state_dict, dict) or "state" not in state_dict or "param_groups" not in state_dict:
+            raise ValueError(f"{self._name}.load_state_dict: expected a dict with 'state' and 'param_groups'")
+        saved_groups = state_dict["param_groups"]
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(f"{self._name}.load_state_dict: the state_dict has {len(saved_groups)} parameter "
+                             f"groups but this optimizer has {len(self.param_groups)}")
+        for k, (saved, group) in enumerate(zip(saved_groups, self.param_groups)):
+            if len(saved["params"]) != len(group["params"]):
+                raise ValueError(f"{self._name}.load_state_dict: param group {k} has {len(saved['params'])} "
+                                 f"parameters in the state_dict but {len(group['params'])} here")
+            hyper = {**self.defaults, **{key: v for key, v in saved.items() if key != "params"}}
+            self._upgrade_group(hyper)
+            specs = self._state_specs(hyper)
+            allowed = {key for key, _ in specs} | {"step"}
+            required = {key for key, used in specs if used}
+            for idx, p in zip(saved["params"], group["params"]):
+                st = state_dict["state"].get(idx)
+                if not st:
+                    continue
+                where = f"{self._name}.load_state_dict: state of parameter {idx}"
+                foreign = set(st) - allowed
+                if foreign:
+                    raise ValueError(f"{where} has keys {sorted(foreign)} that {type(self).__name__} does not use "
+                                     f"(expected {sorted(allowed)}); was it saved by another optimizer?")
+                missing = required - set(st)
+                if missing:
+                    raise ValueError(f"{where} lacks {sorted(missing)}; was it saved by another optimizer?")
+                for key in required:
+                    if tuple(st[key].shape) != tuple(p.shape):
+                        raise ValueError(f"{where}: {key!r} has shape {tuple(st[key].shape)} but the parameter "
+                                         f"has shape {tuple(p.shape)}")
+
+    # ---- the step ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, closure=None):
+        """Performs one optimization step. `closure` re-evaluates the model and returns the loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        grad_scale = getattr(self, "grad_scale", None)  # set by torch.amp.GradScaler
+        found_inf = getattr(self, "found_inf", None)
+        collected = [self._collect(group) for group in self.param_groups]  # every check before any write
+        for group, params in zip(self.param_groups, collected):
+            self._update(group, params, grad_scale=grad_scale, found_inf=found_inf)
+        return loss
+
+    def _collect(self, group: dict) -> list[Tensor]:
+        """The group's parameters that have a gradient, checked."""
+        self._check_hyperparameters(group)
+        params = []
+        for i, p in enumerate(group["params"]):
+            g = p.grad
+            if g is None:
+                continue
+            where = f"param group {self.param_groups.index(group)}, params[{i}]"
+            if g.is_sparse or g.layout != torch.strided:
+                raise RuntimeError(f"{self._name}: the gradient of {where} is sparse; "
+                                   f"{type(self).__name__} does not support sparse gradients")
+            if g.device != p.device:
+                raise RuntimeError(f"{self._name}: the gradient of {where} is on {g.device} but the parameter "
+                                   f"is on {p.device}")
+            if g.dtype != p.dtype:
+                raise RuntimeError(f"{self._name}: the gradient of {where} has dtype {g.dtype} but the "
+                                   f"parameter has {p.dtype}")
+            if g.shape != p.shape:
+                raise RuntimeError(f"{self._name}: the gradient of {where} has shape {tuple(g.shape)} but the "
+                                   f"parameter has {tuple(p.shape)}")
+            params.append(p)
+        return params
+
+    def _init_state(self, p: Tensor, specs: list[tuple[str, bool]]) -> dict:
+        state = self.state[p]
+        if "step" not in state:
+            state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+        for key, used in specs:
+            if used and key not in state:
+                state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return state
+
+    @staticmethod
+    def _buckets(params: list[Tensor]) -> list[list[int]]:
+        """Indices of `params` grouped by (device, dtype): one op call per bucket, in a fixed order."""
+        buckets: dict[tuple, list[int]] = defaultdict(list)
+        for i, p in enumerate(params):
+            buckets[(str(p.device), p.dtype)].append(i)
+        return list(buckets.values())
+
+    def _update(self, group: dict, params: list[Tensor], *, grad_scale: Tensor | None = None,
+                found_inf: Tensor | None = None, alignment_scales: list[Tensor] | None = None) -> None:
+        """Runs the op over `params` (from _collect), one call per (device, dtype) bucket.
+        `alignment_scales[b]` holds the GradientAlignment scales of bucket b, if any."""
+        if not params:
+            return
+        specs = self._state_specs(group)
+        states = [self._init_state(p, specs) for p in params]
+        backend = reference if group.get("fused") is False else ops
+        op = getattr(backend, self.op_name)
+        hyper = self._op_hyperparameters(group)
+        for b, idx in enumerate(self._buckets(params)):
+            device = params[idx[0]].device
+            op(
+                [params[i] for i in idx],
+                [params[i].grad for i in idx],
+                *[[states[i][key] for i in idx] if used else [] for key, used in specs],
+                [states[i]["step"] for i in idx],
+                lr=group["lr"],
+                **hyper,
+                maximize=group["maximize"],
+                grad_scale=None if grad_scale is None else grad_scale.to(device),
+                found_inf=None if found_inf is None else found_inf.to(device),
+                alignment_scales=None if alignment_scales is None else alignment_scales[b],
+            )
+
+    def _check_common(self, group: dict) -> None:
+        V.check_lr(self._name, group["lr"])
+        V.check_nonneg(self._name, "weight_decay", group["weight_decay"])
+        V.check_bool(self._name, "maximize", group["maximize"])
+        if group.get("fused") not in (None, True, False):
+            raise ValueError(f"{self._name}: invalid fused={group['fused']!r} (expected None, True or False)")
+
+
