@@ -33,58 +33,66 @@ struct SgdTensorScalars {
 };
 
 // ---- Adam / AdamW ---------------------------------------------------------------------------------
+// NOTE: [the kernels round as the reference does]
+// Constants such as 1 - beta1 are formed once in double and rounded to the compute type, and each
+// element sees the operations of ALGORITHMS.md in its order (divide by bc1, not multiply by 1/bc1), as
+// the reference does with torch ops. With -ffp-contract=off the fused kernels then round like the
+// reference operation for operation, which keeps 16-bit states from drifting apart one rounding flip
+// at a time.
 template <class S>
 struct AdamHyper {
   S beta1, beta2, eps;
+  S one_minus_beta1, one_minus_beta2;
   template <class T>
-  GF_HD AdamHyper<T> cast() const { return {T(beta1), T(beta2), T(eps)}; }
+  GF_HD AdamHyper<T> cast() const { return {T(beta1), T(beta2), T(eps), T(one_minus_beta1), T(one_minus_beta2)}; }
 };
 template <class S>
 struct AdamTensorScalars {
-  S inv_bc1;       // 1 / (1 - beta1^t)
-  S inv_sqrt_bc2;  // 1 / sqrt(1 - beta2^t)
+  S bc1;       // 1 - beta1^t
+  S sqrt_bc2;  // sqrt(1 - beta2^t)
   template <class T>
-  GF_HD AdamTensorScalars<T> cast() const { return {T(inv_bc1), T(inv_sqrt_bc2)}; }
+  GF_HD AdamTensorScalars<T> cast() const { return {T(bc1), T(sqrt_bc2)}; }
 };
 
 // ---- RAdam -----------------------------------------------------------------------------------------
 template <class S>
 struct RAdamTensorScalars {
   bool rectified;  // rho_t > 5
-  S inv_bc1;
+  S bc1;
   S rect_factor;  // r * sqrt(1 - beta2^t), used when rectified
   template <class T>
-  GF_HD RAdamTensorScalars<T> cast() const { return {rectified, T(inv_bc1), T(rect_factor)}; }
+  GF_HD RAdamTensorScalars<T> cast() const { return {rectified, T(bc1), T(rect_factor)}; }
 };
 
 // ---- AdEMA -----------------------------------------------------------------------------------------
 template <class S>
 struct AdemaHyper {
   S beta1, beta2, eps;
+  S one_minus_beta1, one_minus_beta2;
   S beta3, alpha;  // final values; the warm-up lives in the per-tensor scalars
   S t_alpha_beta3;  // 0 = no warm-up
   template <class T>
   GF_HD AdemaHyper<T> cast() const {
-    return {T(beta1), T(beta2), T(eps), T(beta3), T(alpha), T(t_alpha_beta3)};
+    return {T(beta1), T(beta2), T(eps), T(one_minus_beta1), T(one_minus_beta2), T(beta3), T(alpha), T(t_alpha_beta3)};
   }
 };
 template <class S>
 struct AdemaTensorScalars {
-  S inv_bc1, inv_sqrt_bc2;
-  S beta3_t, alpha_t;
+  S bc1, sqrt_bc2;
+  S beta3_t, one_minus_beta3_t, alpha_t;
   template <class T>
   GF_HD AdemaTensorScalars<T> cast() const {
-    return {T(inv_bc1), T(inv_sqrt_bc2), T(beta3_t), T(alpha_t)};
+    return {T(bc1), T(sqrt_bc2), T(beta3_t), T(one_minus_beta3_t), T(alpha_t)};
   }
 };
 
 // ---- GradientAlignment statistics ------------------------------------------------------------------
 template <class S>
 struct AlignHyper {
-  S beta;
-  S inv_grad_scale;  // 1 / grad_scale, or 1
+  S beta, one_minus_beta;
+  S grad_scale;  // the AMP scale to divide by, or 1
   template <class T>
-  GF_HD AlignHyper<T> cast() const { return {T(beta), T(inv_grad_scale)}; }
+  GF_HD AlignHyper<T> cast() const { return {T(beta), T(one_minus_beta), T(grad_scale)}; }
 };
 
 }  // namespace gf

@@ -21,15 +21,14 @@ GF_HD void pipeline_step(V& p, V g, V* state, S grad_mul, const PipelineScalars<
   }
 }
 
-// GradientAlignment statistics for one element (ALGORITHMS.md §4): a = β a + (1-β) g on the unscaled
-// gradient, accumulating <g, a>, ‖g‖² and ‖a‖² (with the updated a).
+// GradientAlignment, per element (ALGORITHMS.md §4): a = β a + (1-β) g on the unscaled gradient, which
+// is returned for the statistics. Backends accumulate <g, a>, ‖g‖² and ‖a‖² in double, products
+// included, so the cosine does not depend on the summation order beyond double rounding.
 template <bool kUnscale, class V, class S>
-GF_HD void alignment_step(V g, V& a, V& dot, V& gg, V& aa, const AlignHyper<S>& h) {
-  if constexpr (kUnscale) g = g * h.inv_grad_scale;
-  a = h.beta * a + (S(1) - h.beta) * g;
-  dot = dot + g * a;
-  gg = gg + g * g;
-  aa = aa + a * a;
+GF_HD V alignment_ema_step(V g, V& a, const AlignHyper<S>& h) {
+  if constexpr (kUnscale) g = g / h.grad_scale;
+  a = h.beta * a + h.one_minus_beta * g;
+  return g;
 }
 
 // s_T = clamp(<g,a> / (max(‖g‖, eps) · max(‖a‖, eps)), 0, 1) from the summed statistics.

@@ -31,6 +31,14 @@ struct PersistentSgdRule {
 };
 GF_HD SgdTensorScalars<double> sgd_tensor_scalars(double /*t*/, const SgdHyper<double>&) { return {}; }
 
+// m = β1 m + (1-β1) g;  v = β2 v + (1-β2) g², shared by the Adam family (NOTE: [the kernels round as
+// the reference does]).
+template <class V, class H>
+GF_HD void adam_moments(V g, V& m, V& v, const H& h) {
+  m = h.beta1 * m + h.one_minus_beta1 * g;
+  v = h.beta2 * v + h.one_minus_beta2 * g * g;
+}
+
 // ---- Adam / AdamW ------------------------------------------------------------------------------------
 // m = β1 m + (1-β1) g;  v = β2 v + (1-β2) g²;  v̂ = max(v̂, v) (amsgrad);  d = (m/bc1) / (sqrt(v̂)/sqrt(bc2) + eps)
 template <bool kAmsgrad>
@@ -43,18 +51,17 @@ struct AdamRule {
   GF_HD static V direction(V g, V* state, const AdamHyper<S>& h, const AdamTensorScalars<S>& t) {
     V& m = state[0];
     V& v = state[1];
-    m = h.beta1 * m + (S(1) - h.beta1) * g;
-    v = h.beta2 * v + (S(1) - h.beta2) * g * g;
+    adam_moments(g, m, v, h);
     V v_hat = v;
     if constexpr (kAmsgrad) {
       state[2] = max(state[2], v);
       v_hat = state[2];
     }
-    return (m * t.inv_bc1) / (sqrt(v_hat) * t.inv_sqrt_bc2 + h.eps);
+    return (m / t.bc1) / (sqrt(v_hat) / t.sqrt_bc2 + h.eps);
   }
 };
 GF_HD AdamTensorScalars<double> adam_tensor_scalars(double t, const AdamHyper<double>& h) {
-  return {1.0 / (1.0 - ::pow(h.beta1, t)), 1.0 / ::sqrt(1.0 - ::pow(h.beta2, t))};
+  return {1.0 - ::pow(h.beta1, t), ::sqrt(1.0 - ::pow(h.beta2, t))};
 }
 
 // ---- RAdam ---------------------------------------------------------------------------------------------
@@ -69,9 +76,8 @@ struct RAdamRule {
   GF_HD static V direction(V g, V* state, const AdamHyper<S>& h, const RAdamTensorScalars<S>& t) {
     V& m = state[0];
     V& v = state[1];
-    m = h.beta1 * m + (S(1) - h.beta1) * g;
-    v = h.beta2 * v + (S(1) - h.beta2) * g * g;
-    V m_hat = m * t.inv_bc1;
+    adam_moments(g, m, v, h);
+    V m_hat = m / t.bc1;
     if (t.rectified) return m_hat * t.rect_factor / (sqrt(v) + h.eps);
     return m_hat;
   }
@@ -81,9 +87,9 @@ GF_HD RAdamTensorScalars<double> radam_tensor_scalars(double t, const AdamHyper<
   const double bc2 = 1.0 - ::pow(h.beta2, t);
   const double rho_inf = 2.0 / (1.0 - h.beta2) - 1.0;
   const double rho_t = rho_inf - 2.0 * t * ::pow(h.beta2, t) / bc2;
-  if (!(rho_t > 5.0)) return {false, 1.0 / bc1, 0.0};
+  if (!(rho_t > 5.0)) return {false, bc1, 0.0};
   const double r = ::sqrt((rho_t - 4.0) * (rho_t - 2.0) * rho_inf / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t));
-  return {true, 1.0 / bc1, r * ::sqrt(bc2)};
+  return {true, bc1, r * ::sqrt(bc2)};
 }
 
 // ---- AdEMA (AdEMAMix) ----------------------------------------------------------------------------------
@@ -99,15 +105,14 @@ struct AdemaRule {
   GF_HD static V direction(V g, V* state, const AdemaHyper<S>& h, const AdemaTensorScalars<S>& t) {
     V& m1 = state[0];
     V& v = state[1];
-    m1 = h.beta1 * m1 + (S(1) - h.beta1) * g;
-    v = h.beta2 * v + (S(1) - h.beta2) * g * g;
-    V numerator = m1 * t.inv_bc1;
+    adam_moments(g, m1, v, h);
+    V numerator = m1 / t.bc1;
     if constexpr (kSlowEma) {
       V& m2 = state[2];
-      m2 = t.beta3_t * m2 + (S(1) - t.beta3_t) * g;
+      m2 = t.beta3_t * m2 + t.one_minus_beta3_t * g;
       numerator = numerator + t.alpha_t * m2;
     }
-    return numerator / (sqrt(v) * t.inv_sqrt_bc2 + h.eps);
+    return numerator / (sqrt(v) / t.sqrt_bc2 + h.eps);
   }
 };
 GF_HD AdemaTensorScalars<double> adema_tensor_scalars(double t, const AdemaHyper<double>& h) {
@@ -119,7 +124,7 @@ GF_HD AdemaTensorScalars<double> adema_tensor_scalars(double t, const AdemaHyper
     const double ln_b1 = ::log(h.beta1), ln_b3 = ::log(h.beta3);
     beta3_t = ::fmin(::exp(ln_b1 * ln_b3 / ((1.0 - t / T) * ln_b3 + (t / T) * ln_b1)), h.beta3);
   }
-  return {1.0 / (1.0 - ::pow(h.beta1, t)), 1.0 / ::sqrt(1.0 - ::pow(h.beta2, t)), beta3_t, alpha_t};
+  return {1.0 - ::pow(h.beta1, t), ::sqrt(1.0 - ::pow(h.beta2, t)), beta3_t, 1.0 - beta3_t, alpha_t};
 }
 
 GF_CODE_END

@@ -108,6 +108,20 @@ void update_chunks(const Launch& L, int64_t chunk_begin, int64_t chunk_end) {
   });
 }
 
+// Adds g·a, g·g and a·a to the double accumulators acc[0..2] (products in double, as the reference).
+GF_HD void accumulate_alignment(vdouble g, vdouble a, vdouble* acc) {
+  acc[0] = acc[0] + g * a;
+  acc[1] = acc[1] + g * g;
+  acc[2] = acc[2] + a * a;
+}
+GF_HD void accumulate_alignment(vfloat g, vfloat a, vdouble* acc) {
+  vdouble g_lo, g_hi, a_lo, a_hi;
+  widen(g, g_lo, g_hi);
+  widen(a, a_lo, a_hi);
+  accumulate_alignment(g_lo, a_lo, acc);
+  accumulate_alignment(g_hi, a_hi, acc);
+}
+
 // GradientAlignment statistics of one chunk; the partial sums go to L.partials[3 * chunk].
 template <bool kUnscale, class T>
 GF_HD void alignment_chunk(const AlignSlot& slot, int64_t chunk, int64_t begin, int64_t end, const AlignLaunch& L) {
@@ -117,24 +131,25 @@ GF_HD void alignment_chunk(const AlignSlot& slot, int64_t chunk, int64_t begin, 
   const auto h = L.hyper.template cast<S>();
   const T* __restrict g = static_cast<const T*>(slot.grad);
   T* __restrict a = static_cast<T*>(slot.ema);
-  V dot = V{} , gg = V{}, aa = V{};
+  vdouble acc[3] = {vdouble{}, vdouble{}, vdouble{}};
   int64_t i = begin;
   for (; i + kW <= end; i += kW) {
     V av = load(a + i);
-    alignment_step<kUnscale>(load(g + i), av, dot, gg, aa, h);
+    const V gv = alignment_ema_step<kUnscale>(load(g + i), av, h);
     store(a + i, av);
+    accumulate_alignment(gv, av, acc);
   }
-  S dot_s = 0, gg_s = 0, aa_s = 0;
+  double sums[3] = {0.0, 0.0, 0.0};
+  for (int k = 0; k < 3; ++k)  // lanes in a fixed order: deterministic
+    for (int lane = 0; lane < int(sizeof(vdouble) / sizeof(double)); ++lane) sums[k] += acc[k][lane];
   for (; i < end; ++i) {
     S av = to_compute(a[i]);
-    alignment_step<kUnscale>(to_compute(g[i]), av, dot_s, gg_s, aa_s, h);
+    const double gd = double(alignment_ema_step<kUnscale>(to_compute(g[i]), av, h));
     store_scalar(a + i, av);
-  }
-  double sums[3] = {double(dot_s), double(gg_s), double(aa_s)};
-  for (int k = 0; k < kW; ++k) {  // lanes summed in a fixed order: deterministic
-    sums[0] += double(dot[k]);
-    sums[1] += double(gg[k]);
-    sums[2] += double(aa[k]);
+    const double ad = double(av);
+    sums[0] += gd * ad;
+    sums[1] += gd * gd;
+    sums[2] += ad * ad;
   }
   for (int k = 0; k < 3; ++k) L.partials[3 * chunk + k] = sums[k];
 }

@@ -242,7 +242,7 @@ void adam_cpu(TensorList params, TensorList grads, TensorList exp_avgs, TensorLi
               const OptTensor& grad_scale, const OptTensor& found_inf, const OptTensor& alignment_scales) {
   const char* op = "gradfused.adam_";
   check_adam_hyper(op, beta1, beta2, eps);
-  const AdamHyper<double> hyper{beta1, beta2, eps};
+  const AdamHyper<double> hyper{beta1, beta2, eps, 1.0 - beta1, 1.0 - beta2};
   if (amsgrad) {
     run_update<AdamLaunch>(op, params, grads,
                            {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}, {"max_exp_avg_sqs", max_exp_avg_sqs}},
@@ -264,7 +264,7 @@ void radam_cpu(TensorList params, TensorList grads, TensorList exp_avgs, TensorL
   check_adam_hyper(op, beta1, beta2, eps);
   run_update<RAdamLaunch>(op, params, grads, {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}}, state_steps,
                           lr_value(lr), weight_decay, decoupled_weight_decay, maximize, false, grad_scale, found_inf,
-                          alignment_scales, AdamHyper<double>{beta1, beta2, eps}, radam_tensor_scalars,
+                          alignment_scales, AdamHyper<double>{beta1, beta2, eps, 1.0 - beta1, 1.0 - beta2}, radam_tensor_scalars,
                           kernels().radam);
 }
 
@@ -279,7 +279,8 @@ void adema_cpu(TensorList params, TensorList grads, TensorList exp_avgs, TensorL
   check_nonneg(op, "alpha", alpha);
   TORCH_CHECK(!t_alpha_beta3 || (std::isfinite(*t_alpha_beta3) && *t_alpha_beta3 > 0), op,
               ": invalid t_alpha_beta3=", t_alpha_beta3.value_or(0), " (expected None or a number > 0)");
-  const AdemaHyper<double> hyper{beta1, beta2, eps, beta3, alpha, t_alpha_beta3.value_or(0.0)};
+  const AdemaHyper<double> hyper{beta1, beta2, eps, 1.0 - beta1, 1.0 - beta2,
+                                 beta3, alpha, t_alpha_beta3.value_or(0.0)};
   const bool slow = alpha != 0.0;  // alpha == 0 is AdamW: the slow EMA is neither read nor allocated
   if (slow) {
     run_update<AdemaLaunch>(op, params, grads,
@@ -326,7 +327,7 @@ void alignment_stats_cpu(TensorList grads, TensorList alignment_emas, const Tens
   }
   partials.assign(size_t(3 * num_chunks), 0.0);
   AlignLaunch launch{slots.data(), int64_t(n), kChunkSize, dtype_of(grads[0]), bool(grad_scale),
-                     {beta, grad_scale ? 1.0 / grad_scale->item<double>() : 1.0}, partials.data()};
+                     {beta, 1.0 - beta, grad_scale ? grad_scale->item<double>() : 1.0}, partials.data()};
   parallel_over_chunks(num_chunks, [&](int64_t b, int64_t e) { kernels().alignment_stats(launch, b, e); });
   views.write_back();
 

@@ -24,6 +24,7 @@ GF_CODE_BEGIN
 
 typedef float vfloat __attribute__((vector_size(GF_VEC_BYTES)));
 typedef double vdouble __attribute__((vector_size(GF_VEC_BYTES)));
+typedef float vfloat_half __attribute__((vector_size(GF_VEC_BYTES / 2)));  // as many lanes as vdouble
 typedef uint32_t vuint __attribute__((vector_size(GF_VEC_BYTES)));
 typedef uint16_t vbf16 __attribute__((vector_size(GF_VEC_BYTES / 2)));
 typedef _Float16 vhalf __attribute__((vector_size(GF_VEC_BYTES / 2)));
@@ -53,6 +54,14 @@ GF_HD vdouble sqrt(vdouble x) {
 #endif
 }
 GF_HD vfloat max(vfloat a, vfloat b) { return a > b ? a : b; }
+// The two halves of a float vector, widened to double.
+GF_HD void widen(vfloat x, vdouble& lo, vdouble& hi) {
+  vfloat_half l, h;
+  std::memcpy(&l, &x, sizeof l);
+  std::memcpy(&h, reinterpret_cast<const char*>(&x) + sizeof l, sizeof h);
+  lo = __builtin_convertvector(l, vdouble);
+  hi = __builtin_convertvector(h, vdouble);
+}
 GF_HD vdouble max(vdouble a, vdouble b) { return a > b ? a : b; }
 
 namespace kernels {

@@ -98,6 +98,9 @@ def alignment_stats_(
         a = upcast(ema)
         a = beta * a + (1 - beta) * g
         write_back(ema, a)
-        dot = (g * a).sum().item()
-        s = dot / (max(math.sqrt((g * g).sum().item()), eps) * max(math.sqrt((a * a).sum().item()), eps))
+        # The sums (products included) run in float64, as the kernels': a float32 sum of a million
+        # products would differ from any other order by more than the tolerance allows.
+        g64, a64 = g.double(), a.double()
+        dot = (g64 * a64).sum().item()
+        s = dot / (max(math.sqrt((g64 * g64).sum().item()), eps) * max(math.sqrt((a64 * a64).sum().item()), eps))
         scales[i] = min(max(s, 0.0), 1.0)

@@ -24,7 +24,7 @@ def persistent_sgd_(params, grads, momentum_buffers, state_steps, *, lr, decay, 
     def rule(g, st, t):
         buf = st[0]
         buf.copy_(decay * buf + (1 - dampening) * g)
-        return g + decay * buf if nesterov else buf.clone()
+        return g + decay * buf if nesterov else buf
 
     run_pipeline(params, grads, [momentum_buffers], state_steps, rule,
                  **_pipeline_kwargs(lr, weight_decay, decoupled_weight_decay, maximize, grad_scale, found_inf,
@@ -66,7 +66,7 @@ def radam_(params, grads, exp_avgs, exp_avg_sqs, state_steps, *, lr, beta1, beta
         rho_t = rho_inf - 2 * t * beta2**t / bc2
         if rho_t > 5:
             r = math.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
-            return m_hat * r * math.sqrt(bc2) / (v.sqrt() + eps)
+            return m_hat * (r * math.sqrt(bc2)) / (v.sqrt() + eps)
         return m_hat
 
     run_pipeline(params, grads, [exp_avgs, exp_avg_sqs], state_steps, rule,
