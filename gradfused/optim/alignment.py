@@ -43,15 +43,26 @@ class GradientAlignment(Optimizer):
             raise ValueError(f"{name}: invalid fused={fused!r} (expected None, True or False)")
         self.base = base_optimizer
         self.beta, self.eps, self.fused = float(beta), float(eps), fused
-        # Deliberately not Optimizer.__init__: the groups are the base's own list, not copies.
-        self.defaults = base_optimizer.defaults
-        self.param_groups = base_optimizer.param_groups
+        # Deliberately not Optimizer.__init__: param_groups and defaults are the base's (properties below).
         self.state: defaultdict[Tensor, dict[str, Any]] = defaultdict(dict)
         for hooks in ("_optimizer_step_pre_hooks", "_optimizer_step_post_hooks", "_optimizer_state_dict_pre_hooks",
                       "_optimizer_state_dict_post_hooks", "_optimizer_load_state_dict_pre_hooks",
                       "_optimizer_load_state_dict_post_hooks"):
             setattr(self, hooks, type(base_optimizer._optimizer_step_pre_hooks)())
         self._patch_step_function()
+
+    # The base's own groups, not a copy: its load_state_dict replaces the list, and schedulers must see it.
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return self.base.param_groups
+
+    @param_groups.setter
+    def param_groups(self, groups: list[dict[str, Any]]) -> None:
+        self.base.param_groups = groups
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        return self.base.defaults
 
     def __repr__(self) -> str:
         return f"GradientAlignment(beta={self.beta}, eps={self.eps}, base={self.base!r})"

@@ -140,7 +140,7 @@ class FusedOptimizer(Optimizer):
             g = p.grad
             if g is None:
                 continue
-            where = f"param group {self.param_groups.index(group)}, params[{i}]"
+            where = f"param group {next(k for k, g in enumerate(self.param_groups) if g is group)}, params[{i}]"
             if g.is_sparse or g.layout != torch.strided:
                 raise RuntimeError(f"{self._name}: the gradient of {where} is sparse; "
                                    f"{type(self).__name__} does not support sparse gradients")

@@ -1,0 +1,256 @@
+"""Drop-in behaviour: skipped parameters, schedulers, closures, checkpoints, AMP skip, determinism."""
+import copy
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import gradfused as gf
+from optim_table import CASES, all_states
+
+
+def fill_grads(params, gen=None):
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=gen)
+
+
+def snapshot(opt, params):
+    return [p.detach().clone() for p in params], [(k, v.clone()) for k, v in all_states(opt)]
+
+
+def assert_same(a, b):
+    (pa, sa), (pb, sb) = a, b
+    assert all(torch.equal(x, y) for x, y in zip(pa, pb))
+    assert [k for k, _ in sa] == [k for k, _ in sb]
+    assert all(torch.equal(x, y) for (_, x), (_, y) in zip(sa, sb))
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_step_with_all_grads_none_changes_nothing(case):
+    params = [torch.randn(10, requires_grad=True) for _ in range(3)]
+    opt = case.make(params, True)
+    before = [p.detach().clone() for p in params]
+    opt.step()
+    assert all(torch.equal(p, b) for p, b in zip(params, before))
+    assert all_states(opt) == []
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["native", "reference"])
+def test_frozen_then_unfrozen_parameter(fused):
+    a, b = torch.randn(20, requires_grad=True), torch.randn(20, requires_grad=True)
+    a2, b2 = a.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()
+    opt, ref = gf.RAdam([a, b], lr=1e-2, fused=fused), torch.optim.RAdam([a2, b2], lr=1e-2)
+    for step in range(10):
+        a.grad = torch.randn(20)
+        a2.grad = a.grad.clone()
+        b.grad = torch.randn(20) if step >= 4 else None  # frozen for 4 steps
+        b2.grad = None if b.grad is None else b.grad.clone()
+        opt.step()
+        ref.step()
+    assert opt.state[a]["step"].item() == 10 and opt.state[b]["step"].item() == 6
+    torch.testing.assert_close(a, a2)
+    torch.testing.assert_close(b, b2)
+
+
+@pytest.mark.parametrize("tensor_lr", [False, True], ids=["float-lr", "tensor-lr"])
+def test_lr_scheduler_matches_torch(tensor_lr):
+    lr = torch.tensor(0.01) if tensor_lr else 0.01
+    params = [torch.randn(64, requires_grad=True)]
+    ref_params = [params[0].detach().clone().requires_grad_()]
+    ours = gf.GradientAlignment(gf.AdamW(params, lr=lr))
+    theirs = gf.GradientAlignment(torch.optim.AdamW(ref_params, lr=0.01))
+    sched = [torch.optim.lr_scheduler.StepLR(o, step_size=2, gamma=0.5) for o in (ours, theirs)]
+    for _ in range(7):
+        fill_grads(params)
+        ref_params[0].grad = params[0].grad.clone()
+        ours.step()
+        theirs.step()
+        for s in sched:
+            s.step()
+    assert float(ours.param_groups[0]["lr"]) == pytest.approx(0.01 * 0.5**3)
+    torch.testing.assert_close(params[0], ref_params[0])
+
+
+def test_closure_is_called_and_its_loss_returned():
+    w = torch.randn(5, requires_grad=True)
+    opt = gf.AdamW([w])
+
+    def closure():
+        opt.zero_grad()
+        loss = (w**2).sum()
+        loss.backward()
+        return loss
+
+    loss = opt.step(closure)
+    assert isinstance(loss, torch.Tensor) and w.grad is not None
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_checkpoint_resume_is_bitwise_identical(case):
+    params = [torch.randn(s, requires_grad=True) for s in [(40,), (3, 4), ()]]
+    opt = case.make(params, True)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        fill_grads(params, gen)
+        opt.step()
+    saved_params = [p.detach().clone() for p in params]
+    saved = copy.deepcopy(opt.state_dict())
+    gen_state = gen.get_state()
+    for _ in range(4):
+        fill_grads(params, gen)
+        opt.step()
+    uninterrupted = snapshot(opt, params)
+
+    resumed_params = [p.clone().requires_grad_() for p in saved_params]
+    resumed = case.make(resumed_params, True)
+    resumed.load_state_dict(saved)
+    gen.set_state(gen_state)
+    for _ in range(4):
+        fill_grads(resumed_params, gen)
+        resumed.step()
+    assert_same(snapshot(resumed, resumed_params), uninterrupted)
+
+
+@pytest.mark.parametrize(
+    "ours, theirs",
+    [(lambda p: gf.Adam(p, lr=1e-2, amsgrad=True), lambda p: torch.optim.Adam(p, lr=1e-2, amsgrad=True)),
+     (lambda p: gf.AdamW(p, lr=1e-2), lambda p: torch.optim.AdamW(p, lr=1e-2)),
+     (lambda p: gf.RAdam(p, lr=1e-2), lambda p: torch.optim.RAdam(p, lr=1e-2))],
+    ids=["Adam", "AdamW", "RAdam"],
+)
+@pytest.mark.parametrize("direction", ["torch->gradfused", "gradfused->torch"])
+def test_state_dict_cross_loads_with_torch(ours, theirs, direction):
+    first, second = (theirs, ours) if direction == "torch->gradfused" else (ours, theirs)
+    params = [torch.randn(30, requires_grad=True), torch.randn(4, 5, requires_grad=True)]
+    opt = first(params)
+    for _ in range(3):
+        fill_grads(params)
+        opt.step()
+    continued = second(params)
+    continued.load_state_dict(copy.deepcopy(opt.state_dict()))  # loading does not copy the tensors
+    twin = first([p.detach().clone().requires_grad_() for p in params])
+    twin.load_state_dict(copy.deepcopy(opt.state_dict()))
+    twin_params = twin.param_groups[0]["params"]
+    for _ in range(4):
+        fill_grads(params)
+        for p, q in zip(params, twin_params):
+            q.grad = p.grad.clone()
+        continued.step()
+        twin.step()
+    for p, q in zip(params, twin_params):
+        torch.testing.assert_close(p, q)
+
+
+def test_torch_sgd_checkpoint_loads_into_persistent_sgd():
+    params = [torch.randn(30, requires_grad=True)]
+    sgd = torch.optim.SGD(params, lr=0.1, momentum=0.9)
+    fill_grads(params)
+    sgd.step()
+    ours = gf.PersistentSGD(params, lr=0.5, decay=0.5)
+    ours.load_state_dict(copy.deepcopy(sgd.state_dict()))
+    assert ours.param_groups[0]["decay"] == 0.9 and ours.param_groups[0]["lr"] == 0.1
+    twin = [params[0].detach().clone().requires_grad_()]
+    sgd2 = torch.optim.SGD(twin, lr=0.1, momentum=0.9)
+    sgd2.load_state_dict(copy.deepcopy(sgd.state_dict()))
+    for _ in range(3):
+        fill_grads(params)
+        twin[0].grad = params[0].grad.clone()
+        ours.step()
+        sgd2.step()
+    torch.testing.assert_close(params[0], twin[0])
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_found_inf_skips_the_whole_step(case):
+    params = [torch.randn(33, requires_grad=True), torch.randn(2, 3, requires_grad=True)]
+    opt = case.make(params, True)
+    fill_grads(params)
+    opt.step()
+    before = snapshot(opt, params)
+    fill_grads(params)
+    opt.grad_scale, opt.found_inf = torch.tensor(1024.0), torch.tensor(1.0)
+    opt.step()
+    assert_same(snapshot(opt, params), before)
+
+
+def test_grad_scaler_unscales_and_backs_off():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 1)
+    ref = copy.deepcopy(model)
+    opt, ref_opt = gf.AdamW(model.parameters(), lr=1e-2), torch.optim.AdamW(ref.parameters(), lr=1e-2)
+    scaler = torch.amp.GradScaler("cpu", init_scale=256.0)
+    x = torch.randn(16, 8)
+    for step in range(4):
+        for m, o in ((model, opt), (ref, ref_opt)):
+            o.zero_grad()
+        scaler.scale(model(x).pow(2).mean()).backward()
+        ref(x).pow(2).mean().backward()
+        if step == 2:  # an overflow: the step is skipped and the scale backs off
+            model.weight.grad[0, 0] = float("inf")
+        scaler.step(opt)
+        scaler.update()
+        if step != 2:
+            ref_opt.step()
+    assert scaler.get_scale() == 128.0
+    for p, q in zip(model.parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q)
+
+
+def _run_for_threads(threads):
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    params = [torch.randn(n, requires_grad=True) for n in (100_003, 3 * 2**15 + 5, 17)]
+    opt = gf.GradientAlignment(gf.AdEMA(params, lr=1e-2))
+    for _ in range(4):
+        fill_grads(params)
+        opt.step()
+    return snapshot(opt, params)
+
+
+def test_bitwise_identical_across_thread_counts():
+    original = torch.get_num_threads()
+    try:
+        assert_same(_run_for_threads(1), _run_for_threads(2))
+    finally:
+        torch.set_num_threads(original)
+
+
+_ISA_SCRIPT = """
+import sys, torch, gradfused as gf
+torch.manual_seed(0)
+out = {}
+for name, make in [("adamw", lambda p: gf.AdamW(p, lr=1e-2, amsgrad=True)), ("radam", lambda p: gf.RAdam(p, lr=1e-2)),
+                   ("adema", lambda p: gf.AdEMA(p, lr=1e-2)), ("sgd", lambda p: gf.PersistentSGD(p, nesterov=True)),
+                   ("align", lambda p: gf.GradientAlignment(gf.AdamW(p)))]:
+    for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+        params = [torch.randn(n, dtype=dtype, requires_grad=True) for n in (1000, 37)]
+        opt = make(params)
+        for _ in range(7):
+            for p in params:
+                p.grad = torch.randn(p.shape).to(dtype)
+            opt.step()
+        out[(name, str(dtype))] = [p.detach().clone() for p in params]
+out["isa"] = torch.ops.gradfused.cpu_isa()
+torch.save(out, sys.argv[1])
+"""
+
+
+def test_every_instruction_set_gives_the_same_numbers(tmp_path):
+    """The generic (no AVX) kernels run here too, capped by GRADFUSED_CPU_ISA, and must agree bitwise with
+    the best kernels of this CPU: the elementwise math is the same IEEE operations in the same order."""
+    results = {}
+    for isa in ("generic", "best"):
+        env = dict(os.environ, GRADFUSED_CPU_ISA=isa)
+        path = tmp_path / f"{isa}.pt"
+        subprocess.run([sys.executable, "-c", _ISA_SCRIPT, str(path)], env=env, check=True)
+        results[isa] = torch.load(path)
+    assert results["generic"].pop("isa") == "generic"
+    print("best instruction set here:", results["best"].pop("isa"))
+    for key, params in results["generic"].items():
+        for a, b in zip(params, results["best"][key]):
+            if key[0] == "align":  # only the lane count of the double sums differs
+                torch.testing.assert_close(a, b, msg=str(key))
+            else:
+                assert torch.equal(a, b), key
