@@ -357,3 +357,33 @@ TORCH_LIBRARY_IMPL(gradfused, CPU, m) {
   m.impl("adema_.tensor_lr", &adema_cpu<const at::Tensor&>);
   m.impl("alignment_stats_", &alignment_stats_cpu);
 }
+
+// A sparse tensor anywhere in a call dispatches here instead of "could not run with SparseCPU": name it.
+namespace {
+void reject_sparse(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
+  const auto& args = op.schema().arguments();
+  const size_t first = stack->size() - args.size();
+  for (size_t a = 0; a < args.size(); ++a) {
+    const c10::IValue& v = (*stack)[first + a];
+    if (v.isTensor() && v.toTensor().defined() && v.toTensor().layout() != at::kStrided)
+      TORCH_CHECK(false, "gradfused.", op.schema().name().substr(std::string("gradfused::").size()), ": ",
+                  args[a].name(), " is sparse; gradfused supports dense tensors only");
+    if (v.isTensorList()) {
+      const auto list = v.toTensorList();
+      for (size_t i = 0; i < list.size(); ++i) {
+        const at::Tensor t = list[i];
+        TORCH_CHECK(!t.defined() || t.layout() == at::kStrided, "gradfused.",
+                    op.schema().name().substr(std::string("gradfused::").size()), ": ", args[a].name(), "[", i,
+                    "] is sparse; gradfused supports dense tensors only");
+      }
+    }
+  }
+  TORCH_CHECK(false, op.schema().name(), ": unexpected sparse dispatch");
+}
+}  // namespace
+
+TORCH_LIBRARY_IMPL(gradfused, SparseCPU, m) {
+  for (const char* op : {"persistent_sgd_", "persistent_sgd_.tensor_lr", "adam_", "adam_.tensor_lr", "radam_",
+                         "radam_.tensor_lr", "adema_", "adema_.tensor_lr", "alignment_stats_"})
+    m.impl(op, torch::CppFunction::makeFromBoxedFunction<&reject_sparse>());
+}

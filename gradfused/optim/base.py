@@ -99,7 +99,7 @@ class FusedOptimizer(Optimizer):
             self._upgrade_group(hyper)
             specs = self._state_specs(hyper)
             allowed = {key for key, _ in specs} | {"step"}
-            required = {key for key, used in specs if used}
+            required = [key for key, used in specs if used]
             for idx, p in zip(saved["params"], group["params"]):
                 st = state_dict["state"].get(idx)
                 if not st:
@@ -109,7 +109,7 @@ class FusedOptimizer(Optimizer):
                 if foreign:
                     raise ValueError(f"{where} has keys {sorted(foreign)} that {type(self).__name__} does not use "
                                      f"(expected {sorted(allowed)}); was it saved by another optimizer?")
-                missing = required - set(st)
+                missing = set(required) - set(st)
                 if missing:
                     raise ValueError(f"{where} lacks {sorted(missing)}; was it saved by another optimizer?")
                 for key in required:

@@ -1,0 +1,217 @@
+"""Bad input gets a clear error naming the argument, and nothing changes: no half-applied step and no
+corrupted state."""
+import copy
+import math
+
+import pytest
+import torch
+
+import gradfused as gf
+from optim_table import all_states
+
+
+def stepped(make, n=2):
+    params = [torch.randn(10, requires_grad=True), torch.randn(3, 4, requires_grad=True)]
+    opt = make(params)
+    for _ in range(n):
+        for p in params:
+            p.grad = torch.randn_like(p)
+        opt.step()
+    return opt, params
+
+
+def frozen(opt, params):
+    return [p.detach().clone() for p in params], [(k, v.clone()) for k, v in all_states(opt)]
+
+
+def assert_unchanged(opt, params, before):
+    now = frozen(opt, params)
+    assert all(torch.equal(a, b) for a, b in zip(now[0], before[0]))
+    assert [k for k, _ in now[1]] == [k for k, _ in before[1]]
+    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(now[1], before[1]))
+
+
+BAD_HYPERPARAMETERS = [
+    (gf.AdamW, "lr", -1e-3), (gf.AdamW, "lr", math.nan), (gf.AdamW, "lr", math.inf),
+    (gf.Adam, "betas", (1.0, 0.999)), (gf.Adam, "betas", (0.9, -0.1)), (gf.Adam, "betas", (0.9,)),
+    (gf.Adam, "eps", -1e-8), (gf.Adam, "eps", math.inf), (gf.Adam, "weight_decay", -0.1),
+    (gf.Adam, "weight_decay", math.nan), (gf.RAdam, "betas", (0.9, math.nan)), (gf.RAdam, "eps", math.nan),
+    (gf.AdEMA, "betas", (0.9, 0.999)), (gf.AdEMA, "betas", (0.9, 0.999, 1.5)), (gf.AdEMA, "alpha", -1.0),
+    (gf.AdEMA, "t_alpha_beta3", 0), (gf.AdEMA, "t_alpha_beta3", math.inf),
+    (gf.PersistentSGD, "decay", -0.5), (gf.PersistentSGD, "decay", math.nan), (gf.PersistentSGD, "dampening", 1.5),
+    (gf.PersistentSGD, "weight_decay", math.inf), (gf.AdamW, "maximize", "yes"), (gf.AdamW, "fused", "no"),
+]
+
+
+@pytest.mark.parametrize("cls, name, value", BAD_HYPERPARAMETERS, ids=lambda x: repr(x) if not isinstance(x, type) else x.__name__)
+def test_bad_hyperparameter_is_rejected_by_name(cls, name, value):
+    with pytest.raises(ValueError, match=rf"{cls.__name__}: invalid {name}"):
+        cls([torch.randn(3, requires_grad=True)], **{name: value})
+
+
+def test_nesterov_needs_decay_and_no_dampening():
+    with pytest.raises(ValueError, match="nesterov=True requires decay > 0 and dampening = 0"):
+        gf.PersistentSGD([torch.randn(3, requires_grad=True)], decay=0.9, dampening=0.1, nesterov=True)
+
+
+@pytest.mark.parametrize("name, value", [("lr", math.nan), ("betas", (0.9, 1.0)), ("eps", -1.0)])
+def test_bad_hyperparameter_set_later_fails_the_step_and_changes_nothing(name, value):
+    opt, params = stepped(lambda p: gf.Adam([{"params": p[:1]}, {"params": p[1:]}], lr=1e-2))
+    for p in params:
+        p.grad = torch.randn_like(p)
+    before = frozen(opt, params)
+    opt.param_groups[1][name] = value  # the second group: the first must not have stepped either
+    with pytest.raises(ValueError, match=f"invalid {name}"):
+        opt.step()
+    assert_unchanged(opt, params, before)
+
+
+def test_bad_group_in_add_param_group_is_rejected():
+    opt = gf.AdamW([torch.randn(3, requires_grad=True)])
+    with pytest.raises(ValueError, match="invalid lr"):
+        opt.add_param_group({"params": [torch.randn(2, requires_grad=True)], "lr": -1.0})
+    assert len(opt.param_groups) == 1
+
+
+def test_bad_alignment_hyperparameters():
+    base = gf.AdamW([torch.randn(3, requires_grad=True)])
+    with pytest.raises(ValueError, match="GradientAlignment: invalid beta"):
+        gf.GradientAlignment(base, beta=1.0)
+    with pytest.raises(ValueError, match="GradientAlignment: invalid eps"):
+        gf.GradientAlignment(base, eps=math.nan)
+    with pytest.raises(TypeError, match="base_optimizer must be a torch.optim.Optimizer"):
+        gf.GradientAlignment([torch.randn(3)])
+
+
+@pytest.mark.parametrize("wrap", [False, True], ids=["AdamW", "Align(AdamW)"])
+def test_sparse_gradient_fails_the_step_and_changes_nothing(wrap):
+    opt, params = stepped(lambda p: gf.GradientAlignment(gf.AdamW(p)) if wrap else gf.AdamW(p))
+    params[0].grad = torch.randn(10)
+    params[1].grad = torch.randn(3, 4).to_sparse()
+    before = frozen(opt, params)
+    with pytest.raises(RuntimeError, match=r"params\[1\] is sparse; AdamW does not support sparse gradients"):
+        opt.step()
+    assert_unchanged(opt, params, before)
+
+
+def test_complex_parameter_is_rejected():
+    with pytest.raises(ValueError, match=r"params\[1\] is complex .* torch.view_as_real"):
+        gf.Adam([torch.randn(3, requires_grad=True), torch.randn(3, dtype=torch.complex64, requires_grad=True)])
+
+
+def test_unsupported_dtype_is_rejected():
+    with pytest.raises(ValueError, match=r"params\[0\] has dtype torch.int64"):
+        gf.Adam([torch.zeros(3, dtype=torch.int64)])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a second device")
+def test_gradient_on_another_device_fails_and_changes_nothing():
+    opt, params = stepped(gf.RAdam)
+    params[0].grad = torch.randn(10)
+    params[1].grad_dtype = None  # torch refuses a gradient on another device unless told otherwise
+    params[1].grad = torch.randn(3, 4, device="cuda")
+    before = frozen(opt, params)
+    with pytest.raises(RuntimeError, match=r"params\[1\] is on cuda:0 but the parameter is on cpu"):
+        opt.step()
+    assert_unchanged(opt, params, before)
+
+
+def test_gradient_of_another_dtype_fails_and_changes_nothing():
+    opt, params = stepped(gf.PersistentSGD)
+    params[0].grad = torch.randn(10)
+    params[1].grad_dtype = None  # torch refuses a gradient of another dtype unless told otherwise
+    params[1].grad = torch.randn(3, 4, dtype=torch.float64)
+    before = frozen(opt, params)
+    with pytest.raises(RuntimeError, match=r"params\[1\] has dtype torch.float64 but the parameter has torch.float32"):
+        opt.step()
+    assert_unchanged(opt, params, before)
+
+
+def test_state_dict_of_another_optimizer_is_rejected_and_changes_nothing():
+    opt, params = stepped(gf.AdamW)
+    sgd = torch.optim.SGD(params, lr=0.1, momentum=0.9)
+    for p in params:
+        p.grad = torch.randn_like(p)
+    sgd.step()
+    before = frozen(opt, params)
+    with pytest.raises(ValueError, match=r"keys \['momentum_buffer'\] that AdamW does not use"):
+        opt.load_state_dict(copy.deepcopy(sgd.state_dict()))
+    assert_unchanged(opt, params, before)
+
+
+def test_state_dict_missing_a_state_is_rejected():
+    radam, _ = stepped(gf.RAdam)
+    adema, params = stepped(gf.AdEMA)
+    with pytest.raises(ValueError, match=r"lacks \['exp_avg_slow'\]"):
+        adema.load_state_dict(copy.deepcopy(radam.state_dict()))
+
+
+def test_state_dict_of_another_shape_is_rejected_and_changes_nothing():
+    other, _ = stepped(lambda p: gf.AdamW([torch.randn(10, requires_grad=True), torch.randn(4, 3, requires_grad=True)]), n=0)
+    for p in other.param_groups[0]["params"]:
+        p.grad = torch.randn_like(p)
+    other.step()
+    opt, params = stepped(gf.AdamW)
+    before = frozen(opt, params)
+    with pytest.raises(ValueError, match=r"'exp_avg' has shape \(4, 3\) but the parameter has shape \(3, 4\)"):
+        opt.load_state_dict(copy.deepcopy(other.state_dict()))
+    assert_unchanged(opt, params, before)
+
+
+def test_state_dict_with_other_group_layout_is_rejected():
+    opt, params = stepped(gf.AdamW)
+    two_groups = gf.AdamW([{"params": params[:1]}, {"params": params[1:]}])
+    with pytest.raises(ValueError, match="has 2 parameter groups but this optimizer has 1"):
+        opt.load_state_dict(two_groups.state_dict())
+
+
+def test_alignment_state_dict_of_a_plain_optimizer_is_rejected():
+    opt, params = stepped(lambda p: gf.GradientAlignment(gf.AdamW(p)))
+    plain, _ = stepped(gf.AdamW)
+    with pytest.raises(ValueError, match="expected a dict with keys 'base' and 'alignment'"):
+        opt.load_state_dict(plain.state_dict())
+
+
+# ---- the ops themselves check their arguments by name, before writing anything ----
+
+def adam_args(n=2, numel=5):
+    params = [torch.randn(numel) for _ in range(n)]
+    return dict(
+        params=params, grads=[torch.randn(numel) for _ in range(n)], exp_avgs=[torch.zeros(numel) for _ in range(n)],
+        exp_avg_sqs=[torch.zeros(numel) for _ in range(n)], max_exp_avg_sqs=[],
+        state_steps=[torch.zeros(()) for _ in range(n)],
+    )
+
+
+def call_adam(args, **overrides):
+    kw = dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False,
+              amsgrad=False)
+    kw.update(overrides)
+    torch.ops.gradfused.adam_(*args.values(), **kw)
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda a: a["grads"].pop(), "grads has 1 tensors but params has 2"),
+        (lambda a: a["exp_avgs"].__setitem__(1, torch.zeros(4)), r"exp_avgs\[1\] has shape \[4\] but params\[1\] has \[5\]"),
+        (lambda a: a["grads"].__setitem__(0, torch.randn(5).double()), r"grads\[0\] has dtype Double but params\[0\] has Float"),
+        (lambda a: [a[k].__setitem__(1, a[k][1].double()) for k in ("params", "grads", "exp_avgs", "exp_avg_sqs")],
+         r"params\[1\] has dtype Double but params\[0\] has Float"),
+        (lambda a: a["grads"].__setitem__(1, torch.randn(5).to_sparse()), r"gradfused.adam_: grads\[1\] is sparse"),
+        (lambda a: a["state_steps"].__setitem__(0, torch.zeros(2)), r"state_steps\[0\] must be a one-element"),
+    ],
+)
+def test_op_checks_name_the_argument(mutate, message):
+    args = adam_args()
+    mutate(args)
+    before = [t.clone() for t in args["params"] + args["exp_avgs"]]
+    with pytest.raises(RuntimeError, match=message):
+        call_adam(args)
+    assert all(torch.equal(a, b) for a, b in zip(args["params"] + args["exp_avgs"], before))
+
+
+@pytest.mark.parametrize("name, value", [("lr", math.nan), ("beta1", 1.0), ("eps", -1.0), ("weight_decay", math.inf)])
+def test_op_rejects_bad_hyperparameters(name, value):
+    with pytest.raises(RuntimeError, match=f"invalid {name}"):
+        call_adam(adam_args(), **{name: value})
