@@ -1,0 +1,45 @@
+"""Every op and overload passes torch.library.opcheck: schema (mutation annotations), fake
+implementation, autograd registration and AOT dispatch."""
+import pytest
+import torch
+
+import gradfused  # noqa: F401  (registers the ops and their fakes)
+
+
+def lists(n_states, sizes=(7, 33, 1)):
+    params = [torch.randn(s) for s in sizes]
+    grads = [torch.randn(s) for s in sizes]
+    states = [[torch.rand(s) for s in sizes] for _ in range(n_states)]
+    steps = [torch.zeros(()) for _ in sizes]
+    return params, grads, states, steps
+
+
+def op_samples():
+    p, g, (m, v, vmax), steps = lists(3)
+    adam_kw = dict(beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01, decoupled_weight_decay=True)
+    yield "persistent_sgd_", (p, g, m, steps), dict(decay=0.9, dampening=0.0, weight_decay=0.0,
+                                                     decoupled_weight_decay=False, nesterov=True, maximize=True)
+    yield "adam_", (p, g, m, v, vmax, steps), dict(adam_kw, amsgrad=True)
+    yield "radam_", (p, g, m, v, steps), adam_kw
+    yield "adema_", (p, g, m, v, vmax, steps), dict(beta1=0.9, beta2=0.999, beta3=0.9999, alpha=5.0, eps=1e-8,
+                                                      weight_decay=0.0, t_alpha_beta3=10.0)
+
+
+SAMPLES = list(op_samples())
+
+
+@pytest.mark.parametrize("tensor_lr", [False, True], ids=["default", "tensor_lr"])
+@pytest.mark.parametrize("name, args, kwargs", SAMPLES, ids=[s[0] for s in SAMPLES])
+def test_opcheck_update_ops(name, args, kwargs, tensor_lr):
+    packet = getattr(torch.ops.gradfused, name)
+    op = packet.tensor_lr if tensor_lr else packet.default
+    lr = torch.tensor(1e-2) if tensor_lr else 1e-2
+    scales = torch.rand(len(args[0]), dtype=torch.float64)
+    torch.library.opcheck(op, args, dict(kwargs, lr=lr, grad_scale=torch.tensor(2.0), alignment_scales=scales))
+
+
+def test_opcheck_alignment_stats():
+    _, g, (emas,), _ = lists(1)
+    scales = torch.zeros(len(g), dtype=torch.float64)
+    torch.library.opcheck(torch.ops.gradfused.alignment_stats_.default, (g, emas, scales),
+                          dict(beta=0.9, eps=1e-8, grad_scale=torch.tensor(4.0)))
