@@ -34,9 +34,9 @@ struct SgdTensorScalars {
 
 // ---- Adam / AdamW ---------------------------------------------------------------------------------
 // NOTE: [the kernels round as the reference does]
-// Constants such as 1 - beta1 are formed once in double and rounded to the compute type, and each
-// element sees the operations of ALGORITHMS.md in its order (divide by bc1, not multiply by 1/bc1), as
-// the reference does with torch ops. With -ffp-contract=off the fused kernels then round like the
+// Constants such as 1 - beta1 or 1 / bc1 are formed once in double and rounded to the compute type,
+// and each element sees the same operations in the same order as in the reference's torch ops
+// (a multiply by 1 / bc1 where ALGORITHMS.md writes / bc1: one division per element instead of three). With -ffp-contract=off the fused kernels then round like the
 // reference operation for operation, which keeps 16-bit states from drifting apart one rounding flip
 // at a time.
 template <class S>
@@ -48,20 +48,20 @@ struct AdamHyper {
 };
 template <class S>
 struct AdamTensorScalars {
-  S bc1;       // 1 - beta1^t
-  S sqrt_bc2;  // sqrt(1 - beta2^t)
+  S inv_bc1;       // 1 / (1 - beta1^t)
+  S inv_sqrt_bc2;  // 1 / sqrt(1 - beta2^t)
   template <class T>
-  GF_HD AdamTensorScalars<T> cast() const { return {T(bc1), T(sqrt_bc2)}; }
+  GF_HD AdamTensorScalars<T> cast() const { return {T(inv_bc1), T(inv_sqrt_bc2)}; }
 };
 
 // ---- RAdam -----------------------------------------------------------------------------------------
 template <class S>
 struct RAdamTensorScalars {
   bool rectified;  // rho_t > 5
-  S bc1;
+  S inv_bc1;
   S rect_factor;  // r * sqrt(1 - beta2^t), used when rectified
   template <class T>
-  GF_HD RAdamTensorScalars<T> cast() const { return {rectified, T(bc1), T(rect_factor)}; }
+  GF_HD RAdamTensorScalars<T> cast() const { return {rectified, T(inv_bc1), T(rect_factor)}; }
 };
 
 // ---- AdEMA -----------------------------------------------------------------------------------------
@@ -78,11 +78,11 @@ struct AdemaHyper {
 };
 template <class S>
 struct AdemaTensorScalars {
-  S bc1, sqrt_bc2;
+  S inv_bc1, inv_sqrt_bc2;
   S beta3_t, one_minus_beta3_t, alpha_t;
   template <class T>
   GF_HD AdemaTensorScalars<T> cast() const {
-    return {T(bc1), T(sqrt_bc2), T(beta3_t), T(one_minus_beta3_t), T(alpha_t)};
+    return {T(inv_bc1), T(inv_sqrt_bc2), T(beta3_t), T(one_minus_beta3_t), T(alpha_t)};
   }
 };
 

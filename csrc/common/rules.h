@@ -57,11 +57,11 @@ struct AdamRule {
       state[2] = max(state[2], v);
       v_hat = state[2];
     }
-    return (m / t.bc1) / (sqrt(v_hat) / t.sqrt_bc2 + h.eps);
+    return (m * t.inv_bc1) / (sqrt(v_hat) * t.inv_sqrt_bc2 + h.eps);
   }
 };
 GF_HD AdamTensorScalars<double> adam_tensor_scalars(double t, const AdamHyper<double>& h) {
-  return {1.0 - ::pow(h.beta1, t), ::sqrt(1.0 - ::pow(h.beta2, t))};
+  return {1.0 / (1.0 - ::pow(h.beta1, t)), 1.0 / ::sqrt(1.0 - ::pow(h.beta2, t))};
 }
 
 // ---- RAdam ---------------------------------------------------------------------------------------------
@@ -77,7 +77,7 @@ struct RAdamRule {
     V& m = state[0];
     V& v = state[1];
     adam_moments(g, m, v, h);
-    V m_hat = m / t.bc1;
+    V m_hat = m * t.inv_bc1;
     if (t.rectified) return m_hat * t.rect_factor / (sqrt(v) + h.eps);
     return m_hat;
   }
@@ -87,9 +87,9 @@ GF_HD RAdamTensorScalars<double> radam_tensor_scalars(double t, const AdamHyper<
   const double bc2 = 1.0 - ::pow(h.beta2, t);
   const double rho_inf = 2.0 / (1.0 - h.beta2) - 1.0;
   const double rho_t = rho_inf - 2.0 * t * ::pow(h.beta2, t) / bc2;
-  if (!(rho_t > 5.0)) return {false, bc1, 0.0};
+  if (!(rho_t > 5.0)) return {false, 1.0 / bc1, 0.0};
   const double r = ::sqrt((rho_t - 4.0) * (rho_t - 2.0) * rho_inf / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t));
-  return {true, bc1, r * ::sqrt(bc2)};
+  return {true, 1.0 / bc1, r * ::sqrt(bc2)};
 }
 
 // ---- AdEMA (AdEMAMix) ----------------------------------------------------------------------------------
@@ -106,13 +106,13 @@ struct AdemaRule {
     V& m1 = state[0];
     V& v = state[1];
     adam_moments(g, m1, v, h);
-    V numerator = m1 / t.bc1;
+    V numerator = m1 * t.inv_bc1;
     if constexpr (kSlowEma) {
       V& m2 = state[2];
       m2 = t.beta3_t * m2 + t.one_minus_beta3_t * g;
       numerator = numerator + t.alpha_t * m2;
     }
-    return numerator / (sqrt(v) / t.sqrt_bc2 + h.eps);
+    return numerator / (sqrt(v) * t.inv_sqrt_bc2 + h.eps);
   }
 };
 GF_HD AdemaTensorScalars<double> adema_tensor_scalars(double t, const AdemaHyper<double>& h) {
@@ -124,7 +124,7 @@ GF_HD AdemaTensorScalars<double> adema_tensor_scalars(double t, const AdemaHyper
     const double ln_b1 = ::log(h.beta1), ln_b3 = ::log(h.beta3);
     beta3_t = ::fmin(::exp(ln_b1 * ln_b3 / ((1.0 - t / T) * ln_b3 + (t / T) * ln_b1)), h.beta3);
   }
-  return {1.0 - ::pow(h.beta1, t), ::sqrt(1.0 - ::pow(h.beta2, t)), beta3_t, 1.0 - beta3_t, alpha_t};
+  return {1.0 / (1.0 - ::pow(h.beta1, t)), 1.0 / ::sqrt(1.0 - ::pow(h.beta2, t)), beta3_t, 1.0 - beta3_t, alpha_t};
 }
 
 GF_CODE_END

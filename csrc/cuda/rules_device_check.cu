@@ -30,7 +30,7 @@ __global__ void check_alignment(const S* g, S* a, double* out, int n, gf::AlignH
 }
 
 __global__ void check_tensor_scalars(double t, double* out) {
-  out[0] = gf::adam_tensor_scalars(t, {0.9, 0.999, 1e-8, 0.1, 0.001}).bc1;
+  out[0] = gf::adam_tensor_scalars(t, {0.9, 0.999, 1e-8, 0.1, 0.001}).inv_bc1;
   out[1] = gf::radam_tensor_scalars(t, {0.9, 0.999, 1e-8, 0.1, 0.001}).rect_factor;
   out[2] = gf::adema_tensor_scalars(t, {0.9, 0.999, 1e-8, 0.1, 0.001, 0.9999, 5.0, 100.0}).beta3_t;
 }

@@ -47,7 +47,9 @@ def adam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *,
         if amsgrad:
             st[2].copy_(st[2].maximum(v))
             v_hat = st[2]
-        return (m / bc1) / (v_hat.sqrt() / math.sqrt(bc2) + eps)
+        # (m / bc1) / (sqrt(v̂) / sqrt(bc2) + eps), with the divisions by scalars as multiplications by
+        # their reciprocals, as the kernels do (NOTE: [the kernels round as the reference does])
+        return (m * (1 / bc1)) / (v_hat.sqrt() * (1 / math.sqrt(bc2)) + eps)
 
     states = [exp_avgs, exp_avg_sqs] + ([max_exp_avg_sqs] if amsgrad else [])
     run_pipeline(params, grads, states, state_steps, rule,
@@ -61,7 +63,7 @@ def radam_(params, grads, exp_avgs, exp_avg_sqs, state_steps, *, lr, beta1, beta
         m, v = st
         _adam_moments(g, m, v, beta1, beta2)
         bc1, bc2 = 1 - beta1**t, 1 - beta2**t
-        m_hat = m / bc1
+        m_hat = m * (1 / bc1)
         rho_inf = 2 / (1 - beta2) - 1
         rho_t = rho_inf - 2 * t * beta2**t / bc2
         if rho_t > 5:
@@ -94,13 +96,13 @@ def adema_(params, grads, exp_avgs, exp_avg_sqs, exp_avg_slows, state_steps, *, 
         m1, v = st[0], st[1]
         _adam_moments(g, m1, v, beta1, beta2)
         bc1, bc2 = 1 - beta1**t, 1 - beta2**t
-        numerator = m1 / bc1
+        numerator = m1 * (1 / bc1)
         if slow:
             alpha_t, beta3_t = adema_schedule(t, alpha, beta1, beta3, t_alpha_beta3)
             m2 = st[2]
             m2.copy_(beta3_t * m2 + (1 - beta3_t) * g)
             numerator = numerator + alpha_t * m2
-        return numerator / (v.sqrt() / math.sqrt(bc2) + eps)
+        return numerator / (v.sqrt() * (1 / math.sqrt(bc2)) + eps)
 
     states = [exp_avgs, exp_avg_sqs] + ([exp_avg_slows] if slow else [])
     run_pipeline(params, grads, states, state_steps, rule,
