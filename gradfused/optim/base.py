@@ -140,21 +140,24 @@ class FusedOptimizer(Optimizer):
             g = p.grad
             if g is None:
                 continue
-            where = f"param group {next(k for k, g in enumerate(self.param_groups) if g is group)}, params[{i}]"
-            if g.is_sparse or g.layout != torch.strided:
-                raise RuntimeError(f"{self._name}: the gradient of {where} is sparse; "
-                                   f"{type(self).__name__} does not support sparse gradients")
-            if g.device != p.device:
-                raise RuntimeError(f"{self._name}: the gradient of {where} is on {g.device} but the parameter "
-                                   f"is on {p.device}")
-            if g.dtype != p.dtype:
-                raise RuntimeError(f"{self._name}: the gradient of {where} has dtype {g.dtype} but the "
-                                   f"parameter has {p.dtype}")
-            if g.shape != p.shape:
-                raise RuntimeError(f"{self._name}: the gradient of {where} has shape {tuple(g.shape)} but the "
-                                   f"parameter has {tuple(p.shape)}")
+            if g.layout != torch.strided or g.device != p.device or g.dtype != p.dtype or g.shape != p.shape:
+                self._raise_bad_grad(group, i, p, g)
             params.append(p)
         return params
+
+    def _raise_bad_grad(self, group: dict, i: int, p: Tensor, g: Tensor) -> None:
+        where = f"param group {next(k for k, gr in enumerate(self.param_groups) if gr is group)}, params[{i}]"
+        if g.layout != torch.strided:
+            raise RuntimeError(f"{self._name}: the gradient of {where} is sparse; "
+                               f"{type(self).__name__} does not support sparse gradients")
+        if g.device != p.device:
+            raise RuntimeError(f"{self._name}: the gradient of {where} is on {g.device} but the parameter "
+                               f"is on {p.device}")
+        if g.dtype != p.dtype:
+            raise RuntimeError(f"{self._name}: the gradient of {where} has dtype {g.dtype} but the "
+                               f"parameter has {p.dtype}")
+        raise RuntimeError(f"{self._name}: the gradient of {where} has shape {tuple(g.shape)} but the "
+                           f"parameter has {tuple(p.shape)}")
 
     def _init_state(self, p: Tensor, specs: list[tuple[str, bool]]) -> dict:
         state = self.state[p]
@@ -170,7 +173,7 @@ class FusedOptimizer(Optimizer):
         """Indices of `params` grouped by (device, dtype): one op call per bucket, in a fixed order."""
         buckets: dict[tuple, list[int]] = defaultdict(list)
         for i, p in enumerate(params):
-            buckets[(str(p.device), p.dtype)].append(i)
+            buckets[(p.device, p.dtype)].append(i)
         return list(buckets.values())
 
     def _update(self, group: dict, params: list[Tensor], *, grad_scale: Tensor | None = None,
