@@ -13,7 +13,7 @@ import gradfused as gf
 
 SMALL = os.environ.get("GRADFUSED_BENCH_SMALL") == "1"
 SHRINK = 100 if SMALL else 1
-ROUNDS = 3 if SMALL else 15
+ROUNDS = int(os.environ.get("GRADFUSED_BENCH_ROUNDS", 3 if SMALL else 15))  # more rounds on a noisy machine
 
 # name -> (total elements, tensor count, dtype)
 CASES = {
