@@ -25,13 +25,69 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(w) for w in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {text!r}") from None
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from .experiments.compare import config_from_json, format_table, resolve, run
+
+    if args.config:
+        config = config_from_json(args.config)
+        if args.out:
+            config.out = args.out
+    else:
+        overrides = {k: getattr(args, k) for k in ("dataset", "model", "widths", "activation", "optimizers",
+                                                   "epochs", "seeds", "batch_size", "device", "backend", "out",
+                                                   "tune")}
+        config = resolve(args.preset, overrides)
+    report = run(config, quiet=args.quiet)
+    print(format_table(report))
+    print(f"wrote {config.out}/results.json, results.csv and loss_curves.png")
+    return 0
+
+
+def _add_compare(sub) -> None:
+    p = sub.add_parser("compare", help="train a model with several optimizers over several seeds and compare",
+                       description="Trains the same model from the same initial weights with each optimizer and "
+                                   "reports losses, accuracy and step time. Needs no network.")
+    p.add_argument("--preset", help="a research comparison: grn or gao (explicit options override it)")
+    p.add_argument("--dataset", help="mnist1d (default) or digits")
+    p.add_argument("--model", help="mlp (default) or cnn (MNIST-1D)")
+    p.add_argument("--widths", type=_int_list, help="hidden widths of the MLP, e.g. 128,128")
+    p.add_argument("--activation", help="relu (default), tanh, sigmoid or gelu")
+    p.add_argument("--optimizers", nargs="+", metavar="SPEC",
+                   help="e.g. adamw:lr=1e-3 persistent_sgd:lr=0.01,decay=0.99 align:adam:lr=8.5e-3,beta=0.99 "
+                        "torch.sgd:lr=0.1,momentum=0.9 (tuples with '/': betas=0.9/0.999)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--seeds", type=int, help="how many seeds (0, 1, ...)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--device", help="cpu (default) or cuda")
+    p.add_argument("--backend", help="native (default) or reference: which implementation trains")
+    p.add_argument("--out", help="output folder (default: compare-results)")
+    p.add_argument("--tune", type=int, help="optuna trials per optimizer before the run (needs optuna)")
+    p.add_argument("--config", help="rerun the configuration recorded in a results.json")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=_compare)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gradfused", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions, which native build is loaded, and the CPU SIMD level").set_defaults(
         run=_info)
+    _add_compare(sub)
     args = parser.parse_args(argv)
-    return args.run(args)
+    from .experiments.errors import CompareError
+
+    try:
+        return args.run(args)
+    except CompareError as e:
+        print(f"gradfused {args.command}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

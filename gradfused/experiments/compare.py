@@ -1,0 +1,272 @@
+"""Trains the same model from the same initial weights with each optimizer over several seeds, and
+writes the table, loss_curves.png, results.json and results.csv."""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+import gradfused
+
+from . import datasets, models
+from . import optimizers as optim_specs
+from .errors import CompareError
+from .presets import DEFAULT, PRESETS
+
+TIMING_STEPS = 30  # steps of the timing probe of the other backend
+
+
+@dataclass
+class CompareConfig:
+    dataset: str = DEFAULT["dataset"]
+    model: str = DEFAULT["model"]
+    widths: tuple[int, ...] = DEFAULT["widths"]
+    activation: str = DEFAULT["activation"]
+    optimizers: list[str] = field(default_factory=lambda: list(DEFAULT["optimizers"]))
+    epochs: int = DEFAULT["epochs"]
+    seeds: int = DEFAULT["seeds"]
+    batch_size: int = DEFAULT["batch_size"]
+    device: str = "cpu"
+    backend: str = "native"
+    out: str = "compare-results"
+    preset: str | None = None
+    tune: int = 0
+
+    def check(self) -> None:
+        for name in ("epochs", "seeds", "batch_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise CompareError(f"--{name.replace('_', '-')} must be a whole number >= 1, got {getattr(self, name)!r}")
+        if self.tune < 0:
+            raise CompareError(f"--tune must be >= 0, got {self.tune}")
+        if self.backend not in ("native", "reference"):
+            raise CompareError(f"--backend must be native or reference, got {self.backend!r}")
+        if not self.optimizers:
+            raise CompareError("--optimizers needs at least one optimizer")
+        if any(w < 1 for w in self.widths):
+            raise CompareError(f"--widths must be positive, got {self.widths}")
+        try:
+            device = torch.device(self.device)
+        except RuntimeError as e:
+            raise CompareError(f"--device {self.device!r}: {e}") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise CompareError("--device cuda: no CUDA device is available")
+
+
+def resolve(preset: str | None, overrides: dict[str, Any]) -> CompareConfig:
+    """Defaults, then the preset, then what was given explicitly."""
+    values: dict[str, Any] = {}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise CompareError(f"unknown preset {preset!r} (expected one of: {', '.join(PRESETS)})")
+        values.update(PRESETS[preset])
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    config = CompareConfig(preset=preset, **values)
+    config.widths = tuple(config.widths)
+    config.check()
+    return config
+
+
+# ---- training ---------------------------------------------------------------------------------------
+
+def _evaluate(model, x, y) -> tuple[float, float]:
+    model.eval()
+    with torch.no_grad():
+        logits = model(x)
+        loss = F.cross_entropy(logits, y).item()
+        acc = (logits.argmax(1) == y).float().mean().item()
+    model.train()
+    return loss, acc
+
+
+def _initial_weights(config: CompareConfig, data: datasets.Dataset, seed: int) -> dict[str, torch.Tensor]:
+    torch.manual_seed(seed)
+    model = models.build(config.model, data.num_features, data.num_classes, config.widths, config.activation)
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def train_run(config, spec, data, seed, init, *, progress=None) -> dict[str, Any]:
+    """One optimizer, one seed: per-epoch train/validation loss and accuracy, and the time per step."""
+    model = models.build(config.model, data.num_features, data.num_classes, config.widths, config.activation)
+    model.load_state_dict(init)
+    model.to(config.device)
+    opt = spec.build(model.parameters(), fused=config.backend == "native")
+    order = torch.Generator().manual_seed(seed)  # the same batches for every optimizer
+    n = len(data.y_train)
+    epochs, step_seconds, steps = [], 0.0, 0
+    for epoch in range(1, config.epochs + 1):
+        perm = torch.randperm(n, generator=order).to(config.device)
+        for start in range(0, n, config.batch_size):
+            idx = perm[start:start + config.batch_size]
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(data.x_train[idx]), data.y_train[idx]).backward()
+            t0 = time.perf_counter()
+            opt.step()
+            if config.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            step_seconds += time.perf_counter() - t0
+            steps += 1
+        train_loss, train_acc = _evaluate(model, data.x_train, data.y_train)
+        val_loss, val_acc = _evaluate(model, data.x_test, data.y_test)
+        epochs.append(dict(epoch=epoch, train_loss=train_loss, train_acc=train_acc, val_loss=val_loss, val_acc=val_acc))
+        if progress is not None:
+            progress.update(1)
+            progress.set_postfix_str(f"{spec.label[:40]} seed {seed} val {val_loss:.3f}")
+    return dict(seed=seed, epochs=epochs, step_ms=1e3 * step_seconds / max(steps, 1))
+
+
+def time_other_backend(config, spec, data, init) -> float | None:
+    """Mean ms per step of the backend that did not train (reference when training ran native, and vice
+    versa), on the same model and batch; None for torch.optim optimizers, which have no reference."""
+    if not spec.is_gradfused:
+        return None
+    model = models.build(config.model, data.num_features, data.num_classes, config.widths, config.activation)
+    model.load_state_dict(init)
+    model.to(config.device)
+    opt = spec.build(model.parameters(), fused=config.backend != "native")
+    x, y = data.x_train[: config.batch_size], data.y_train[: config.batch_size]
+    total = 0.0
+    for i in range(TIMING_STEPS + 3):
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        t0 = time.perf_counter()
+        opt.step()
+        if i >= 3:  # warm-up: state creation
+            total += time.perf_counter() - t0
+    return 1e3 * total / TIMING_STEPS
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    final_train = [r["epochs"][-1]["train_loss"] for r in runs]
+    best_val = [min(e["val_loss"] for e in r["epochs"]) for r in runs]
+    final_acc = [r["epochs"][-1]["val_acc"] for r in runs]
+    out = {}
+    for key, values in (("final_train_loss", final_train), ("best_val_loss", best_val), ("final_val_acc", final_acc)):
+        out[key + "_mean"], out[key + "_std"] = _mean_std(values)
+    out["step_ms_mean"] = statistics.fmean(r["step_ms"] for r in runs)
+    return out
+
+
+def versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    v = {"gradfused": gradfused.__version__, "torch": torch.__version__, "python": platform.python_version(),
+         "platform": platform.platform()}
+    for dist in ("numpy", "mnist1d", "scikit-learn", "matplotlib", "optuna"):
+        try:
+            v[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            pass
+    return v
+
+
+def run(config: CompareConfig, *, quiet: bool = False) -> dict[str, Any]:
+    _check_out_dir(config.out)
+    specs = [optim_specs.parse(s) for s in config.optimizers]
+    data = datasets.load(config.dataset).to(config.device)
+    tuning = None
+    if config.tune:
+        from .tune import tune_all
+
+        specs, tuning = tune_all(config, specs, data, quiet=quiet)
+    inits = [_initial_weights(config, data, seed) for seed in range(config.seeds)]
+    from tqdm import tqdm
+
+    results = []
+    with tqdm(total=len(specs) * config.seeds * config.epochs, unit="epoch", disable=quiet, file=sys.stderr,
+              dynamic_ncols=True) as progress:
+        for spec in specs:
+            runs = [train_run(config, spec, data, seed, inits[seed], progress=progress) for seed in range(config.seeds)]
+            other = time_other_backend(config, spec, data, inits[0])
+            summary = summarize(runs)
+            native_ms = summary["step_ms_mean"] if config.backend == "native" else other
+            reference_ms = other if config.backend == "native" else summary["step_ms_mean"]
+            summary.update(step_ms_native=native_ms, step_ms_reference=reference_ms)
+            results.append(dict(spec=spec.text, label=spec.label, hyperparameters=spec.hyper, alignment=spec.align,
+                                runs=runs, summary=summary))
+    report = dict(config=dataclasses.asdict(config), versions=versions(), tuning=tuning, results=results)
+    write_outputs(config.out, report)
+    return report
+
+
+def _check_out_dir(out: str) -> None:
+    try:
+        os.makedirs(out, exist_ok=True)
+        probe = os.path.join(out, ".gradfused-write-test")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        raise CompareError(f"--out {out!r} is not a writable folder ({e.strerror or e})") from None
+
+
+# ---- outputs ----------------------------------------------------------------------------------------
+
+def write_outputs(out: str, report: dict[str, Any]) -> None:
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    with open(os.path.join(out, "results.csv"), "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["optimizer", "seed", "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "step_ms"])
+        for r in report["results"]:
+            for run_ in r["runs"]:
+                for e in run_["epochs"]:
+                    writer.writerow([r["label"], run_["seed"], e["epoch"], e["train_loss"], e["train_acc"],
+                                     e["val_loss"], e["val_acc"], run_["step_ms"]])
+    from .plots import loss_curves
+
+    loss_curves(report, os.path.join(out, "loss_curves.png"))
+
+
+def _fmt(mean: float, std: float, digits: int = 4) -> str:
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def format_table(report: dict[str, Any]) -> str:
+    rows = [("optimizer", "final train loss", "best val loss", "val acc %", "step ms native", "step ms reference",
+             "speedup")]
+    for r in report["results"]:
+        s = r["summary"]
+        native, ref = s["step_ms_native"], s["step_ms_reference"]
+        rows.append((
+            r["label"], _fmt(s["final_train_loss_mean"], s["final_train_loss_std"]),
+            _fmt(s["best_val_loss_mean"], s["best_val_loss_std"]),
+            _fmt(100 * s["final_val_acc_mean"], 100 * s["final_val_acc_std"], 1),
+            f"{native:.3f}" if native is not None else "-", f"{ref:.3f}" if ref is not None else "-",
+            f"{ref / native:.1f}x" if native and ref else "-",
+        ))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    c = report["config"]
+    head = (f"{c['dataset']}, {c['model']} {'-'.join(map(str, c['widths']))} {c['activation']}, batch {c['batch_size']}, "
+            f"{c['epochs']} epochs, {c['seeds']} seeds (mean ± std), backend {c['backend']}")
+    return head + "\n" + "\n".join(lines)
+
+
+def config_from_json(path: str) -> CompareConfig:
+    """The configuration recorded in a results.json: a run is reproducible from that file alone."""
+    try:
+        with open(path) as f:
+            recorded = json.load(f)["config"]
+    except (OSError, ValueError, KeyError) as e:
+        raise CompareError(f"--config {path!r}: not a gradfused results.json ({e})") from None
+    fields = {f.name for f in dataclasses.fields(CompareConfig)}
+    config = CompareConfig(**{k: v for k, v in recorded.items() if k in fields})
+    config.widths = tuple(config.widths)
+    config.check()
+    return config
+

@@ -1,0 +1,110 @@
+"""Optimizers from the command line: `name[:k=v,...]`, `align:<base>[:k=v,...]` (GradientAlignment over
+any base), and `torch.<name>` for torch.optim's own. Tuples are written with '/': betas=0.9/0.999."""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+import gradfused as gf
+
+from .errors import CompareError
+
+GRADFUSED = {"persistent_sgd": gf.PersistentSGD, "adam": gf.Adam, "adamw": gf.AdamW, "radam": gf.RAdam,
+             "radamw": gf.RAdamW, "adema": gf.AdEMA}
+TORCH = {"torch.sgd": torch.optim.SGD, "torch.adam": torch.optim.Adam, "torch.adamw": torch.optim.AdamW,
+         "torch.radam": torch.optim.RAdam, "torch.nadam": torch.optim.NAdam, "torch.rmsprop": torch.optim.RMSprop,
+         "torch.adagrad": torch.optim.Adagrad}
+WRAPPER_KEYS = ("beta", "eps")  # GradientAlignment's own hyperparameters; the rest go to the base
+
+
+def _parse_value(text: str):
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low == "none":
+        return None
+    if "/" in text:
+        return tuple(_parse_value(part) for part in text.split("/"))
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        raise CompareError(f"malformed hyperparameter value {text!r} (expected a number, true/false, none, "
+                           "or numbers separated by '/')") from None
+
+
+def _parse_hyper(text: str, spec: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in filter(None, text.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise CompareError(f"malformed hyperparameter {item!r} in {spec!r} (expected key=value)")
+        out[key.strip()] = _parse_value(value.strip())
+    return out
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    text: str  # as written on the command line
+    name: str  # registry key of the optimizer (the base, under align)
+    hyper: dict[str, Any] = field(default_factory=dict)
+    align: dict[str, Any] | None = None  # GradientAlignment's hyperparameters, when wrapped
+
+    @property
+    def is_gradfused(self) -> bool:
+        return self.name in GRADFUSED
+
+    @property
+    def label(self) -> str:
+        cls = GRADFUSED.get(self.name) or TORCH[self.name]
+        inner = ", ".join(f"{k}={v}" for k, v in self.hyper.items())
+        base = f"{'torch.' if self.name in TORCH else ''}{cls.__name__}({inner})"
+        if self.align is None:
+            return base
+        return f"Align[{', '.join(f'{k}={v}' for k, v in self.align.items())}]({base})"
+
+    def with_hyper(self, hyper: dict[str, Any], align: dict[str, Any] | None) -> "OptimizerSpec":
+        return OptimizerSpec(self.text, self.name, hyper, align)
+
+    def build(self, params, *, fused: bool = True) -> torch.optim.Optimizer:
+        kwargs = dict(self.hyper)
+        if self.is_gradfused:
+            kwargs["fused"] = fused
+        cls = GRADFUSED.get(self.name) or TORCH[self.name]
+        try:
+            base = cls(params, **kwargs)
+            if self.align is None:
+                return base
+            return gf.GradientAlignment(base, **self.align, fused=fused)
+        except (ValueError, TypeError) as e:
+            raise CompareError(f"optimizer {self.text!r}: {e}") from None
+
+
+def parse(spec: str) -> OptimizerSpec:
+    parts = spec.split(":", 2 if spec.startswith("align:") else 1)
+    align = None
+    if parts[0] == "align":
+        if len(parts) < 2 or not parts[1]:
+            raise CompareError(f"{spec!r}: align needs a base optimizer, e.g. align:adam:lr=8.5e-3,beta=0.99")
+        name, hyper_text = parts[1], parts[2] if len(parts) > 2 else ""
+    else:
+        name, hyper_text = parts[0], parts[1] if len(parts) > 1 else ""
+    cls = GRADFUSED.get(name) or TORCH.get(name)
+    if cls is None:
+        known = ", ".join(list(GRADFUSED) + list(TORCH) + ["align:<base>"])
+        raise CompareError(f"unknown optimizer {name!r} in {spec!r} (expected one of: {known})")
+    hyper = _parse_hyper(hyper_text, spec)
+    if parts[0] == "align":
+        align = {k: hyper.pop(k) for k in WRAPPER_KEYS if k in hyper}
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "params", "fused", "foreach"}
+    unknown = set(hyper) - accepted
+    if unknown:
+        raise CompareError(f"{spec!r}: {cls.__name__} has no hyperparameter {', '.join(sorted(unknown))} "
+                           f"(it takes: {', '.join(sorted(accepted))})")
+    return OptimizerSpec(spec, name, hyper, align)
