@@ -12,21 +12,23 @@ def loss_curves(report: dict[str, Any], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for r in report["results"]:
         for ax, key in zip(axes, ("train_loss", "val_loss")):
             curves = np.array([[e[key] for e in run["epochs"]] for run in r["runs"]])
             epochs = np.arange(1, curves.shape[1] + 1)
             mean, std = curves.mean(0), curves.std(0)
             (line,) = ax.plot(epochs, mean, label=r["label"], lw=1.6)
-            ax.fill_between(epochs, np.maximum(mean - std, 1e-12), mean + std, color=line.get_color(), alpha=0.2)
+            # On a log axis mean - std can reach zero or below; the band then stops at the best seed.
+            lower = np.maximum(mean - std, curves.min(0))
+            ax.fill_between(epochs, lower, mean + std, color=line.get_color(), alpha=0.2)
     c = report["config"]
     for ax, title in zip(axes, ("train loss", "validation loss")):
         ax.set_yscale("log")
         ax.set_xlabel("epoch")
         ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
-    axes[0].set_ylabel("cross-entropy (mean ± std over seeds)")
+    axes[0].set_ylabel("cross-entropy, mean ± std over seeds")
     axes[1].legend(fontsize=7, loc="best")
     fig.suptitle(f"{c['dataset']}, {c['model']} {'-'.join(map(str, c['widths']))}, {c['seeds']} seeds"
                  + (f", preset {c['preset']}" if c.get("preset") else ""))

@@ -1,0 +1,131 @@
+"""`gradfused compare`: an end-to-end run at tiny size, offline deterministic datasets, the parsing of
+--optimizers, and bad arguments (a clear one-line error and a non-zero exit, never a traceback)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from gradfused.cli import main
+from gradfused.experiments import datasets
+from gradfused.experiments.errors import CompareError
+from gradfused.experiments.optimizers import parse
+
+TINY = ["--epochs", "1", "--seeds", "1", "--quiet", "--batch-size", "256"]
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("GRADFUSED_CACHE", str(tmp_path_factory.getbasetemp() / "gradfused-cache"))
+
+
+def test_tiny_end_to_end_run_writes_everything(tmp_path, capsys):
+    out = tmp_path / "run"
+    specs = ["adamw:lr=1e-3", "align:adam:lr=1e-3,beta=0.9", "torch.sgd:lr=0.1,momentum=0.9"]
+    assert main(["compare", *TINY, "--out", str(out), "--optimizers", *specs]) == 0
+    table = capsys.readouterr().out
+    assert "AdamW(lr=0.001)" in table and "best val loss" in table
+    report = json.loads((out / "results.json").read_text())
+    assert report["config"]["epochs"] == 1 and report["config"]["optimizers"] == specs
+    assert report["versions"]["torch"] == torch.__version__
+    assert [r["spec"] for r in report["results"]] == specs
+    for r in report["results"]:
+        (run,) = r["runs"]
+        (epoch,) = run["epochs"]
+        assert set(epoch) == {"epoch", "train_loss", "train_acc", "val_loss", "val_acc"}
+        assert 0 < epoch["val_loss"] < 10 and 0 <= epoch["val_acc"] <= 1 and run["step_ms"] > 0
+        assert r["summary"]["step_ms_native"] > 0
+    assert report["results"][0]["summary"]["step_ms_reference"] > 0  # gradfused: both backends timed
+    assert report["results"][2]["summary"]["step_ms_reference"] is None  # torch.optim has no reference
+    rows = (out / "results.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + len(specs)
+    assert (out / "loss_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_rerun_from_results_json_gives_the_same_numbers(tmp_path):
+    first, second = tmp_path / "a", tmp_path / "b"
+    assert main(["compare", *TINY, "--out", str(first), "--optimizers", "radam:lr=3e-3", "--dataset", "digits"]) == 0
+    assert main(["compare", "--quiet", "--config", str(first / "results.json"), "--out", str(second)]) == 0
+    a, b = (json.loads((d / "results.json").read_text()) for d in (first, second))
+    assert a["config"] == dict(b["config"], out=a["config"]["out"])
+    assert a["results"][0]["runs"][0]["epochs"] == b["results"][0]["runs"][0]["epochs"]
+
+
+@pytest.mark.parametrize("name, shapes", [("mnist1d", (4000, 40, 1000)), ("digits", (1437, 64, 360))])
+def test_datasets_are_generated_offline_deterministically_and_cached(name, shapes, tmp_path, monkeypatch):
+    monkeypatch.setenv("GRADFUSED_CACHE", str(tmp_path / "one"))
+    first = datasets.load(name)
+    assert (tmp_path / "one" / "datasets" / f"{name}.npz").exists()
+    cached = datasets.load(name)
+    monkeypatch.setenv("GRADFUSED_CACHE", str(tmp_path / "two"))
+    regenerated = datasets.load(name)
+    assert tuple(first.x_train.shape) == shapes[:2] and len(first.y_test) == shapes[2]
+    assert first.num_classes == 10
+    for a, b, c in zip((first.x_train, first.y_train, first.x_test, first.y_test),
+                       (cached.x_train, cached.y_train, cached.x_test, cached.y_test),
+                       (regenerated.x_train, regenerated.y_train, regenerated.x_test, regenerated.y_test)):
+        assert torch.equal(a, b) and torch.equal(a, c)
+
+
+def test_mnist1d_generation_leaves_numpy_global_state_alone(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRADFUSED_CACHE", str(tmp_path))
+    np.random.seed(123)
+    expected = np.random.rand()
+    np.random.seed(123)
+    datasets.load("mnist1d")
+    assert np.random.rand() == expected
+
+
+def test_parse_optimizer_specs():
+    s = parse("adamw:lr=1e-3,betas=0.9/0.99,amsgrad=true")
+    assert (s.name, s.hyper, s.align) == ("adamw", {"lr": 1e-3, "betas": (0.9, 0.99), "amsgrad": True}, None)
+    s = parse("align:adam:lr=8.5e-3,beta=0.99")
+    assert (s.name, s.hyper, s.align) == ("adam", {"lr": 8.5e-3}, {"beta": 0.99})
+    s = parse("persistent_sgd:lr=0.01,decay=0.99")
+    assert s.hyper == {"lr": 0.01, "decay": 0.99} and s.is_gradfused
+    s = parse("torch.sgd:lr=0.1,momentum=0.9,nesterov=true")
+    assert not s.is_gradfused and s.hyper["nesterov"] is True
+    assert parse("adema").hyper == {}
+    assert parse("adema:t_alpha_beta3=none").hyper == {"t_alpha_beta3": None}
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("adamx:lr=1", "unknown optimizer 'adamx'"),
+    ("adamw:lr", "malformed hyperparameter 'lr'"),
+    ("adamw:lr=abc", "malformed hyperparameter value 'abc'"),
+    ("adamw:lrr=0.1", "AdamW has no hyperparameter lrr"),
+    ("align:", "align needs a base optimizer"),
+])
+def test_parse_rejects_bad_specs(spec, message):
+    with pytest.raises(CompareError, match=message):
+        parse(spec)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--optimizers", "adamx"], "unknown optimizer 'adamx'"),
+    (["--dataset", "mnist"], "unknown dataset 'mnist'"),
+    (["--optimizers", "adamw:lr=1e-3,betas"], "malformed hyperparameter 'betas'"),
+    (["--optimizers", "adamw:lr=-1"], "invalid lr=-1"),
+    (["--model", "resnet"], "unknown model 'resnet'"),
+    (["--preset", "nope"], "unknown preset 'nope'"),
+    (["--epochs", "0"], "--epochs must be a whole number >= 1"),
+    (["--backend", "fast"], "--backend must be native or reference"),
+])
+def test_bad_arguments_give_one_line_and_exit_2(args, message, tmp_path, capsys):
+    assert main(["compare", *TINY, "--out", str(tmp_path / "o"), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_unwritable_output_folder(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert main(["compare", *TINY, "--out", str(blocker / "sub")]) == 2
+    err = capsys.readouterr().err
+    assert "is not a writable folder" in err and "Traceback" not in err
+
+
+def test_argparse_errors_exit_2_without_traceback(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["compare", "--epochs", "many"])
+    assert e.value.code == 2 and "invalid int value" in capsys.readouterr().err
