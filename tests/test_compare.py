@@ -129,3 +129,15 @@ def test_argparse_errors_exit_2_without_traceback(capsys):
     with pytest.raises(SystemExit) as e:
         main(["compare", "--epochs", "many"])
     assert e.value.code == 2 and "invalid int value" in capsys.readouterr().err
+
+
+def test_tune_searches_lr_and_beta_and_records_it(tmp_path):
+    out = tmp_path / "tuned"
+    specs = ["adamw:lr=1e-3", "align:adam:lr=1e-3,beta=0.9"]
+    assert main(["compare", *TINY, "--dataset", "digits", "--tune", "3", "--out", str(out), "--optimizers", *specs]) == 0
+    report = json.loads((out / "results.json").read_text())
+    assert [t["trials"] for t in report["tuning"]] == [3, 3]
+    assert set(report["tuning"][0]["best_params"]) == {"lr"}
+    assert set(report["tuning"][1]["best_params"]) == {"lr", "beta"}
+    assert report["results"][0]["hyperparameters"]["lr"] == report["tuning"][0]["best_params"]["lr"]
+    assert report["results"][1]["alignment"]["beta"] == report["tuning"][1]["best_params"]["beta"]
