@@ -39,6 +39,7 @@ else:
             sources,
             include_dirs=[os.path.join(HERE, "csrc")],
             extra_compile_args={"cxx": build_config.CXX_FLAGS},
+            extra_link_args=build_config.LINK_FLAGS,
         )
     )
     cmdclass["build_ext"] = BuildExtension.with_options(use_ninja=True)

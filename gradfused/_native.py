@@ -38,6 +38,7 @@ def _jit_build() -> None:
         name=name,
         sources=[os.path.join(src, s) for s in _build.CPU_SOURCES],
         extra_cflags=_build.CXX_FLAGS,
+        extra_ldflags=_build.LINK_FLAGS,
         extra_include_paths=[src],
         build_directory=build_dir,
         is_python_module=False,

@@ -99,8 +99,7 @@ class GradientAlignment(Optimizer):
         if isinstance(self.base, FusedOptimizer):
             collected = [self.base._collect(group) for group in self.param_groups]  # every check first
             for group, params in zip(self.param_groups, collected):
-                scales = [self._stats([params[i] for i in idx], grad_scale, found_inf)
-                          for idx in FusedOptimizer._buckets(params)]
+                scales = [self._stats(bucket, grad_scale, found_inf) for bucket, _ in self.base._plan(group, params)]
                 self.base._update(group, params, grad_scale=grad_scale, found_inf=found_inf, alignment_scales=scales)
             return loss
         return self._step_torch_base(grad_scale, found_inf, loss)
