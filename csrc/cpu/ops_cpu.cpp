@@ -39,8 +39,29 @@ struct NamedList {
   TensorList tensors;
 };
 
-// Every check runs before anything is written, so bad input never half-applies a step.
-void check_lists(const char* op, const NamedList& params, std::initializer_list<NamedList> others) {
+// One list checked against the parameters it belongs to.
+void check_list_matches(const char* op, const NamedList& params, const NamedList& list) {
+  TORCH_CHECK(list.tensors.size() == params.tensors.size(), op, ": ", list.name, " has ", list.tensors.size(),
+              " tensors but ", params.name, " has ", params.tensors.size());
+  for (size_t i = 0; i < list.tensors.size(); ++i) {
+    const Tensor& t = list.tensors[i];
+    const Tensor& p = params.tensors[i];
+    TORCH_CHECK(t.defined(), op, ": ", list.name, "[", i, "] is undefined");
+    TORCH_CHECK(t.layout() == at::kStrided, op, ": ", list.name, "[", i, "] is sparse (", t.layout(),
+                "); gradfused does not support sparse ", list.name);
+    TORCH_CHECK(t.device() == p.device(), op, ": ", list.name, "[", i, "] is on ", t.device(), " but ",
+                params.name, "[", i, "] is on ", p.device());
+    TORCH_CHECK(t.scalar_type() == p.scalar_type(), op, ": ", list.name, "[", i, "] has dtype ", t.scalar_type(),
+                " but ", params.name, "[", i, "] has ", p.scalar_type());
+    TORCH_CHECK(t.sizes() == p.sizes(), op, ": ", list.name, "[", i, "] has shape ", t.sizes(), " but ",
+                params.name, "[", i, "] has ", p.sizes());
+  }
+}
+
+// Every check runs before anything is written, so bad input never half-applies a step. The lists of
+// `others` and `more_others` are checked alike (two arguments, so callers need not concatenate).
+void check_lists(const char* op, const NamedList& params, std::initializer_list<NamedList> others,
+                 std::initializer_list<NamedList> more_others = {}) {
   for (size_t i = 0; i < params.tensors.size(); ++i) {
     const Tensor& p = params.tensors[i];
     TORCH_CHECK(p.defined(), op, ": ", params.name, "[", i, "] is undefined");
@@ -55,23 +76,8 @@ void check_lists(const char* op, const NamedList& params, std::initializer_list<
     TORCH_CHECK(p.device().is_cpu(), op, ": ", params.name, "[", i, "] is on ", p.device(),
                 " but this call runs on cpu; all tensors of one call must be on one device");
   }
-  for (const NamedList& list : others) {
-    TORCH_CHECK(list.tensors.size() == params.tensors.size(), op, ": ", list.name, " has ", list.tensors.size(),
-                " tensors but ", params.name, " has ", params.tensors.size());
-    for (size_t i = 0; i < list.tensors.size(); ++i) {
-      const Tensor& t = list.tensors[i];
-      const Tensor& p = params.tensors[i];
-      TORCH_CHECK(t.defined(), op, ": ", list.name, "[", i, "] is undefined");
-      TORCH_CHECK(t.layout() == at::kStrided, op, ": ", list.name, "[", i, "] is sparse (", t.layout(),
-                  "); gradfused does not support sparse ", list.name);
-      TORCH_CHECK(t.device() == p.device(), op, ": ", list.name, "[", i, "] is on ", t.device(), " but ",
-                  params.name, "[", i, "] is on ", p.device());
-      TORCH_CHECK(t.scalar_type() == p.scalar_type(), op, ": ", list.name, "[", i, "] has dtype ", t.scalar_type(),
-                  " but ", params.name, "[", i, "] has ", p.scalar_type());
-      TORCH_CHECK(t.sizes() == p.sizes(), op, ": ", list.name, "[", i, "] has shape ", t.sizes(), " but ",
-                  params.name, "[", i, "] has ", p.sizes());
-    }
-  }
+  for (const NamedList& list : others) check_list_matches(op, params, list);
+  for (const NamedList& list : more_others) check_list_matches(op, params, list);
 }
 
 void check_steps(const char* op, TensorList steps, size_t n) {
@@ -153,8 +159,7 @@ void run_update(const char* op, TensorList params, TensorList grads, std::initia
                 const decltype(Launch::hyper)& hyper, TensorScalarsFn tensor_scalars,
                 void (*kernel)(const Launch&, int64_t, int64_t)) {
   const size_t n = params.size();
-  check_lists(op, {"params", params}, {{"grads", grads}});
-  check_lists(op, {"params", params}, states);
+  check_lists(op, {"params", params}, {{"grads", grads}}, states);
   check_steps(op, steps, n);
   check_nonneg(op, "lr", lr);
   check_nonneg(op, "weight_decay", weight_decay);
