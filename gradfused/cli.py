@@ -80,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("info", help="versions, which native build is loaded, and the CPU SIMD level").set_defaults(
         run=_info)
     _add_compare(sub)
+    from . import bench_cli
+
+    bench_cli.add_parser(sub)
     args = parser.parse_args(argv)
     from .experiments.errors import CompareError
 

@@ -141,3 +141,23 @@ def test_tune_searches_lr_and_beta_and_records_it(tmp_path):
     assert set(report["tuning"][1]["best_params"]) == {"lr", "beta"}
     assert report["results"][0]["hyperparameters"]["lr"] == report["tuning"][0]["best_params"]["lr"]
     assert report["results"][1]["alignment"]["beta"] == report["tuning"][1]["best_params"]["beta"]
+
+
+def test_bench_small_run_writes_json_and_plot(tmp_path, capsys):
+    json_path, png_path = tmp_path / "bench.json", tmp_path / "bench.png"
+    assert main(["bench", "--small", "--rounds", "2", "--optimizers", "AdamW", "--cases", "c-1M-in-200",
+                 "--providers", "gradfused", "torch_fused", "--json", str(json_path), "--plot", str(png_path)]) == 0
+    out = capsys.readouterr().out
+    assert "AdamW, c-1M-in-200" in out and "gradfused speedup" in out
+    report = json.loads(json_path.read_text())
+    assert [r["provider"] for r in report["rows"]] == ["torch_fused", "gradfused"]
+    for r in report["rows"]:
+        assert r["step_ms"] > 0 and r["gbps"] > 0 and r["yardstick_gbps"] > 0 and r["state_mib"] > 0
+    assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_bad_arguments(capsys):
+    assert main(["bench", "--small", "--rounds", "0"]) == 2
+    assert "--rounds must be >= 1" in capsys.readouterr().err
+    assert main(["bench", "--small", "--providers", "numpy"]) == 2
+    assert "unknown provider numpy" in capsys.readouterr().err

@@ -1,0 +1,98 @@
+"""`gradfused bench`: the speed benchmarks as a readable table for people (the pytest-benchmark suite in
+benchmarks/ is the CI-facing twin; both take their definitions from gradfused/benchmarking.py)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+
+from . import benchmarking as B
+from .experiments.errors import CompareError as BenchError  # the same one-line-error contract
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("bench", help="time one optimizer step against torch.optim and the reference",
+                       description="Times one optimizer step per optimizer, case and provider, alternating each "
+                                   "step with the in-place yardstick a.add_(b, alpha=0.5), and prints ms per "
+                                   "step, GB/s, %% of the yardstick and gradfused's speedup over each baseline.")
+    p.add_argument("--optimizers", nargs="+", choices=list(B.PROVIDERS), help="default: all")
+    p.add_argument("--cases", nargs="+", choices=list(B.CASES), help="default: all")
+    p.add_argument("--providers", nargs="+", help="default: all that exist for each optimizer")
+    p.add_argument("--rounds", type=int, default=15, help="timed steps per combination (median is reported)")
+    p.add_argument("--small", action="store_true", help="every case 100x smaller (a smoke run)")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--json", metavar="PATH", help="write every measurement to this JSON file")
+    p.add_argument("--plot", metavar="PATH", help="write a PNG bar chart of GB/s")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.rounds < 1:
+        raise BenchError(f"--rounds must be >= 1, got {args.rounds}")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise BenchError("--device cuda: no CUDA device is available")
+    known = {p for providers in B.PROVIDERS.values() for p in providers}
+    unknown = set(args.providers or ()) - known
+    if unknown:
+        raise BenchError(f"unknown provider {', '.join(sorted(unknown))} (expected some of: {', '.join(sorted(known))})")
+    combos = B.combinations(args.optimizers, args.cases, args.providers, args.small)
+    rows = []
+    for k, (optimizer, case, provider) in enumerate(combos, 1):
+        print(f"[{k}/{len(combos)}] {optimizer} / {case} / {provider} ...", file=sys.stderr, flush=True)
+        rows.append(B.measure(optimizer, case, provider, rounds=args.rounds, small=args.small, device=args.device))
+    print(format_tables(rows))
+    if args.json:
+        meta = dict(torch=torch.__version__, device=args.device, threads=torch.get_num_threads(),
+                    simd=torch.ops.gradfused.cpu_isa(), small=args.small)
+        with open(args.json, "w") as f:
+            json.dump(dict(meta=meta, rows=rows), f, indent=1)
+    if args.plot:
+        plot(rows, args.plot)
+    return 0
+
+
+def format_tables(rows: list[dict]) -> str:
+    out = []
+    for optimizer in dict.fromkeys(r["optimizer"] for r in rows):
+        for case in dict.fromkeys(r["case"] for r in rows if r["optimizer"] == optimizer):
+            group = [r for r in rows if r["optimizer"] == optimizer and r["case"] == case]
+            ours = next((r for r in group if r["provider"] == "gradfused"), None)
+            lines = [("provider", "ms/step", "GB/s", "% yardstick", "gradfused speedup")]
+            for r in sorted(group, key=lambda r: r["step_ms"]):
+                speedup = f"{r['step_ms'] / ours['step_ms']:.2f}x" if ours and r is not ours else ""
+                lines.append((r["provider"], f"{r['step_ms']:.3f}", f"{r['gbps']:.1f}",
+                              f"{r['pct_of_yardstick']:.0f} % of {r['yardstick_gbps']:.0f}", speedup))
+            widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+            out.append(f"{optimizer}, {case} (state {group[0]['state_mib']:.1f} MiB)")
+            out += ["  " + "  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in lines]
+            out.append("")
+    return "\n".join(out)
+
+
+def plot(rows: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    groups = list(dict.fromkeys((r["optimizer"], r["case"]) for r in rows))
+    providers = list(dict.fromkeys(r["provider"] for r in rows))
+    fig, ax = plt.subplots(figsize=(max(8, 1.2 * len(groups) + 2), 4.5))
+    width = 0.8 / len(providers)
+    for k, provider in enumerate(providers):
+        values = [next((r["gbps"] for r in rows if (r["optimizer"], r["case"]) == g and r["provider"] == provider),
+                       np.nan) for g in groups]
+        ax.bar(np.arange(len(groups)) + k * width, values, width, label=provider)
+    yard = np.median([r["yardstick_gbps"] for r in rows])
+    ax.axhline(yard, color="k", ls="--", lw=1, label=f"yardstick (median {yard:.0f} GB/s)")
+    ax.set_xticks(np.arange(len(groups)) + 0.4 - width / 2)
+    ax.set_xticklabels([f"{o}\n{c}" for o, c in groups], fontsize=7)
+    ax.set_ylabel("achieved GB/s")
+    ax.legend(fontsize=7)
+    ax.set_title(f"one optimizer step, {rows[0]['device']}, {rows[0]['threads']} threads")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,152 @@
+"""What the speed benchmarks measure, shared by the pytest-benchmark suite (benchmarks/) and
+`gradfused bench`: the cases, the providers, the bytes each step moves and the yardstick.
+
+The yardstick is an in-place `a.add_(b, alpha=0.5)` over 10M fp32: 12 bytes per element, the same
+read-modify-write pattern as an optimizer step (DESIGN.md, performance model)."""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+import gradfused as gf
+
+# name -> (total elements, tensor count, dtype)
+CASES = {
+    "a-10M-in-100": (10_000_000, 100, torch.float32),
+    "b-10M-in-1000": (10_000_000, 1000, torch.float32),
+    "c-1M-in-200": (1_000_000, 200, torch.float32),
+    "a-bf16": (10_000_000, 100, torch.bfloat16),
+}
+SMALL_SHRINK = 100  # GRADFUSED_BENCH_SMALL / --small: every case 100x smaller, for a smoke run
+
+# fp32 bytes moved per element per step (DESIGN.md); 16-bit tensors move half as many.
+BYTES_PER_ELEMENT = {"PersistentSGD": 20, "AdamW": 28, "RAdam": 28, "AdEMA": 36, "Align(AdamW)": 40}
+
+# optimizer -> provider -> factory(params); a provider is absent where it has no such optimizer
+PROVIDERS: dict[str, dict[str, Callable]] = {
+    "PersistentSGD": {
+        "reference_forloop": lambda p: gf.PersistentSGD(p, decay=0.9, fused=False),
+        "torch_forloop": lambda p: torch.optim.SGD(p, lr=1e-2, momentum=0.9, foreach=False),
+        "torch_foreach": lambda p: torch.optim.SGD(p, lr=1e-2, momentum=0.9, foreach=True),
+        "torch_fused": lambda p: torch.optim.SGD(p, lr=1e-2, momentum=0.9, fused=True),
+        "gradfused": lambda p: gf.PersistentSGD(p, decay=0.9),
+    },
+    "AdamW": {
+        "reference_forloop": lambda p: gf.AdamW(p, fused=False),
+        "torch_forloop": lambda p: torch.optim.AdamW(p, foreach=False),
+        "torch_foreach": lambda p: torch.optim.AdamW(p, foreach=True),
+        "torch_fused": lambda p: torch.optim.AdamW(p, fused=True),
+        "gradfused": lambda p: gf.AdamW(p),
+    },
+    "RAdam": {
+        "reference_forloop": lambda p: gf.RAdam(p, fused=False),
+        "torch_forloop": lambda p: torch.optim.RAdam(p, foreach=False),
+        "torch_foreach": lambda p: torch.optim.RAdam(p, foreach=True),
+        "gradfused": lambda p: gf.RAdam(p),
+    },
+    "AdEMA": {
+        "reference_forloop": lambda p: gf.AdEMA(p, fused=False),
+        "gradfused": lambda p: gf.AdEMA(p),
+    },
+    "Align(AdamW)": {
+        "reference_forloop": lambda p: gf.GradientAlignment(gf.AdamW(p, fused=False), fused=False),
+        "torch_foreach": lambda p: gf.GradientAlignment(torch.optim.AdamW(p, foreach=True)),
+        "gradfused": lambda p: gf.GradientAlignment(gf.AdamW(p)),
+    },
+}
+
+# The for-loops are the oracle, not contenders: kept to the cases where they finish quickly.
+SLOW_PROVIDERS = {"reference_forloop", "torch_forloop"}
+SLOW_CASES = {"b-10M-in-1000", "a-bf16"}
+
+
+def case_size(case: str, small: bool) -> tuple[int, int, torch.dtype]:
+    total, count, dtype = CASES[case]
+    return (total // SMALL_SHRINK if small else total), count, dtype
+
+
+def combinations(optimizers=None, cases=None, providers=None, small=False) -> list[tuple[str, str, str]]:
+    """(optimizer, case, provider) in a stable order; slow providers only on their cases unless small."""
+    out = []
+    for o in optimizers or PROVIDERS:
+        for c in cases or CASES:
+            for p in PROVIDERS[o]:
+                if providers and p not in providers:
+                    continue
+                if p in SLOW_PROVIDERS and c in SLOW_CASES and not small:
+                    continue
+                out.append((o, c, p))
+    return out
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def make_params(total: int, count: int, dtype: torch.dtype, device="cpu") -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    size = total // count
+    params = []
+    for _ in range(count):
+        p = torch.randn(size, generator=gen).to(device=device, dtype=dtype).requires_grad_()
+        p.grad = torch.randn(size, generator=gen).to(device=device, dtype=dtype)
+        params.append(p)
+    return params
+
+
+def yardstick(small: bool = False, device="cpu") -> Callable[[], None]:
+    n = 10_000_000 // (SMALL_SHRINK if small else 1)
+    a, b = torch.rand(n, device=device), torch.rand(n, device=device)
+    step = lambda: a.add_(b, alpha=0.5)  # noqa: E731
+    step.bytes = 12 * n
+    return step
+
+
+def timed(fn: Callable[[], object], device: torch.device) -> float:
+    _sync(device)
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+def step_bytes(optimizer: str, total: int, count: int, dtype: torch.dtype) -> float:
+    return BYTES_PER_ELEMENT[optimizer] * (total // count) * count * dtype.itemsize / 4
+
+
+def state_bytes(opt) -> int:
+    layers = [opt, opt.base] if isinstance(opt, gf.GradientAlignment) else [opt]
+    return sum(v.numel() * v.element_size() for o in layers for st in o.state.values() for v in st.values()
+               if isinstance(v, torch.Tensor))
+
+
+def measure(optimizer: str, case: str, provider: str, *, rounds: int, small: bool = False, device="cpu") -> dict:
+    """Median time of `rounds` steps, each followed by one yardstick run (alternating, so both see the
+    same machine), with achieved GB/s, % of the yardstick, state MiB and peak memory growth of a step."""
+    device = torch.device(device)
+    total, count, dtype = case_size(case, small)
+    params = make_params(total, count, dtype, device)
+    opt = PROVIDERS[optimizer][provider](params)
+    opt.step()  # state is created outside the timed steps
+    yard = yardstick(small, device)
+    yard()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+    steps, yards = [], []
+    for _ in range(rounds):
+        steps.append(timed(opt.step, device))
+        yards.append(timed(yard, device))
+    step_s, yard_s = statistics.median(steps), statistics.median(yards)
+    gbps = step_bytes(optimizer, total, count, dtype) / step_s / 1e9
+    yard_gbps = yard.bytes / yard_s / 1e9
+    row = dict(optimizer=optimizer, case=case, provider=provider, device=str(device), rounds=rounds,
+               step_ms=1e3 * step_s, gbps=gbps, yardstick_gbps=yard_gbps, pct_of_yardstick=100 * gbps / yard_gbps,
+               state_mib=state_bytes(opt) / 2**20, threads=torch.get_num_threads())
+    if device.type == "cuda":
+        row["step_peak_extra_mib"] = (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    return row
