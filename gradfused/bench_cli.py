@@ -72,27 +72,34 @@ def format_tables(rows: list[dict]) -> str:
 
 
 def plot(rows: list[dict], path: str) -> None:
+    """One panel per optimizer: achieved GB/s per case and provider, with the median yardstick."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    groups = list(dict.fromkeys((r["optimizer"], r["case"]) for r in rows))
+    optimizers = list(dict.fromkeys(r["optimizer"] for r in rows))
     providers = list(dict.fromkeys(r["provider"] for r in rows))
-    fig, ax = plt.subplots(figsize=(max(8, 1.2 * len(groups) + 2), 4.5))
+    colors = dict(zip(providers, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    yard = float(np.median([r["yardstick_gbps"] for r in rows]))
+    fig, axes = plt.subplots(len(optimizers), 1, figsize=(10, 2.4 * len(optimizers)), squeeze=False)
     width = 0.8 / len(providers)
-    for k, provider in enumerate(providers):
-        values = [next((r["gbps"] for r in rows if (r["optimizer"], r["case"]) == g and r["provider"] == provider),
-                       np.nan) for g in groups]
-        ax.bar(np.arange(len(groups)) + k * width, values, width, label=provider)
-    yard = np.median([r["yardstick_gbps"] for r in rows])
-    ax.axhline(yard, color="k", ls="--", lw=1, label=f"yardstick (median {yard:.0f} GB/s)")
-    ax.set_xticks(np.arange(len(groups)) + 0.4 - width / 2)
-    ax.set_xticklabels([f"{o}\n{c}" for o, c in groups], fontsize=7)
-    ax.set_ylabel("achieved GB/s")
-    ax.legend(fontsize=7)
-    ax.set_title(f"one optimizer step, {rows[0]['device']}, {rows[0]['threads']} threads")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    for ax, optimizer in zip(axes[:, 0], optimizers):
+        cases = list(dict.fromkeys(r["case"] for r in rows if r["optimizer"] == optimizer))
+        for k, provider in enumerate(providers):
+            values = [next((r["gbps"] for r in rows if (r["optimizer"], r["case"], r["provider"]) ==
+                            (optimizer, c, provider)), np.nan) for c in cases]
+            ax.bar(np.arange(len(cases)) + k * width, values, width, label=provider, color=colors[provider])
+        ax.axhline(yard, color="k", ls="--", lw=1, label=f"yardstick (median {yard:.0f} GB/s)")
+        ax.set_xticks(np.arange(len(cases)) + 0.4 - width / 2)
+        ax.set_xticklabels(cases, fontsize=8)
+        ax.set_ylabel("GB/s")
+        ax.set_title(optimizer, fontsize=9, loc="left")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.97), ncol=len(labels), fontsize=7)
+    fig.suptitle(f"one optimizer step, achieved GB/s ({rows[0]['device']}, {rows[0]['threads']} threads)",
+                 y=0.995, fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.94))
+    fig.savefig(path, dpi=110)
     plt.close(fig)
