@@ -35,10 +35,10 @@ struct SgdTensorScalars {
 // ---- Adam / AdamW ---------------------------------------------------------------------------------
 // NOTE: [the kernels round as the reference does]
 // Constants such as 1 - beta1 or 1 / bc1 are formed once in double and rounded to the compute type,
-// and each element sees the same operations in the same order as in the reference's torch ops
-// (a multiply by 1 / bc1 where ALGORITHMS.md writes / bc1: one division per element instead of three). With -ffp-contract=off the fused kernels then round like the
-// reference operation for operation, which keeps 16-bit states from drifting apart one rounding flip
-// at a time.
+// and each element sees the same operations in the same order as in the reference's torch ops (a
+// multiply by 1 / bc1 where ALGORITHMS.md writes / bc1: one division per element instead of three).
+// With -ffp-contract=off the fused kernels then round like the reference operation for operation,
+// which keeps 16-bit states from drifting apart one rounding flip at a time.
 template <class S>
 struct AdamHyper {
   S beta1, beta2, eps;

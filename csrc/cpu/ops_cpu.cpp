@@ -234,10 +234,12 @@ void persistent_sgd_cpu(TensorList params, TensorList grads, TensorList momentum
                         kernels().persistent_sgd);
 }
 
-void check_adam_hyper(const char* op, double beta1, double beta2, double eps) {
+// The Adam family's hyperparameters, checked, with 1 - beta formed once in double.
+AdamHyper<double> adam_hyper(const char* op, double beta1, double beta2, double eps) {
   check_range(op, "beta1", beta1, 0.0, 1.0, false);
   check_range(op, "beta2", beta2, 0.0, 1.0, false);
   check_nonneg(op, "eps", eps);
+  return {beta1, beta2, eps, 1.0 - beta1, 1.0 - beta2};
 }
 
 template <class Lr>
@@ -246,8 +248,7 @@ void adam_cpu(TensorList params, TensorList grads, TensorList exp_avgs, TensorLi
               double weight_decay, bool decoupled_weight_decay, bool amsgrad, bool maximize,
               const OptTensor& grad_scale, const OptTensor& found_inf, const OptTensor& alignment_scales) {
   const char* op = "gradfused.adam_";
-  check_adam_hyper(op, beta1, beta2, eps);
-  const AdamHyper<double> hyper{beta1, beta2, eps, 1.0 - beta1, 1.0 - beta2};
+  const AdamHyper<double> hyper = adam_hyper(op, beta1, beta2, eps);
   if (amsgrad) {
     run_update<AdamLaunch>(op, params, grads,
                            {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}, {"max_exp_avg_sqs", max_exp_avg_sqs}},
@@ -266,11 +267,10 @@ void radam_cpu(TensorList params, TensorList grads, TensorList exp_avgs, TensorL
                bool decoupled_weight_decay, bool maximize, const OptTensor& grad_scale, const OptTensor& found_inf,
                const OptTensor& alignment_scales) {
   const char* op = "gradfused.radam_";
-  check_adam_hyper(op, beta1, beta2, eps);
+  const AdamHyper<double> hyper = adam_hyper(op, beta1, beta2, eps);
   run_update<RAdamLaunch>(op, params, grads, {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}}, state_steps,
                           lr_value(lr), weight_decay, decoupled_weight_decay, maximize, false, grad_scale, found_inf,
-                          alignment_scales, AdamHyper<double>{beta1, beta2, eps, 1.0 - beta1, 1.0 - beta2}, radam_tensor_scalars,
-                          kernels().radam);
+                          alignment_scales, hyper, radam_tensor_scalars, kernels().radam);
 }
 
 template <class Lr>
@@ -279,12 +279,12 @@ void adema_cpu(TensorList params, TensorList grads, TensorList exp_avgs, TensorL
                double alpha, double eps, double weight_decay, std::optional<double> t_alpha_beta3, bool maximize,
                const OptTensor& grad_scale, const OptTensor& found_inf, const OptTensor& alignment_scales) {
   const char* op = "gradfused.adema_";
-  check_adam_hyper(op, beta1, beta2, eps);
+  const AdamHyper<double> adam = adam_hyper(op, beta1, beta2, eps);
   check_range(op, "beta3", beta3, 0.0, 1.0, false);
   check_nonneg(op, "alpha", alpha);
   TORCH_CHECK(!t_alpha_beta3 || (std::isfinite(*t_alpha_beta3) && *t_alpha_beta3 > 0), op,
               ": invalid t_alpha_beta3=", t_alpha_beta3.value_or(0), " (expected None or a number > 0)");
-  const AdemaHyper<double> hyper{beta1, beta2, eps, 1.0 - beta1, 1.0 - beta2,
+  const AdemaHyper<double> hyper{adam.beta1, adam.beta2, adam.eps, adam.one_minus_beta1, adam.one_minus_beta2,
                                  beta3, alpha, t_alpha_beta3.value_or(0.0)};
   const bool slow = alpha != 0.0;  // alpha == 0 is AdamW: the slow EMA is neither read nor allocated
   if (slow) {
