@@ -20,7 +20,7 @@ import gradfused
 
 from . import datasets, models
 from . import optimizers as optim_specs
-from .errors import CompareError
+from ..errors import CommandError
 from .presets import DEFAULT, PRESETS
 
 TIMING_STEPS = 30  # steps of the timing probe of the other backend
@@ -45,21 +45,21 @@ class CompareConfig:
     def check(self) -> None:
         for name in ("epochs", "seeds", "batch_size"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise CompareError(f"--{name.replace('_', '-')} must be a whole number >= 1, got {getattr(self, name)!r}")
+                raise CommandError(f"--{name.replace('_', '-')} must be a whole number >= 1, got {getattr(self, name)!r}")
         if self.tune < 0:
-            raise CompareError(f"--tune must be >= 0, got {self.tune}")
+            raise CommandError(f"--tune must be >= 0, got {self.tune}")
         if self.backend not in ("native", "reference"):
-            raise CompareError(f"--backend must be native or reference, got {self.backend!r}")
+            raise CommandError(f"--backend must be native or reference, got {self.backend!r}")
         if not self.optimizers:
-            raise CompareError("--optimizers needs at least one optimizer")
+            raise CommandError("--optimizers needs at least one optimizer")
         if any(w < 1 for w in self.widths):
-            raise CompareError(f"--widths must be positive, got {self.widths}")
+            raise CommandError(f"--widths must be positive, got {self.widths}")
         try:
             device = torch.device(self.device)
         except RuntimeError as e:
-            raise CompareError(f"--device {self.device!r}: {e}") from None
+            raise CommandError(f"--device {self.device!r}: {e}") from None
         if device.type == "cuda" and not torch.cuda.is_available():
-            raise CompareError("--device cuda: no CUDA device is available")
+            raise CommandError("--device cuda: no CUDA device is available")
 
 
 def resolve(preset: str | None, overrides: dict[str, Any]) -> CompareConfig:
@@ -67,7 +67,7 @@ def resolve(preset: str | None, overrides: dict[str, Any]) -> CompareConfig:
     values: dict[str, Any] = {}
     if preset is not None:
         if preset not in PRESETS:
-            raise CompareError(f"unknown preset {preset!r} (expected one of: {', '.join(PRESETS)})")
+            raise CommandError(f"unknown preset {preset!r} (expected one of: {', '.join(PRESETS)})")
         values.update(PRESETS[preset])
     values.update({k: v for k, v in overrides.items() if v is not None})
     config = CompareConfig(preset=preset, **values)
@@ -88,18 +88,35 @@ def _evaluate(model, x, y) -> tuple[float, float]:
     return loss, acc
 
 
+def _build_model(config: CompareConfig, data: datasets.Dataset):
+    return models.build(config.model, data.num_features, data.num_classes, config.widths, config.activation)
+
+
 def _initial_weights(config: CompareConfig, data: datasets.Dataset, seed: int) -> dict[str, torch.Tensor]:
     torch.manual_seed(seed)
-    model = models.build(config.model, data.num_features, data.num_classes, config.widths, config.activation)
-    return {k: v.clone() for k, v in model.state_dict().items()}
+    return {k: v.clone() for k, v in _build_model(config, data).state_dict().items()}
+
+
+def _model_and_optimizer(config, spec, data, init, *, fused: bool):
+    """The model at the initial weights `init`, on the device, and the optimizer over it."""
+    model = _build_model(config, data)
+    model.load_state_dict(init)
+    model.to(config.device)
+    return model, spec.build(model.parameters(), fused=fused)
+
+
+def _timed_step(opt, device: str) -> float:
+    """Seconds of one opt.step(), synchronised on CUDA so the kernels are counted."""
+    t0 = time.perf_counter()
+    opt.step()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
 
 
 def train_run(config, spec, data, seed, init, *, progress=None) -> dict[str, Any]:
     """One optimizer, one seed: per-epoch train/validation loss and accuracy, and the time per step."""
-    model = models.build(config.model, data.num_features, data.num_classes, config.widths, config.activation)
-    model.load_state_dict(init)
-    model.to(config.device)
-    opt = spec.build(model.parameters(), fused=config.backend == "native")
+    model, opt = _model_and_optimizer(config, spec, data, init, fused=config.backend == "native")
     order = torch.Generator().manual_seed(seed)  # the same batches for every optimizer
     n = len(data.y_train)
     epochs, step_seconds, steps = [], 0.0, 0
@@ -109,11 +126,7 @@ def train_run(config, spec, data, seed, init, *, progress=None) -> dict[str, Any
             idx = perm[start:start + config.batch_size]
             opt.zero_grad(set_to_none=True)
             F.cross_entropy(model(data.x_train[idx]), data.y_train[idx]).backward()
-            t0 = time.perf_counter()
-            opt.step()
-            if config.device.startswith("cuda"):
-                torch.cuda.synchronize()
-            step_seconds += time.perf_counter() - t0
+            step_seconds += _timed_step(opt, config.device)
             steps += 1
         train_loss, train_acc = _evaluate(model, data.x_train, data.y_train)
         val_loss, val_acc = _evaluate(model, data.x_test, data.y_test)
@@ -129,19 +142,15 @@ def time_other_backend(config, spec, data, init) -> float | None:
     versa), on the same model and batch; None for torch.optim optimizers, which have no reference."""
     if not spec.is_gradfused:
         return None
-    model = models.build(config.model, data.num_features, data.num_classes, config.widths, config.activation)
-    model.load_state_dict(init)
-    model.to(config.device)
-    opt = spec.build(model.parameters(), fused=config.backend != "native")
+    model, opt = _model_and_optimizer(config, spec, data, init, fused=config.backend != "native")
     x, y = data.x_train[: config.batch_size], data.y_train[: config.batch_size]
     total = 0.0
     for i in range(TIMING_STEPS + 3):
         opt.zero_grad(set_to_none=True)
         F.cross_entropy(model(x), y).backward()
-        t0 = time.perf_counter()
-        opt.step()
+        seconds = _timed_step(opt, config.device)
         if i >= 3:  # warm-up: state creation
-            total += time.perf_counter() - t0
+            total += seconds
     return 1e3 * total / TIMING_STEPS
 
 
@@ -210,7 +219,7 @@ def _check_out_dir(out: str) -> None:
             pass
         os.remove(probe)
     except OSError as e:
-        raise CompareError(f"--out {out!r} is not a writable folder ({e.strerror or e})") from None
+        raise CommandError(f"--out {out!r} is not a writable folder ({e.strerror or e})") from None
 
 
 # ---- outputs ----------------------------------------------------------------------------------------
@@ -263,7 +272,7 @@ def config_from_json(path: str) -> CompareConfig:
         with open(path) as f:
             recorded = json.load(f)["config"]
     except (OSError, ValueError, KeyError) as e:
-        raise CompareError(f"--config {path!r}: not a gradfused results.json ({e})") from None
+        raise CommandError(f"--config {path!r}: not a gradfused results.json ({e})") from None
     fields = {f.name for f in dataclasses.fields(CompareConfig)}
     config = CompareConfig(**{k: v for k, v in recorded.items() if k in fields})
     config.widths = tuple(config.widths)
