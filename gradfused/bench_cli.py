@@ -9,7 +9,7 @@ import sys
 import torch
 
 from . import benchmarking as B
-from .experiments.errors import CompareError as BenchError  # the same one-line-error contract
+from .errors import CommandError
 
 
 def add_parser(sub) -> None:
@@ -30,13 +30,13 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.rounds < 1:
-        raise BenchError(f"--rounds must be >= 1, got {args.rounds}")
+        raise CommandError(f"--rounds must be >= 1, got {args.rounds}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise BenchError("--device cuda: no CUDA device is available")
+        raise CommandError("--device cuda: no CUDA device is available")
     known = {p for providers in B.PROVIDERS.values() for p in providers}
     unknown = set(args.providers or ()) - known
     if unknown:
-        raise BenchError(f"unknown provider {', '.join(sorted(unknown))} (expected some of: {', '.join(sorted(known))})")
+        raise CommandError(f"unknown provider {', '.join(sorted(unknown))} (expected some of: {', '.join(sorted(known))})")
     combos = B.combinations(args.optimizers, args.cases, args.providers, args.small)
     rows = []
     for k, (optimizer, case, provider) in enumerate(combos, 1):

@@ -84,11 +84,11 @@ def main(argv: list[str] | None = None) -> int:
 
     bench_cli.add_parser(sub)
     args = parser.parse_args(argv)
-    from .experiments.errors import CompareError
+    from .errors import CommandError
 
     try:
         return args.run(args)
-    except CompareError as e:
+    except CommandError as e:
         print(f"gradfused {args.command}: error: {e}", file=sys.stderr)
         return 2
 

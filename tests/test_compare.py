@@ -8,7 +8,7 @@ import torch
 
 from gradfused.cli import main
 from gradfused.experiments import datasets
-from gradfused.experiments.errors import CompareError
+from gradfused.errors import CommandError
 from gradfused.experiments.optimizers import parse
 
 TINY = ["--epochs", "1", "--seeds", "1", "--quiet", "--batch-size", "256"]
@@ -97,7 +97,7 @@ def test_parse_optimizer_specs():
     ("align:", "align needs a base optimizer"),
 ])
 def test_parse_rejects_bad_specs(spec, message):
-    with pytest.raises(CompareError, match=message):
+    with pytest.raises(CommandError, match=message):
         parse(spec)
 
 

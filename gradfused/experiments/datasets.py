@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .errors import CompareError
+from ..errors import CommandError
 
 
 @dataclass
@@ -66,7 +66,7 @@ MAKERS = {"mnist1d": _make_mnist1d, "digits": _make_digits}
 
 def load(name: str) -> Dataset:
     if name not in MAKERS:
-        raise CompareError(f"unknown dataset {name!r} (expected one of: {', '.join(MAKERS)})")
+        raise CommandError(f"unknown dataset {name!r} (expected one of: {', '.join(MAKERS)})")
     path = os.path.join(cache_dir(), f"{name}.npz")
     if os.path.exists(path):
         arrays = dict(np.load(path))

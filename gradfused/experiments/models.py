@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .errors import CompareError
+from ..errors import CommandError
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "gelu": nn.GELU}
 MODELS = ("mlp", "cnn")
@@ -41,9 +41,9 @@ class Cnn1d(nn.Module):
 
 def build(name: str, num_features: int, num_classes: int, widths: tuple[int, ...], activation: str) -> nn.Module:
     if activation not in ACTIVATIONS:
-        raise CompareError(f"unknown activation {activation!r} (expected one of: {', '.join(ACTIVATIONS)})")
+        raise CommandError(f"unknown activation {activation!r} (expected one of: {', '.join(ACTIVATIONS)})")
     if name == "mlp":
         return mlp(num_features, widths, num_classes, activation)
     if name == "cnn":
         return Cnn1d(num_features, num_classes, activation=activation)
-    raise CompareError(f"unknown model {name!r} (expected one of: {', '.join(MODELS)})")
+    raise CommandError(f"unknown model {name!r} (expected one of: {', '.join(MODELS)})")

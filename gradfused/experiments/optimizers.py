@@ -10,7 +10,7 @@ import torch
 
 import gradfused as gf
 
-from .errors import CompareError
+from ..errors import CommandError
 
 GRADFUSED = {"persistent_sgd": gf.PersistentSGD, "adam": gf.Adam, "adamw": gf.AdamW, "radam": gf.RAdam,
              "radamw": gf.RAdamW, "adema": gf.AdEMA}
@@ -35,7 +35,7 @@ def _parse_value(text: str):
     try:
         return float(text)
     except ValueError:
-        raise CompareError(f"malformed hyperparameter value {text!r} (expected a number, true/false, none, "
+        raise CommandError(f"malformed hyperparameter value {text!r} (expected a number, true/false, none, "
                            "or numbers separated by '/')") from None
 
 
@@ -44,7 +44,7 @@ def _parse_hyper(text: str, spec: str) -> dict[str, Any]:
     for item in filter(None, text.split(",")):
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise CompareError(f"malformed hyperparameter {item!r} in {spec!r} (expected key=value)")
+            raise CommandError(f"malformed hyperparameter {item!r} in {spec!r} (expected key=value)")
         out[key.strip()] = _parse_value(value.strip())
     return out
 
@@ -83,7 +83,7 @@ class OptimizerSpec:
                 return base
             return gf.GradientAlignment(base, **self.align, fused=fused)
         except (ValueError, TypeError) as e:
-            raise CompareError(f"optimizer {self.text!r}: {e}") from None
+            raise CommandError(f"optimizer {self.text!r}: {e}") from None
 
 
 def parse(spec: str) -> OptimizerSpec:
@@ -91,20 +91,20 @@ def parse(spec: str) -> OptimizerSpec:
     align = None
     if parts[0] == "align":
         if len(parts) < 2 or not parts[1]:
-            raise CompareError(f"{spec!r}: align needs a base optimizer, e.g. align:adam:lr=8.5e-3,beta=0.99")
+            raise CommandError(f"{spec!r}: align needs a base optimizer, e.g. align:adam:lr=8.5e-3,beta=0.99")
         name, hyper_text = parts[1], parts[2] if len(parts) > 2 else ""
     else:
         name, hyper_text = parts[0], parts[1] if len(parts) > 1 else ""
     cls = GRADFUSED.get(name) or TORCH.get(name)
     if cls is None:
         known = ", ".join(list(GRADFUSED) + list(TORCH) + ["align:<base>"])
-        raise CompareError(f"unknown optimizer {name!r} in {spec!r} (expected one of: {known})")
+        raise CommandError(f"unknown optimizer {name!r} in {spec!r} (expected one of: {known})")
     hyper = _parse_hyper(hyper_text, spec)
     if parts[0] == "align":
         align = {k: hyper.pop(k) for k in WRAPPER_KEYS if k in hyper}
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "params", "fused", "foreach"}
     unknown = set(hyper) - accepted
     if unknown:
-        raise CompareError(f"{spec!r}: {cls.__name__} has no hyperparameter {', '.join(sorted(unknown))} "
+        raise CommandError(f"{spec!r}: {cls.__name__} has no hyperparameter {', '.join(sorted(unknown))} "
                            f"(it takes: {', '.join(sorted(accepted))})")
     return OptimizerSpec(spec, name, hyper, align)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import CompareError
+from ..errors import CommandError
 
 
 def tune_all(config, specs, data, *, quiet: bool) -> tuple[list, list[dict[str, Any]]]:
     try:
         import optuna
     except ImportError:
-        raise CompareError("--tune needs optuna, an optional extra: pip install optuna") from None
+        raise CommandError("--tune needs optuna, an optional extra: pip install optuna") from None
     from .compare import _initial_weights, train_run
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
