@@ -2,7 +2,9 @@
 __version__ = "0.1.0"
 
 from . import ops, reference  # noqa: E402  (ops loads the native kernels)
+from .in_backward import sequential, step_in_backward  # noqa: E402
 from .optim import AdEMA, Adam, AdamW, GradientAlignment, PersistentSGD, RAdam, RAdamW  # noqa: E402
 
-__all__ = ["PersistentSGD", "Adam", "AdamW", "RAdam", "RAdamW", "AdEMA", "GradientAlignment", "ops", "reference",
+__all__ = ["PersistentSGD", "Adam", "AdamW", "RAdam", "RAdamW", "AdEMA", "GradientAlignment",
+           "sequential", "step_in_backward", "ops", "reference",
            "__version__"]

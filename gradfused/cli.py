@@ -43,9 +43,28 @@ def _compare(args: argparse.Namespace) -> int:
         overrides = {k: getattr(args, k) for k in ("dataset", "model", "widths", "activation", "optimizers",
                                                    "epochs", "seeds", "batch_size", "device", "backend", "out",
                                                    "tune")}
+        if args.preset == "sequential":
+            return _compare_sequential(args, overrides)
         config = resolve(args.preset, overrides)
     report = run(config, quiet=args.quiet)
     print(format_table(report))
+    print(f"wrote {config.out}/results.json, results.csv and loss_curves.png")
+    return 0
+
+
+def _compare_sequential(args: argparse.Namespace, overrides: dict) -> int:
+    """The sequential preset compares training methods with SGD on a sigmoid MLP; only some options apply."""
+    from .errors import CommandError
+    from .experiments import sequential
+
+    unused = [k for k in ("model", "activation", "optimizers", "backend", "tune") if overrides[k] is not None]
+    if unused:
+        raise CommandError(f"--preset sequential does not take --{unused[0].replace('_', '-')} (it compares "
+                           "training methods with SGD on a sigmoid MLP)")
+    config = sequential.resolve({k: overrides[k] for k in ("dataset", "widths", "epochs", "seeds", "batch_size",
+                                                           "device", "out")})
+    report = sequential.run(config, quiet=args.quiet)
+    print(sequential.format_table(report))
     print(f"wrote {config.out}/results.json, results.csv and loss_curves.png")
     return 0
 
@@ -54,7 +73,7 @@ def _add_compare(sub) -> None:
     p = sub.add_parser("compare", help="train a model with several optimizers over several seeds and compare",
                        description="Trains the same model from the same initial weights with each optimizer and "
                                    "reports losses, accuracy and step time. Needs no network.")
-    p.add_argument("--preset", help="a research comparison: grn or gao (explicit options override it)")
+    p.add_argument("--preset", help="a research comparison: grn, gao or sequential (explicit options override it)")
     p.add_argument("--dataset", help="mnist1d (default) or digits")
     p.add_argument("--model", help="mlp (default) or cnn (MNIST-1D)")
     p.add_argument("--widths", type=_int_list, help="hidden widths of the MLP, e.g. 128,128")

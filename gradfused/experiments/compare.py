@@ -224,7 +224,8 @@ def _check_out_dir(out: str) -> None:
 
 # ---- outputs ----------------------------------------------------------------------------------------
 
-def write_outputs(out: str, report: dict[str, Any]) -> None:
+def write_outputs(out: str, report: dict[str, Any], plot=None) -> None:
+    """results.json, results.csv and loss_curves.png (drawn by `plot`, plots.loss_curves by default)."""
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(report, f, indent=1)
     with open(os.path.join(out, "results.csv"), "w", newline="") as f:
@@ -235,9 +236,9 @@ def write_outputs(out: str, report: dict[str, Any]) -> None:
                 for e in run_["epochs"]:
                     writer.writerow([r["label"], run_["seed"], e["epoch"], e["train_loss"], e["train_acc"],
                                      e["val_loss"], e["val_acc"], run_["step_ms"]])
-    from .plots import loss_curves
-
-    loss_curves(report, os.path.join(out, "loss_curves.png"))
+    if plot is None:
+        from .plots import loss_curves as plot
+    plot(report, os.path.join(out, "loss_curves.png"))
 
 
 def _fmt(mean: float, std: float, digits: int = 4) -> str:

@@ -28,10 +28,47 @@ def loss_curves(report: dict[str, Any], path: str) -> None:
         ax.set_xlabel("epoch")
         ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
-    axes[0].set_ylabel("cross-entropy, mean ± std over seeds")
+    axes[0].set_ylabel(f"{report.get('loss', 'cross-entropy')}, mean ± std over seeds")
     axes[1].legend(fontsize=7, loc="best")
     fig.suptitle(f"{c['dataset']}, {c['model']} {'-'.join(map(str, c['widths']))}, {c['seeds']} seeds"
                  + (f", preset {c['preset']}" if c.get("preset") else ""))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def method_curves(report: dict[str, Any], path: str) -> None:
+    """One panel per (batch size, lr) of `compare --preset sequential`: train (solid) and validation (dashed)
+    loss of each method, mean over seeds with a ±std band on the train loss."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    settings = list(dict.fromkeys((r["batch_size"], r["lr"]) for r in report["results"]))
+    fig, axes = plt.subplots(1, len(settings), figsize=(4.2 * len(settings), 4), squeeze=False)
+    colors = {}
+    for r in report["results"]:
+        ax = axes[0][settings.index((r["batch_size"], r["lr"]))]
+        color = colors.setdefault(r["method"], f"C{len(colors)}")
+        for key, style in (("train_loss", "-"), ("val_loss", "--")):
+            curves = np.array([[e[key] for e in run["epochs"]] for run in r["runs"]])
+            epochs = np.arange(1, curves.shape[1] + 1)
+            mean = curves.mean(0)
+            ax.plot(epochs, mean, style, color=color, lw=1.5, label=f"{r['method']} ({key.split('_')[0]})")
+            if key == "train_loss":
+                ax.fill_between(epochs, np.maximum(mean - curves.std(0), curves.min(0)), mean + curves.std(0),
+                                color=color, alpha=0.2)
+        ax.set_title(f"batch {r['batch_size']}, lr {r['lr']:g}")
+    for ax in axes[0]:
+        ax.set_yscale("log")
+        ax.set_xlabel("epoch")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].set_ylabel(f"{report.get('loss', 'loss')}, mean over seeds")
+    axes[0][-1].legend(fontsize=7, loc="best")
+    c = report["config"]
+    fig.suptitle(f"sequential vs simultaneous updates: {c['dataset']}, sigmoid MLP "
+                 f"{'-'.join(map(str, c['widths']))}, {c['seeds']} seeds")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
     plt.close(fig)

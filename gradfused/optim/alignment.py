@@ -94,18 +94,32 @@ class GradientAlignment(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if isinstance(self.base, FusedOptimizer):
+            self._step_fused(self.base._selected(None))
+            return loss
+        return self._step_torch_base(loss)
+
+    @torch.no_grad()
+    def step_parameters(self, params) -> None:
+        """Steps only `params`, as `step` would (see FusedOptimizer.step_parameters). Needs a gradfused base:
+        a torch.optim optimizer has no per-parameter step."""
+        if not isinstance(self.base, FusedOptimizer):
+            raise TypeError(f"gradfused.GradientAlignment.step_parameters needs a gradfused base optimizer, "
+                            f"not {type(self.base).__name__}")
+        self._step_fused(self.base._selected(params))
+
+    def _step_fused(self, selected: list[list[Tensor]]) -> None:
+        """The alignment scales go straight into the base's fused update; `selected` is from base._selected."""
         grad_scale = getattr(self, "grad_scale", None)  # set by torch.amp.GradScaler
         found_inf = getattr(self, "found_inf", None)
-        if isinstance(self.base, FusedOptimizer):
-            collected = [self.base._collect(group) for group in self.param_groups]  # every check first
-            for group, params in zip(self.param_groups, collected):
-                scales = [self._stats(bucket, grad_scale, found_inf) for bucket, _ in self.base._plan(group, params)]
-                self.base._update(group, params, grad_scale=grad_scale, found_inf=found_inf, alignment_scales=scales)
-            return loss
-        return self._step_torch_base(grad_scale, found_inf, loss)
+        for group, params in zip(self.param_groups, selected):
+            scales = [self._stats(bucket, grad_scale, found_inf) for bucket, _ in self.base._plan(group, params)]
+            self.base._update(group, params, grad_scale=grad_scale, found_inf=found_inf, alignment_scales=scales)
 
-    def _step_torch_base(self, grad_scale, found_inf, loss):
+    def _step_torch_base(self, loss):
         """Any other optimizer: scale the gradients in place (and unscale them, under GradScaler), then step."""
+        grad_scale = getattr(self, "grad_scale", None)
+        found_inf = getattr(self, "found_inf", None)
         if found_inf is not None and found_inf.item() != 0:
             return loss  # a skipped AMP step: nothing changes, the EMAs included
         for group in self.param_groups:

@@ -13,6 +13,7 @@ from .. import ops, reference
 from . import _validation as V
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+_MAX_PLANS = 256  # NOTE: [the step plan]
 
 
 class FusedOptimizer(Optimizer):
@@ -26,7 +27,7 @@ class FusedOptimizer(Optimizer):
     _step_supports_amp_scaling = True  # GradScaler hands us grad_scale and found_inf (NOTE in ops)
 
     def __init__(self, params, defaults: dict[str, Any]):
-        self._plans: dict[int, tuple] = {}  # NOTE: [the step plan] (add_param_group, called below, clears it)
+        self._plans: dict[tuple, tuple] = {}  # NOTE: [the step plan] (add_param_group, called below, clears it)
         super().__init__(params, defaults)
 
     # ---- what a subclass declares ------------------------------------------------------------
@@ -128,21 +129,45 @@ class FusedOptimizer(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        grad_scale = getattr(self, "grad_scale", None)  # set by torch.amp.GradScaler
-        found_inf = getattr(self, "found_inf", None)
-        collected = [self._collect(group) for group in self.param_groups]  # every check before any write
-        for group, params in zip(self.param_groups, collected):
-            self._update(group, params, grad_scale=grad_scale, found_inf=found_inf)
+        self._step(self._selected(None))
         return loss
 
-    def _collect(self, group: dict) -> list[Tensor]:
-        """The group's parameters that have a gradient, checked. torch's own `.grad` setter already
-        guarantees the gradient's device and shape; its layout and (with grad_dtype) dtype can differ."""
+    @torch.no_grad()
+    def step_parameters(self, params) -> None:
+        """Steps only `params` (those of them with a gradient), each with the hyperparameters and state
+        of its own group, exactly as `step` would: the per-layer step of `gradfused.sequential` and
+        `gradfused.step_in_backward`. Every parameter must belong to this optimizer."""
+        self._step(self._selected(params))
+
+    def _step(self, selected: list[list[Tensor]]) -> None:
+        grad_scale = getattr(self, "grad_scale", None)  # set by torch.amp.GradScaler
+        found_inf = getattr(self, "found_inf", None)
+        for group, params in zip(self.param_groups, selected):
+            self._update(group, params, grad_scale=grad_scale, found_inf=found_inf)
+
+    def _selected(self, only) -> list[list[Tensor]]:
+        """Per group, the parameters to step: those with a gradient, restricted to `only` unless it is None.
+        Every check runs here, before anything is written."""
+        wanted = None if only is None else self._owned(only)
+        return [self._collect(group, wanted) for group in self.param_groups]
+
+    def _owned(self, params) -> set[int]:
+        params = [params] if isinstance(params, Tensor) else list(params)
+        owned = {id(p) for group in self.param_groups for p in group["params"]}
+        for i, p in enumerate(params):
+            if not isinstance(p, Tensor) or id(p) not in owned:
+                raise ValueError(f"{self._name}.step_parameters: params[{i}] is not a parameter of this optimizer")
+        return {id(p) for p in params}
+
+    def _collect(self, group: dict, wanted: set[int] | None = None) -> list[Tensor]:
+        """The group's parameters that have a gradient (and are in `wanted`), checked. torch's own `.grad`
+        setter already guarantees the gradient's device and shape; its layout and (with grad_dtype) dtype
+        can differ."""
         self._check_hyperparameters(group)
         params = []
         for i, p in enumerate(group["params"]):
             g = p.grad
-            if g is None:
+            if g is None or (wanted is not None and id(p) not in wanted):
                 continue
             if g.layout != torch.strided or g.dtype != p.dtype or g.device != p.device:
                 self._raise_bad_grad(group, i, p, g)
@@ -180,22 +205,27 @@ class FusedOptimizer(Optimizer):
     # NOTE: [the step plan]
     # Grouping parameters into (device, dtype) buckets and finding their state costs microseconds per
     # tensor, every step, for a result that only changes when the set of parameters with gradients does.
-    # The plan caches, per group, the buckets and each parameter's state *dict* (the dicts, not the
-    # tensors: a state tensor replaced by hand is still seen). It is rebuilt when the parameters with
-    # gradients, the state keys in use or the state itself (load_state_dict, clear) change.
+    # The plan caches, per group and set of parameters stepped, the buckets and each parameter's state
+    # *dict* (the dicts, not the tensors: a state tensor replaced by hand is still seen). It is rebuilt when
+    # the state keys in use or the state itself (load_state_dict, clear) change. Per-layer steps
+    # (step_parameters) keep one plan per layer beside the whole step's; _MAX_PLANS bounds the cache
+    # when the set of parameters with gradients changes from step to step.
     def _plan(self, group: dict, params: list[Tensor]) -> list[tuple[list[Tensor], list[dict]]]:
         """[(bucket params, their state dicts)] for `params` (from _collect), state created as needed."""
         specs = self._state_specs(group)
-        key = (tuple(map(id, params)), tuple(used for _, used in specs), id(self.state), len(self.state))
-        cached = self._plans.get(id(group))
+        which = (id(group), tuple(map(id, params)))
+        key = (tuple(used for _, used in specs), id(self.state), len(self.state))
+        cached = self._plans.get(which)
         if cached is not None and cached[0] == key:
             return cached[1]
         plan = []
         for idx in self._buckets(params):
             bucket = [params[i] for i in idx]
             plan.append((bucket, [self._init_state(p, specs) for p in bucket]))
-        key = key[:3] + (len(self.state),)  # state creation above may have grown it
-        self._plans[id(group)] = (key, plan)
+        key = key[:2] + (len(self.state),)  # state creation above may have grown it
+        if len(self._plans) >= _MAX_PLANS:
+            self._plans.clear()
+        self._plans[which] = (key, plan)
         return plan
 
     def _update(self, group: dict, params: list[Tensor], *, grad_scale: Tensor | None = None,
