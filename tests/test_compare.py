@@ -42,6 +42,18 @@ def test_tiny_end_to_end_run_writes_everything(tmp_path, capsys):
     assert (out / "loss_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_sequential_preset_compares_three_methods(tmp_path, capsys):
+    out = tmp_path / "seq"
+    assert main(["compare", "--preset", "sequential", *TINY, "--batch-size", "64", "--out", str(out)]) == 0
+    assert "sequential, batch 64, lr 1" in capsys.readouterr().out
+    report = json.loads((out / "results.json").read_text())
+    assert [r["method"] for r in report["results"]] == ["autograd", "simultaneous", "sequential", "autograd",
+                                                        "simultaneous", "sequential"]
+    auto, manual = (r["runs"][0]["epochs"][0]["train_loss"] for r in report["results"][:2])
+    assert auto == pytest.approx(manual, rel=1e-4)  # the same math by two codes
+    assert (out / "loss_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_rerun_from_results_json_gives_the_same_numbers(tmp_path):
     first, second = tmp_path / "a", tmp_path / "b"
     assert main(["compare", *TINY, "--out", str(first), "--optimizers", "radam:lr=3e-3", "--dataset", "digits"]) == 0
@@ -110,6 +122,8 @@ def test_parse_rejects_bad_specs(spec, message):
     (["--preset", "nope"], "unknown preset 'nope'"),
     (["--epochs", "0"], "--epochs must be a whole number >= 1"),
     (["--backend", "fast"], "--backend must be native or reference"),
+    (["--preset", "sequential", "--optimizers", "adamw"], "--preset sequential does not take --optimizers"),
+    (["--preset", "sequential", "--batch-size", "0"], "batch sizes must be >= 1"),
 ])
 def test_bad_arguments_give_one_line_and_exit_2(args, message, tmp_path, capsys):
     assert main(["compare", *TINY, "--out", str(tmp_path / "o"), *args]) == 2
