@@ -1,5 +1,6 @@
 """Drop-in behaviour: skipped parameters, schedulers, closures, checkpoints, AMP skip, determinism."""
 import copy
+import io
 import os
 import subprocess
 import sys
@@ -96,7 +97,8 @@ def test_checkpoint_resume_is_bitwise_identical(case):
         fill_grads(params, gen)
         opt.step()
     saved_params = [p.detach().clone() for p in params]
-    saved = copy.deepcopy(opt.state_dict())
+    buffer = io.BytesIO()
+    torch.save(opt.state_dict(), buffer)  # through a file, as a real checkpoint; also copies the tensors
     gen_state = gen.get_state()
     for _ in range(4):
         fill_grads(params, gen)
@@ -105,12 +107,26 @@ def test_checkpoint_resume_is_bitwise_identical(case):
 
     resumed_params = [p.clone().requires_grad_() for p in saved_params]
     resumed = case.make(resumed_params, True)
-    resumed.load_state_dict(saved)
+    buffer.seek(0)
+    resumed.load_state_dict(torch.load(buffer, weights_only=True))
     gen.set_state(gen_state)
     for _ in range(4):
         fill_grads(resumed_params, gen)
         resumed.step()
     assert_same(snapshot(resumed, resumed_params), uninterrupted)
+
+
+@pytest.mark.parametrize("saved_fused, fused", [(False, None), (True, False)])
+def test_loading_keeps_this_optimizers_implementation(saved_fused, fused):
+    """torch pitfall: implementation flags saved in param_groups silently switched the implementation."""
+    params = [torch.randn(8, requires_grad=True)]
+    first = gf.AdamW(params, fused=saved_fused)
+    fill_grads(params)
+    first.step()
+    second = gf.AdamW([p.detach().clone().requires_grad_() for p in params], fused=fused)
+    second.load_state_dict(copy.deepcopy(first.state_dict()))
+    assert second.param_groups[0]["fused"] is fused
+    assert second.param_groups[0]["lr"] == first.param_groups[0]["lr"]
 
 
 @pytest.mark.parametrize(

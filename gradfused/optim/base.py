@@ -13,6 +13,7 @@ from .. import ops, reference
 from . import _validation as V
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+_IMPLEMENTATION_KEYS = ("fused",)
 _MAX_PLANS = 256  # NOTE: [the step plan]
 
 
@@ -80,7 +81,12 @@ class FusedOptimizer(Optimizer):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._check_state_dict(state_dict)
+        # Which implementation runs is this optimizer's choice, not the checkpoint's: a checkpoint saved
+        # with fused=False must not silently switch a native optimizer to the reference (a torch pitfall).
+        implementation = [{k: group[k] for k in _IMPLEMENTATION_KEYS if k in group} for group in self.param_groups]
         super().load_state_dict(state_dict)
+        for group, keep in zip(self.param_groups, implementation):
+            group.update(keep)
         for p, st in self.state.items():  # `step` lives with its parameter, as float32
             if isinstance(st.get("step"), Tensor):
                 st["step"] = st["step"].to(device=p.device, dtype=torch.float32)
