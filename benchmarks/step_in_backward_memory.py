@@ -2,8 +2,9 @@
 
     python benchmarks/step_in_backward_memory.py [--layers 4] [--width 4096] [--optimizer adamw] [--json]
 
-Each mode runs in a fresh process (peak RSS cannot be reset), after a first step that creates the optimizer
-state, and reports the rise of the peak resident set over the resident set before the measured step. The
+Each mode runs in a fresh process, after a first step that creates the optimizer state, and reports the
+rise of the peak resident set over the resident set before the measured step (the peak is reset there,
+through /proc/self/clear_refs, so nothing earlier in the process counts). The
 child runs with a fixed glibc mmap threshold (MALLOC_MMAP_THRESHOLD_), so every tensor of 64 KiB or more is
 mapped and unmapped on its own and RSS follows the live tensors (glibc's adaptive threshold would otherwise
 keep freed blocks of up to 32 MiB in the heap).
@@ -13,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 
@@ -25,8 +25,15 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _reset_peak_rss() -> None:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM (Linux >= 4.0)
+
+
 def _peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    with open("/proc/self/status") as f:
+        kib = next(line.split()[1] for line in f if line.startswith("VmHWM:"))
+    return int(kib) * 1024
 
 
 def measure_in_this_process(mode: str, layers: int, width: int, optimizer: str) -> dict:
@@ -52,6 +59,7 @@ def measure_in_this_process(mode: str, layers: int, width: int, optimizer: str) 
 
     train_step()  # creates the state
     before = _rss_bytes()
+    _reset_peak_rss()
     train_step()
     grad_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     return dict(mode=mode, optimizer=optimizer, layers=layers, width=width, grad_bytes=grad_bytes,

@@ -9,7 +9,7 @@ from torch.optim import Optimizer
 
 from .. import ops, reference
 from . import _validation as V
-from .base import FusedOptimizer
+from .base import FusedOptimizer, _step_was_called, tracks_step_calls
 
 
 class GradientAlignment(Optimizer):
@@ -32,6 +32,7 @@ class GradientAlignment(Optimizer):
     """
 
     _step_supports_amp_scaling = True
+    _opt_called = property(_step_was_called)  # NOTE: [LR schedulers and torch.compile]
 
     def __init__(self, base_optimizer: Optimizer, beta: float = 0.9, eps: float = 1e-8, *, fused=None):
         name = "gradfused.GradientAlignment"
@@ -42,6 +43,7 @@ class GradientAlignment(Optimizer):
         if fused not in (None, True, False):
             raise ValueError(f"{name}: invalid fused={fused!r} (expected None, True or False)")
         self.base = base_optimizer
+        self._step_called = [False]  # NOTE: [LR schedulers and torch.compile]
         self.beta, self.eps, self.fused = float(beta), float(eps), fused
         # Deliberately not Optimizer.__init__: param_groups and defaults are the base's (properties below).
         self.state: defaultdict[Tensor, dict[str, Any]] = defaultdict(dict)
@@ -88,8 +90,10 @@ class GradientAlignment(Optimizer):
         )
         return scales
 
+    @tracks_step_calls
     @torch.no_grad()
     def step(self, closure=None):
+        self._step_called[0] = True  # NOTE: [LR schedulers and torch.compile]
         loss = None
         if closure is not None:
             with torch.enable_grad():

@@ -17,6 +17,23 @@ _IMPLEMENTATION_KEYS = ("fused",)
 _MAX_PLANS = 256  # NOTE: [the step plan]
 
 
+# NOTE: [LR schedulers and torch.compile]
+# An LR scheduler wraps `optimizer.step` in a function of torch/optim/lr_scheduler.py, only to record that
+# step was called; torch.compile never traces that file, so `step` under a scheduler would break the graph.
+# Our step records the call itself, in `_opt_called` (what the scheduler reads), and carries the marker the
+# scheduler looks for before wrapping, so it is left unwrapped and compiles with fullgraph=True. The
+# record is a list item because torch.compile drops attribute assignments on optimizer objects.
+def tracks_step_calls(step):
+    """Marks `step` as already tracked for LR schedulers; it must set `self._step_called[0] = True`,
+    a list made in __init__ (attribute assignments made while compiling are dropped, item ones are not)."""
+    step._wrapped_by_lr_sched = True
+    return step
+
+
+def _step_was_called(opt) -> bool:
+    return opt._step_called[0]
+
+
 class FusedOptimizer(Optimizer):
     """Base class. Subclasses set `op_name` and implement `_state_specs`, `_op_hyperparameters` and
     `_check_hyperparameters`.
@@ -29,7 +46,10 @@ class FusedOptimizer(Optimizer):
 
     def __init__(self, params, defaults: dict[str, Any]):
         self._plans: dict[tuple, tuple] = {}  # NOTE: [the step plan] (add_param_group, called below, clears it)
+        self._step_called = [False]  # NOTE: [LR schedulers and torch.compile]
         super().__init__(params, defaults)
+
+    _opt_called = property(_step_was_called)  # NOTE: [LR schedulers and torch.compile]
 
     # ---- what a subclass declares ------------------------------------------------------------
     def _state_specs(self, group: dict) -> list[tuple[str, bool]]:
@@ -71,6 +91,7 @@ class FusedOptimizer(Optimizer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self._plans = {}  # the groups and the state dicts are new objects
+        self._step_called = [False]
         for group in self.param_groups:  # checkpoints from older versions or from torch.optim
             self._upgrade_group(group)
             for k, v in self.defaults.items():
@@ -128,9 +149,11 @@ class FusedOptimizer(Optimizer):
                                          f"has shape {tuple(p.shape)}")
 
     # ---- the step ----------------------------------------------------------------------------
+    @tracks_step_calls
     @torch.no_grad()
     def step(self, closure=None):
         """Performs one optimization step. `closure` re-evaluates the model and returns the loss."""
+        self._step_called[0] = True  # NOTE: [LR schedulers and torch.compile]
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -169,7 +192,8 @@ class FusedOptimizer(Optimizer):
         """The group's parameters that have a gradient (and are in `wanted`), checked. torch's own `.grad`
         setter already guarantees the gradient's device and shape; its layout and (with grad_dtype) dtype
         can differ."""
-        self._check_hyperparameters(group)
+        if not torch.compiler.is_compiling():  # NOTE: [hyperparameter checks under torch.compile]
+            self._check_hyperparameters(group)
         params = []
         for i, p in enumerate(group["params"]):
             g = p.grad
@@ -180,6 +204,11 @@ class FusedOptimizer(Optimizer):
             params.append(p)
         return params
 
+    # NOTE: [hyperparameter checks under torch.compile]
+    # Every eager step re-checks its groups, since a scheduler or the user may have changed a value. A
+    # compiled step does not: a float that changes between calls (a scheduled lr) is traced as a symbolic
+    # value, which Python-level checks like math.isfinite cannot inspect without breaking the graph. The
+    # values were checked when the groups were made, and the kernels treat them as plain numbers.
     def _raise_bad_grad(self, group: dict, i: int, p: Tensor, g: Tensor) -> None:
         where = f"param group {next(k for k, gr in enumerate(self.param_groups) if gr is group)}, params[{i}]"
         if g.layout != torch.strided:
