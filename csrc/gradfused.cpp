@@ -51,10 +51,11 @@ TORCH_LIBRARY(gradfused, m) {
                 "Tensor(d!)[] exp_avg_slows, Tensor(e!)[] state_steps",
                 "float beta1, float beta2, float beta3, float alpha, float eps, float weight_decay, "
                 "float? t_alpha_beta3=None");
-  // GradientAlignment statistics: updates each tensor's gradient EMA and writes its scale s_T into
-  // `scales` (float64, one per tensor), without touching the gradients.
+  // GradientAlignment statistics: updates each tensor's gradient EMA and writes its sums <g,a>, ‖g‖², ‖a‖²
+  // into row i of `sums` (float64, [n, 3]), without touching the gradients. The scales are formed from the
+  // sums in Python (gradfused/optim/alignment.py), after sharded tensors have summed them across ranks.
   m.def(
-      "alignment_stats_(Tensor[] grads, Tensor(a!)[] alignment_emas, Tensor(b!) scales, *, float beta, float eps, "
+      "alignment_sums_(Tensor[] grads, Tensor(a!)[] alignment_emas, Tensor(b!) sums, *, float beta, "
       "Tensor? grad_scale=None, Tensor? found_inf=None) -> ()");
   // Build facts for `gradfused info`.
   m.def("cpu_isa() -> str", []() { return std::string(gf::cpu::kernels().isa); });

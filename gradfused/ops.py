@@ -12,7 +12,7 @@ from . import _native
 # Update ops in the order of their schemas in csrc/gradfused.cpp; each has a `.tensor_lr` overload
 # (NOTE: [lr as a float or a Tensor]).
 UPDATE_OPS = ("persistent_sgd_", "adam_", "radam_", "adema_")
-ALL_OPS = UPDATE_OPS + ("alignment_stats_",)
+ALL_OPS = UPDATE_OPS + ("alignment_sums_",)
 
 
 def _update_op(name: str):
@@ -33,12 +33,11 @@ radam_ = _update_op("radam_")
 adema_ = _update_op("adema_")
 
 
-def alignment_stats_(grads, alignment_emas, scales, *, beta, eps, grad_scale=None, found_inf=None) -> None:
-    """Updates each gradient EMA in place and writes each tensor's alignment scale into `scales`."""
+def alignment_sums_(grads, alignment_emas, sums, *, beta, grad_scale=None, found_inf=None) -> None:
+    """Updates each gradient EMA in place and writes each tensor's <g,a>, ‖g‖², ‖a‖² into `sums[i]`."""
     _native.require()
-    torch.ops.gradfused.alignment_stats_(
-        grads, alignment_emas, scales, beta=beta, eps=eps, grad_scale=grad_scale, found_inf=found_inf
-    )
+    torch.ops.gradfused.alignment_sums_(grads, alignment_emas, sums, beta=beta, grad_scale=grad_scale,
+                                        found_inf=found_inf)
 
 
 def _fake_in_place(*args, **kwargs) -> None:

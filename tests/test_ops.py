@@ -38,8 +38,8 @@ def test_opcheck_update_ops(name, args, kwargs, tensor_lr):
     torch.library.opcheck(op, args, dict(kwargs, lr=lr, grad_scale=torch.tensor(2.0), alignment_scales=scales))
 
 
-def test_opcheck_alignment_stats():
+def test_opcheck_alignment_sums():
     _, g, (emas,), _ = lists(1)
-    scales = torch.zeros(len(g), dtype=torch.float64)
-    torch.library.opcheck(torch.ops.gradfused.alignment_stats_.default, (g, emas, scales),
-                          dict(beta=0.9, eps=1e-8, grad_scale=torch.tensor(4.0)))
+    sums = torch.zeros(len(g), 3, dtype=torch.float64)
+    torch.library.opcheck(torch.ops.gradfused.alignment_sums_.default, (g, emas, sums),
+                          dict(beta=0.9, grad_scale=torch.tensor(4.0)))

@@ -31,10 +31,4 @@ GF_HD V alignment_ema_step(V g, V& a, const AlignHyper<S>& h) {
   return g;
 }
 
-// s_T = clamp(<g,a> / (max(‖g‖, eps) · max(‖a‖, eps)), 0, 1) from the summed statistics.
-GF_HD double alignment_scale(double dot, double gg, double aa, double eps) {
-  const double s = dot / (::fmax(::sqrt(gg), eps) * ::fmax(::sqrt(aa), eps));
-  return s < 0.0 ? 0.0 : (s > 1.0 ? 1.0 : s);
-}
-
 GF_CODE_END

@@ -299,18 +299,17 @@ void adema_cpu(TensorList params, TensorList grads, TensorList exp_avgs, TensorL
   }
 }
 
-void alignment_stats_cpu(TensorList grads, TensorList alignment_emas, const Tensor& scales, double beta, double eps,
-                         const OptTensor& grad_scale, const OptTensor& found_inf) {
-  const char* op = "gradfused.alignment_stats_";
+void alignment_sums_cpu(TensorList grads, TensorList alignment_emas, const Tensor& sums, double beta,
+                        const OptTensor& grad_scale, const OptTensor& found_inf) {
+  const char* op = "gradfused.alignment_sums_";
   const size_t n = grads.size();
   check_lists(op, {"grads", grads}, {{"alignment_emas", alignment_emas}});
   check_range(op, "beta", beta, 0.0, 1.0, false);
-  check_nonneg(op, "eps", eps);
   check_scalar_tensor(op, "grad_scale", grad_scale);
   check_scalar_tensor(op, "found_inf", found_inf);
-  TORCH_CHECK(scales.device().is_cpu() && scales.scalar_type() == at::kDouble && scales.dim() == 1 &&
-                  size_t(scales.numel()) == n && scales.is_contiguous(),
-              op, ": scales must be a contiguous float64 cpu tensor of shape [", n, "]");
+  TORCH_CHECK(sums.device().is_cpu() && sums.scalar_type() == at::kDouble && sums.dim() == 2 &&
+                  size_t(sums.size(0)) == n && sums.size(1) == 3 && sums.is_contiguous(),
+              op, ": sums must be a contiguous float64 cpu tensor of shape [", n, ", 3]");
   if (n == 0 || step_is_skipped(found_inf)) return;
 
   for (size_t i = 1; i < n; ++i)
@@ -336,13 +335,13 @@ void alignment_stats_cpu(TensorList grads, TensorList alignment_emas, const Tens
   parallel_over_chunks(num_chunks, [&](int64_t b, int64_t e) { kernels().alignment_stats(launch, b, e); });
   views.write_back();
 
-  double* out = scales.data_ptr<double>();
+  double* out = sums.data_ptr<double>();
   for (size_t i = 0; i < n; ++i) {
-    double sums[3] = {0.0, 0.0, 0.0};
+    double total[3] = {0.0, 0.0, 0.0};
     const int64_t chunks = (slots[i].numel + kChunkSize - 1) / kChunkSize;
     for (int64_t c = slots[i].first_chunk; c < slots[i].first_chunk + chunks; ++c)
-      for (int k = 0; k < 3; ++k) sums[k] += partials[size_t(3 * c + k)];
-    out[i] = alignment_scale(sums[0], sums[1], sums[2], eps);
+      for (int k = 0; k < 3; ++k) total[k] += partials[size_t(3 * c + k)];
+    for (int k = 0; k < 3; ++k) out[3 * i + k] = total[k];
   }
 }
 
@@ -360,7 +359,7 @@ TORCH_LIBRARY_IMPL(gradfused, CPU, m) {
   m.impl("radam_.tensor_lr", &radam_cpu<const at::Tensor&>);
   m.impl("adema_", &adema_cpu<double>);
   m.impl("adema_.tensor_lr", &adema_cpu<const at::Tensor&>);
-  m.impl("alignment_stats_", &alignment_stats_cpu);
+  m.impl("alignment_sums_", &alignment_sums_cpu);
 }
 
 // A sparse tensor anywhere in a call dispatches here instead of "could not run with SparseCPU": name it.
@@ -389,6 +388,6 @@ void reject_sparse(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
 
 TORCH_LIBRARY_IMPL(gradfused, SparseCPU, m) {
   for (const char* op : {"persistent_sgd_", "persistent_sgd_.tensor_lr", "adam_", "adam_.tensor_lr", "radam_",
-                         "radam_.tensor_lr", "adema_", "adema_.tensor_lr", "alignment_stats_"})
+                         "radam_.tensor_lr", "adema_", "adema_.tensor_lr", "alignment_sums_"})
     m.impl(op, torch::CppFunction::makeFromBoxedFunction<&reject_sparse>());
 }

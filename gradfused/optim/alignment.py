@@ -9,7 +9,15 @@ from torch.optim import Optimizer
 
 from .. import ops, reference
 from . import _validation as V
+from ._dtensor import is_dtensor, local_shards, sum_over_shards
 from .base import FusedOptimizer, _step_was_called, tracks_step_calls
+
+
+def scales_from_sums(sums: Tensor, eps: float) -> Tensor:
+    """s_T = clamp(<g,a> / (max(‖g‖, eps) · max(‖a‖, eps)), 0, 1) from the rows (<g,a>, ‖g‖², ‖a‖²) of the
+    alignment_sums_ op, in float64 and on the device, for the native and the reference backends alike."""
+    dot, gg, aa = sums.unbind(1)
+    return (dot / (gg.sqrt().clamp_min(eps) * aa.sqrt().clamp_min(eps))).clamp(0.0, 1.0)
 
 
 class GradientAlignment(Optimizer):
@@ -81,14 +89,20 @@ class GradientAlignment(Optimizer):
             if "alignment_ema" not in st:
                 st["alignment_ema"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             emas.append(st["alignment_ema"])
-        scales = torch.ones(len(params), dtype=torch.float64, device=device)
+        grads = [p.grad for p in params]
+        sharded = is_dtensor(params[0])
+        if sharded:
+            _, grads, emas = local_shards("gradfused.GradientAlignment", params, grads, emas)
+        sums = torch.zeros(len(params), 3, dtype=torch.float64, device=device)
         backend = reference if self.fused is False else ops
-        backend.alignment_stats_(
-            [p.grad for p in params], emas, scales, beta=self.beta, eps=self.eps,
+        backend.alignment_sums_(
+            grads, emas, sums, beta=self.beta,
             grad_scale=None if grad_scale is None else grad_scale.to(device),
             found_inf=None if found_inf is None else found_inf.to(device),
         )
-        return scales
+        if sharded:  # ALGORITHMS.md §4: the sums of a sharded tensor are summed over all its shards
+            sum_over_shards(sums, params)
+        return scales_from_sums(sums, self.eps)
 
     @tracks_step_calls
     @torch.no_grad()

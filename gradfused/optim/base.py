@@ -11,6 +11,7 @@ from torch.optim import Optimizer
 
 from .. import ops, reference
 from . import _validation as V
+from ._dtensor import is_dtensor, local_shards
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 _IMPLEMENTATION_KEYS = ("fused",)
@@ -275,10 +276,12 @@ class FusedOptimizer(Optimizer):
         hyper = self._op_hyperparameters(group)
         for b, (bucket, states) in enumerate(self._plan(group, params)):
             device = bucket[0].device
+            tensors = [bucket, [p.grad for p in bucket], *[[st[key] for st in states] if used else []
+                                                           for key, used in specs]]
+            if is_dtensor(bucket[0]):  # the elementwise update of each rank's shard
+                tensors = local_shards(self._name, *tensors)
             op(
-                bucket,
-                [p.grad for p in bucket],
-                *[[st[key] for st in states] if used else [] for key, used in specs],
+                *tensors,
                 [st["step"] for st in states],
                 lr=group["lr"],
                 **hyper,

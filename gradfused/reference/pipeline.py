@@ -1,7 +1,6 @@
 """ALGORITHMS.md §1: the per-element pipeline around every rule, and the §4 alignment statistics."""
 from __future__ import annotations
 
-import math
 from typing import Callable, Sequence
 
 import torch
@@ -77,18 +76,17 @@ def run_pipeline(
         step += 1
 
 
-def alignment_stats_(
+def alignment_sums_(
     grads: Sequence[Tensor],
     alignment_emas: Sequence[Tensor],
-    scales: Tensor,
+    sums: Tensor,
     *,
     beta: float,
-    eps: float,
     grad_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
 ) -> None:
-    """ALGORITHMS.md §4: a = β a + (1-β) g on the unscaled gradient, then
-    s = clamp(<g, a> / (max(‖g‖, eps) · max(‖a‖, eps)), 0, 1), written to scales[i]."""
+    """ALGORITHMS.md §4: a = β a + (1-β) g on the unscaled gradient, then <g, a>, ‖g‖², ‖a‖² written to
+    sums[i] (the scale is formed from them by gradfused.optim.alignment.scales_from_sums)."""
     if step_is_skipped(found_inf):
         return
     for i, (grad, ema) in enumerate(zip(grads, alignment_emas)):
@@ -101,6 +99,4 @@ def alignment_stats_(
         # The sums (products included) run in float64, as the kernels': a float32 sum of a million
         # products would differ from any other order by more than the tolerance allows.
         g64, a64 = g.double(), a.double()
-        dot = (g64 * a64).sum().item()
-        s = dot / (max(math.sqrt((g64 * g64).sum().item()), eps) * max(math.sqrt((a64 * a64).sum().item()), eps))
-        scales[i] = min(max(s, 0.0), 1.0)
+        sums[i, 0], sums[i, 1], sums[i, 2] = (g64 * a64).sum(), (g64 * g64).sum(), (a64 * a64).sum()
