@@ -191,27 +191,37 @@ def test_found_inf_skips_the_whole_step(case):
     assert_same(snapshot(opt, params), before)
 
 
-def test_grad_scaler_unscales_and_backs_off():
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_grad_scaler_unscales_skips_and_backs_off(case):
+    """Every optimizer under torch.amp.GradScaler equals an unscaled twin; an injected inf, then a NaN,
+    leaves parameters, states and step exactly unchanged while the scale backs off. For GradientAlignment
+    the twin's EMAs and scales come from unscaled gradients, so equality shows the wrapper unscales."""
     torch.manual_seed(0)
-    model = torch.nn.Linear(8, 1)
-    ref = copy.deepcopy(model)
-    opt, ref_opt = gf.AdamW(model.parameters(), lr=1e-2), torch.optim.AdamW(ref.parameters(), lr=1e-2)
+    model = torch.nn.Linear(8, 2)
+    twin = copy.deepcopy(model)
+    params = list(model.parameters())
+    opt, ref = case.make(params, True), case.make(list(twin.parameters()), True)
     scaler = torch.amp.GradScaler("cpu", init_scale=256.0)
     x = torch.randn(16, 8)
-    for step in range(4):
-        for m, o in ((model, opt), (ref, ref_opt)):
-            o.zero_grad()
+    for step in range(6):
+        opt.zero_grad()
+        ref.zero_grad()
         scaler.scale(model(x).pow(2).mean()).backward()
-        ref(x).pow(2).mean().backward()
-        if step == 2:  # an overflow: the step is skipped and the scale backs off
-            model.weight.grad[0, 0] = float("inf")
+        twin(x).pow(2).mean().backward()
+        if step in (2, 3):  # overflows: the step is skipped and the scale backs off
+            model.weight.grad[0, 0] = float("inf") if step == 2 else float("nan")
+            before = snapshot(opt, params)
         scaler.step(opt)
         scaler.update()
-        if step != 2:
-            ref_opt.step()
-    assert scaler.get_scale() == 128.0
-    for p, q in zip(model.parameters(), ref.parameters()):
+        if step in (2, 3):
+            assert_same(snapshot(opt, params), before)
+        else:
+            ref.step()
+    assert scaler.get_scale() == 64.0
+    for p, q in zip(params, twin.parameters()):
         torch.testing.assert_close(p, q)
+    for (_, s), (_, t) in zip(all_states(opt), all_states(ref), strict=True):
+        torch.testing.assert_close(s, t)
 
 
 def _run_for_threads(threads):
