@@ -20,12 +20,14 @@ class Case:
         return self.name
 
 
+# make(params, fused, **extra): `extra` (mixed-precision options, say) goes to the gradfused optimizer
 def _plain(cls, **kwargs):
-    return lambda params, fused: cls(params, fused=fused, **kwargs)
+    return lambda params, fused, **extra: cls(params, fused=fused, **kwargs, **extra)
 
 
 def _aligned(cls, **kwargs):
-    return lambda params, fused: gf.GradientAlignment(cls(params, fused=fused, **kwargs), beta=0.9, fused=fused)
+    return lambda params, fused, **extra: gf.GradientAlignment(cls(params, fused=fused, **kwargs, **extra), beta=0.9,
+                                                               fused=fused)
 
 
 def _cases(cls, option_sets, wrap=_plain):

@@ -10,6 +10,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from .. import ops, reference
+from . import _precision as P
 from . import _validation as V
 from ._dtensor import is_dtensor, local_shards
 
@@ -40,12 +41,19 @@ class FusedOptimizer(Optimizer):
     `_check_hyperparameters`.
 
     The switch `fused` (as in torch.optim) picks the backend: True or None runs the native fused kernels,
-    False the pure-PyTorch reference for-loop of gradfused.reference (the oracle, slower)."""
+    False the pure-PyTorch reference for-loop of gradfused.reference (the oracle, slower).
+
+    Every optimizer also takes the mixed-precision options of gradfused/optim/_precision.py as keyword
+    arguments: `state_dtype`, `master_weights`, `stochastic_rounding` and `seed`."""
 
     op_name: ClassVar[str]
     _step_supports_amp_scaling = True  # GradScaler hands us grad_scale and found_inf (NOTE in ops)
 
-    def __init__(self, params, defaults: dict[str, Any]):
+    def __init__(self, params, defaults: dict[str, Any], mixed_precision: dict[str, Any] | None = None):
+        unknown = set(mixed_precision or {}) - set(P.DEFAULTS)
+        if unknown:
+            raise TypeError(f"gradfused.{type(self).__name__}: unexpected keyword argument {sorted(unknown)[0]!r}")
+        defaults = {**defaults, **P.DEFAULTS, **(mixed_precision or {})}
         self._plans: dict[tuple, tuple] = {}  # NOTE: [the step plan] (add_param_group, called below, clears it)
         self._step_called = [False]  # NOTE: [LR schedulers and torch.compile]
         super().__init__(params, defaults)
@@ -78,6 +86,7 @@ class FusedOptimizer(Optimizer):
         for i, p in enumerate(params):
             if isinstance(p, Tensor):
                 self._check_param(p, f"params[{i}]")
+                P.check_param(self._name, merged, p, f"params[{i}]")
         super().add_param_group(param_group)
 
     def _check_param(self, p: Tensor, where: str) -> None:
@@ -106,14 +115,32 @@ class FusedOptimizer(Optimizer):
         # Which implementation runs is this optimizer's choice, not the checkpoint's: a checkpoint saved
         # with fused=False must not silently switch a native optimizer to the reference (a torch pitfall).
         implementation = [{k: group[k] for k in _IMPLEMENTATION_KEYS if k in group} for group in self.param_groups]
+        uncast = self._states_not_in_param_dtype(state_dict)
         super().load_state_dict(state_dict)
         for group, keep in zip(self.param_groups, implementation):
             group.update(keep)
+        # torch casts floating state to the parameter's dtype on load, which would round the fp32 moments and
+        # master weights of a bf16 parameter: those are taken from the checkpoint again, in fp32.
+        for p, key, value, dtype in uncast:
+            self.state[p][key] = value.to(device=p.device, dtype=dtype, copy=True)
         for p, st in self.state.items():  # `step` lives with its parameter, as float32
             if isinstance(st.get("step"), Tensor):
                 st["step"] = st["step"].to(device=p.device, dtype=torch.float32)
             elif "step" in st:
                 st["step"] = torch.tensor(float(st["step"]), dtype=torch.float32, device=p.device)
+
+    def _states_not_in_param_dtype(self, state_dict: dict[str, Any]) -> list[tuple[Tensor, str, Tensor, torch.dtype]]:
+        """(parameter, key, saved tensor, dtype) for each saved state this optimizer keeps in another dtype
+        than its parameter's (mixed precision)."""
+        out = []
+        for saved, group in zip(state_dict["param_groups"], self.param_groups):
+            for idx, p in zip(saved["params"], group["params"]):
+                dtype = P.state_dtype(group, p)
+                for key, value in state_dict["state"].get(idx, {}).items():
+                    want = torch.float32 if key == "master_weight" else dtype
+                    if key != "step" and isinstance(value, Tensor) and want != p.dtype:
+                        out.append((p, key, value, want))
+        return out
 
     def _check_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Rejects a checkpoint of another optimizer or another model before anything is loaded."""
@@ -130,7 +157,7 @@ class FusedOptimizer(Optimizer):
             hyper = {**self.defaults, **{key: v for key, v in saved.items() if key != "params"}}
             self._upgrade_group(hyper)
             specs = self._state_specs(hyper)
-            allowed = {key for key, _ in specs} | {"step"}
+            allowed = {key for key, _ in specs} | {"step", "master_weight"}
             required = [key for key, used in specs if used]
             for idx, p in zip(saved["params"], group["params"]):
                 st = state_dict["state"].get(idx)
@@ -144,7 +171,7 @@ class FusedOptimizer(Optimizer):
                 missing = set(required) - set(st)
                 if missing:
                     raise ValueError(f"{where} lacks {sorted(missing)}; was it saved by another optimizer?")
-                for key in required:
+                for key in required + (["master_weight"] if "master_weight" in st else []):
                     if tuple(st[key].shape) != tuple(p.shape):
                         raise ValueError(f"{where}: {key!r} has shape {tuple(st[key].shape)} but the parameter "
                                          f"has shape {tuple(p.shape)}")
@@ -221,13 +248,16 @@ class FusedOptimizer(Optimizer):
         raise RuntimeError(f"{self._name}: the gradient of {where} is on {g.device} but the parameter "
                            f"is on {p.device}")
 
-    def _init_state(self, p: Tensor, specs: list[tuple[str, bool]]) -> dict:
+    def _init_state(self, p: Tensor, group: dict, specs: list[tuple[str, bool]]) -> dict:
         state = self.state[p]
         if "step" not in state:
             state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+        dtype = P.state_dtype(group, p)
         for key, used in specs:
             if used and key not in state:
-                state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state[key] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
+        if group["master_weights"] and p.dtype in P.HALF and "master_weight" not in state:
+            state["master_weight"] = p.detach().to(torch.float32, copy=True)
         return state
 
     @staticmethod
@@ -257,7 +287,7 @@ class FusedOptimizer(Optimizer):
         plan = []
         for idx in self._buckets(params):
             bucket = [params[i] for i in idx]
-            plan.append((bucket, [self._init_state(p, specs) for p in bucket]))
+            plan.append((bucket, [self._init_state(p, group, specs) for p in bucket]))
         key = key[:2] + (len(self.state),)  # state creation above may have grown it
         if len(self._plans) >= _MAX_PLANS:
             self._plans.clear()
@@ -280,6 +310,9 @@ class FusedOptimizer(Optimizer):
                                                            for key, used in specs]]
             if is_dtensor(bucket[0]):  # the elementwise update of each rank's shard
                 tensors = local_shards(self._name, *tensors)
+            work = P.Fp32Work(group, bucket, states, tensors) if P.uses_fp32_work(group, bucket[0].dtype) else None
+            if work is not None:
+                tensors = work.lists
             op(
                 *tensors,
                 [st["step"] for st in states],
@@ -290,6 +323,13 @@ class FusedOptimizer(Optimizer):
                 found_inf=None if found_inf is None else found_inf.to(device),
                 alignment_scales=None if alignment_scales is None else alignment_scales[b],
             )
+            if work is not None:
+                work.write_back(self._param_indices(bucket) if group["stochastic_rounding"] else [])
+
+    def _param_indices(self, params: list[Tensor]) -> list[int]:
+        """Each parameter's position in the optimizer (over all groups): a stable key for random streams."""
+        index = {id(p): i for i, p in enumerate(p for group in self.param_groups for p in group["params"])}
+        return [index[id(p)] for p in params]
 
     def _check_common(self, group: dict) -> None:
         V.check_lr(self._name, group["lr"])
@@ -297,5 +337,6 @@ class FusedOptimizer(Optimizer):
         V.check_bool(self._name, "maximize", group["maximize"])
         if group.get("fused") not in (None, True, False):
             raise ValueError(f"{self._name}: invalid fused={group['fused']!r} (expected None, True or False)")
+        P.check(self._name, group)
 
 

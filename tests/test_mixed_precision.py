@@ -1,0 +1,221 @@
+"""Mixed precision for bf16/fp16 parameters: fp32 states (`state_dtype`), fp32 master weights and
+stochastic rounding, on every optimizer of the table; checkpoints keep the fp32 tensors fp32."""
+import copy
+import io
+
+import pytest
+import torch
+
+import gradfused as gf
+from gradfused.optim._precision import stochastic_round_
+from optim_table import CASES, all_states
+
+OPTIONS = {
+    "state_fp32": dict(state_dtype=torch.float32),
+    "master": dict(master_weights=True),
+    "stochastic": dict(stochastic_rounding=True, seed=7),
+}
+SHAPES = [(4097,), (3, 5, 7), (), (0,)]
+
+
+def _params(dtype, shapes=SHAPES, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(s, generator=gen, dtype=torch.float64).to(dtype).requires_grad_() for s in shapes]
+
+
+def _grads(params, gen):
+    return [torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p.dtype) for p in params]
+
+
+def _states_have_dtypes(opt, option):
+    for (_, key, name), t in all_states(opt):
+        if name in ("step", "alignment_ema"):
+            continue
+        want = torch.float32 if option != "stochastic" or name == "master_weight" else torch.bfloat16
+        assert t.dtype == want, (key, name, t.dtype)
+
+
+# stochastic rounding is defined for bf16 only (fp16 is rejected: test_bad_options_are_named)
+COMBINATIONS = [(d, o) for d in (torch.bfloat16, torch.float16) for o in OPTIONS
+                if o != "stochastic" or d == torch.bfloat16]
+
+
+@pytest.mark.parametrize("dtype, option", COMBINATIONS, ids=[f"{d}-{o}" for d, o in COMBINATIONS])
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_native_matches_reference(case, dtype, option):
+    native_params = _params(dtype)
+    ref_params = [p.detach().clone().requires_grad_() for p in native_params]
+    native = case.make(native_params, True, **OPTIONS[option])
+    ref = case.make(ref_params, False, **OPTIONS[option])
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(8):
+        for p, q, g in zip(native_params, ref_params, _grads(native_params, gen)):
+            p.grad, q.grad = g, g.clone()
+        native.step()
+        ref.step()
+    # the fp32 working copies make native and reference agree to fp32 rounding before the one rounding to
+    # 16 bits; ALGORITHMS.md §5's 16-bit tolerance applies to the parameters
+    for p, q in zip(native_params, ref_params):
+        torch.testing.assert_close(p, q, atol=5e-3, rtol=5e-3)
+    for (key, a), (_, b) in zip(all_states(native), all_states(ref), strict=True):
+        torch.testing.assert_close(a, b, atol=5e-3, rtol=5e-3, msg=lambda m: f"{key}: {m}")
+    _states_have_dtypes(native, option)
+
+
+def test_master_weights_equal_torch_adamw_on_fp32_copies():
+    """The oracle: torch.optim.AdamW stepping fp32 copies with the upcast bf16 gradients; the bf16
+    parameter is the master weight rounded to nearest."""
+    params = _params(torch.bfloat16)
+    masters = [p.detach().float().requires_grad_() for p in params]
+    ours = gf.AdamW(params, lr=1e-2, master_weights=True)
+    theirs = torch.optim.AdamW(masters, lr=1e-2)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(10):
+        for p, m, g in zip(params, masters, _grads(params, gen)):
+            p.grad, m.grad = g, g.float()
+        ours.step()
+        theirs.step()
+    for p, m in zip(params, masters):
+        torch.testing.assert_close(ours.state[p]["master_weight"], m.detach())
+        torch.testing.assert_close(p, m.detach().bfloat16(), rtol=0, atol=0)
+
+
+def _train_regression(dtype, steps=300, **options):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.Tanh(), torch.nn.Linear(64, 1))
+    data = torch.randn(256, 16)
+    target = torch.sin(data.sum(1, keepdim=True))
+    model = model.to(dtype)
+    opt = gf.AdamW(model.parameters(), lr=1e-3, **options)
+    for _ in range(steps):
+        loss = torch.nn.functional.mse_loss(model(data.to(dtype)).float(), target)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    with torch.no_grad():
+        return torch.nn.functional.mse_loss(model.float()(data), target).item()
+
+
+def test_bf16_with_master_weights_tracks_fp32():
+    """300 AdamW steps (lr 1e-3) of a 16-64-1 MLP: bf16 with master weights ends within 5 % of the fp32
+    run's loss (the gradients themselves are bf16, so the runs are not identical)."""
+    fp32 = _train_regression(torch.float32)
+    master = _train_regression(torch.bfloat16, master_weights=True)
+    assert abs(master - fp32) <= 0.05 * fp32, (master, fp32)
+
+
+def test_stochastic_rounding_is_unbiased():
+    x = torch.full((200_000,), 1.0 + 2.0**-10)  # 1/8 of the way from bf16's 1.0 to 1.0078125
+    out = torch.empty(x.shape, dtype=torch.bfloat16)
+    stochastic_round_(out, x, (0, 1, 2))
+    assert set(out.float().unique().tolist()) == {1.0, 1.0 + 2.0**-7}
+    # the mean error tends to zero: within 4 standard errors of a Bernoulli(1/8) draw
+    sigma = 2.0**-7 * (0.125 * 0.875 / x.numel()) ** 0.5
+    assert abs(out.float().mean().item() - x[0].item()) < 4 * sigma
+    neg = torch.empty(x.shape, dtype=torch.bfloat16)
+    stochastic_round_(neg, -x, (0, 1, 3))
+    assert abs(neg.float().mean().item() + x[0].item()) < 4 * sigma
+    special = torch.tensor([float("inf"), -float("inf"), float("nan"), 0.0])
+    out = torch.empty(4, dtype=torch.bfloat16)
+    stochastic_round_(out, special, (0, 0, 0))
+    assert out[0] == float("inf") and out[1] == -float("inf") and out[2].isnan() and out[3] == 0
+
+
+def test_stochastic_rounding_keeps_updates_below_half_an_ulp():
+    """1000 steps of +1e-4 on 1.0: nearest rounding never moves (half an ulp is 3.9e-3), stochastic
+    rounding adds 0.1 on average."""
+    def run(**options):
+        p = torch.ones(4096, dtype=torch.bfloat16, requires_grad=True)
+        opt = gf.PersistentSGD([p], lr=1e-4, decay=0.0, **options)
+        for _ in range(1000):
+            p.grad = -torch.ones_like(p)
+            opt.step()
+        return p.float().mean().item()
+
+    assert run() == 1.0
+    assert abs(run(stochastic_rounding=True) - 1.1) < 0.01
+
+
+def test_stochastic_rounding_is_reproducible_and_resumes():
+    def run(resume_at=None):
+        params = _params(torch.bfloat16)
+        opt = gf.AdamW(params, lr=1e-2, stochastic_rounding=True, seed=3)
+        gen = torch.Generator().manual_seed(1)
+        for step in range(6):
+            if step == resume_at:
+                buffer = io.BytesIO()
+                torch.save(opt.state_dict(), buffer)
+                buffer.seek(0)
+                params = [p.detach().clone().requires_grad_() for p in params]
+                opt = gf.AdamW(params, lr=1e-2, stochastic_rounding=True, seed=3)
+                opt.load_state_dict(torch.load(buffer, weights_only=True))
+            for p, g in zip(params, _grads(params, gen)):
+                p.grad = g
+            opt.step()
+        return params
+
+    straight = run()
+    for a, b in zip(straight, run()):
+        assert torch.equal(a, b)
+    for a, b in zip(straight, run(resume_at=3)):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("option", ["state_fp32", "master"])
+def test_checkpoint_keeps_fp32_state_and_resumes_bitwise(option):
+    """torch's load_state_dict casts floating state to the parameter's dtype; ours keeps fp32 fp32."""
+    params = _params(torch.bfloat16)
+    opt = gf.RAdamW(params, lr=1e-2, **OPTIONS[option])
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        for p, g in zip(params, _grads(params, gen)):
+            p.grad = g
+        opt.step()
+    buffer = io.BytesIO()
+    torch.save(opt.state_dict(), buffer)
+    resumed_params = [p.detach().clone().requires_grad_() for p in params]
+    resumed = gf.RAdamW(resumed_params, lr=1e-2, **OPTIONS[option])
+    buffer.seek(0)
+    resumed.load_state_dict(torch.load(buffer, weights_only=True))
+    for (_, a), (_, b) in zip(all_states(opt), all_states(resumed), strict=True):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+    for _ in range(3):
+        for p, q, g in zip(params, resumed_params, _grads(params, gen)):
+            p.grad, q.grad = g, g.clone()
+        opt.step()
+        resumed.step()
+    for p, q in zip(params, resumed_params):
+        assert torch.equal(p, q)
+
+
+def test_found_inf_leaves_master_weights_and_parameters_unchanged():
+    params = _params(torch.bfloat16)
+    opt = gf.AdamW(params, lr=1e-2, master_weights=True)
+    gen = torch.Generator().manual_seed(1)
+    for p, g in zip(params, _grads(params, gen)):
+        p.grad = g
+    opt.step()
+    before = copy.deepcopy(([p.detach() for p in params], [t for _, t in all_states(opt)]))
+    opt.grad_scale, opt.found_inf = torch.tensor(2.0), torch.tensor(1.0)
+    opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(before[0], params))
+    assert all(torch.equal(a, b) for a, (_, b) in zip(before[1], all_states(opt)))
+
+
+@pytest.mark.parametrize("kwargs, dtype, message", [
+    (dict(state_dtype=torch.int32), torch.bfloat16, "invalid state_dtype=torch.int32"),
+    (dict(state_dtype=torch.float16), torch.bfloat16, "state_dtype=torch.float16 does not fit params[0]"),
+    (dict(master_weights=True, state_dtype=torch.bfloat16), torch.bfloat16, "master_weights=True keeps fp32 states"),
+    (dict(master_weights=True, stochastic_rounding=True), torch.bfloat16, "choose one of"),
+    (dict(stochastic_rounding=True), torch.float16, "stochastic_rounding=True needs bfloat16 parameters"),
+    (dict(master_weights="yes"), torch.bfloat16, "invalid master_weights='yes'"),
+    (dict(seed=-1), torch.bfloat16, "invalid seed=-1"),
+])
+def test_bad_options_are_named(kwargs, dtype, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        gf.AdamW(_params(dtype), **kwargs)
+
+
+def test_unknown_keyword_is_a_type_error():
+    with pytest.raises(TypeError, match="unexpected keyword argument 'master_weight'"):
+        gf.AdamW(_params(torch.bfloat16), master_weight=True)
