@@ -17,6 +17,10 @@ def is_dtensor(t: Tensor) -> bool:
     return DTensor is not None and isinstance(t, DTensor)
 
 
+def local(t: Tensor) -> Tensor:
+    return t.to_local() if is_dtensor(t) else t
+
+
 def local_shards(owner: str, params: list[Tensor], *lists: list[Tensor]) -> list[list[Tensor]]:
     """The local tensors of `params` and of each list beside it (grads, states; an empty list stays empty),
     which must be laid out like their parameter (the same mesh and placements) for an elementwise op to see

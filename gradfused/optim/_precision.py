@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ._dtensor import local
+
 DEFAULTS = dict(state_dtype=None, master_weights=False, stochastic_rounding=False, seed=0)
 HALF = (torch.bfloat16, torch.float16)
 _MASK64 = (1 << 64) - 1
@@ -85,12 +87,13 @@ def stochastic_round_(dst: Tensor, src: Tensor, key: tuple[int, ...]) -> None:
 class Fp32Work:
     """The fp32 working copies of one bucket for the op (NOTE: [mixed precision runs the fp32 kernel])."""
 
-    def __init__(self, group: dict, bucket: list[Tensor], states: list[dict], lists: list[list[Tensor]]):
-        self.group, self.bucket, self.states = group, bucket, states
+    def __init__(self, group: dict, states: list[dict], lists: list[list[Tensor]]):
+        """`lists` are the op's tensor lists (params, grads, states), local shards for DTensors."""
+        self.group, self.states, self.targets = group, states, lists[0]
         if group["master_weights"]:
-            params = [st["master_weight"] for st in states]
+            params = [local(st["master_weight"]) for st in states]
         else:
-            params = [p.float() for p in bucket]
+            params = [p.float() for p in self.targets]
         grads = [g.float() for g in lists[1]]
         self.upcast_states = [(lst, [t.float() for t in lst]) if lst and lst[0].dtype != torch.float32 else (lst, lst)
                               for lst in lists[2:]]
@@ -99,10 +102,10 @@ class Fp32Work:
     def write_back(self, param_indices: list[int]) -> None:
         params = self.lists[0]
         if self.group["stochastic_rounding"]:
-            for p, work, st, index in zip(self.bucket, params, self.states, param_indices):
+            for p, work, st, index in zip(self.targets, params, self.states, param_indices):
                 stochastic_round_(p, work, (self.group["seed"], int(st["step"].item()), index))
         else:
-            torch._foreach_copy_(self.bucket, params)
+            torch._foreach_copy_(self.targets, params)
         for original, work in self.upcast_states:
             if work is not original:
                 torch._foreach_copy_(original, work)

@@ -310,7 +310,7 @@ class FusedOptimizer(Optimizer):
                                                            for key, used in specs]]
             if is_dtensor(bucket[0]):  # the elementwise update of each rank's shard
                 tensors = local_shards(self._name, *tensors)
-            work = P.Fp32Work(group, bucket, states, tensors) if P.uses_fp32_work(group, bucket[0].dtype) else None
+            work = P.Fp32Work(group, states, tensors) if P.uses_fp32_work(group, bucket[0].dtype) else None
             if work is not None:
                 tensors = work.lists
             op(
