@@ -20,14 +20,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .optim import FusedOptimizer, GradientAlignment
+
 __all__ = ["sequential", "step_in_backward", "StepInBackwardHandle"]
 
 
 def _check_optimizer(optimizer, params: list[tuple[str, Tensor]], who: str) -> None:
     """`optimizer` must have a per-parameter step and own every trainable parameter in `params`."""
-    if not callable(getattr(optimizer, "step_parameters", None)):
+    base = optimizer.base if isinstance(optimizer, GradientAlignment) else optimizer
+    if not isinstance(base, FusedOptimizer):
         raise TypeError(f"gradfused.{who}: the optimizer must be a gradfused optimizer (or GradientAlignment over "
-                        f"one), which can step single parameters; got {type(optimizer).__name__}")
+                        f"one), which can step single parameters; got {type(optimizer).__name__}"
+                        + (f" over {type(base).__name__}" if base is not optimizer else ""))
     owned = {id(p) for group in optimizer.param_groups for p in group["params"]}
     for name, p in params:
         if p.requires_grad and id(p) not in owned:

@@ -184,6 +184,8 @@ def test_optimizer_must_own_the_parameters(api):
             gf.step_in_backward(model, opt)
     with pytest.raises(TypeError, match="must be a gradfused optimizer"):
         gf.step_in_backward(model, torch.optim.AdamW(model.parameters()))
+    with pytest.raises(TypeError, match="got GradientAlignment over AdamW"):
+        gf.step_in_backward(model, gf.GradientAlignment(torch.optim.AdamW(model.parameters())))
     assert "forward" not in vars(model[0])
 
 
