@@ -219,3 +219,25 @@ def test_bad_options_are_named(kwargs, dtype, message):
 def test_unknown_keyword_is_a_type_error():
     with pytest.raises(TypeError, match="unexpected keyword argument 'master_weight'"):
         gf.AdamW(_params(torch.bfloat16), master_weight=True)
+
+
+@pytest.mark.parametrize("saved, loaded", [({}, OPTIONS["state_fp32"]), (OPTIONS["master"], {})],
+                         ids=["bf16-state->fp32-state", "master->plain"])
+def test_loading_converts_states_to_this_optimizers_precision(saved, loaded):
+    """The precision scheme is this optimizer's choice (as `fused`): a checkpoint's states are converted."""
+    params = _params(torch.bfloat16)
+    first = gf.AdamW(params, lr=1e-2, **saved)
+    gen = torch.Generator().manual_seed(1)
+    for p, g in zip(params, _grads(params, gen)):
+        p.grad = g
+    first.step()
+    second = gf.AdamW([p.detach().clone().requires_grad_() for p in params], lr=1e-2, **loaded)
+    second.load_state_dict(copy.deepcopy(first.state_dict()))
+    want = torch.float32 if loaded else torch.bfloat16
+    for p, q in zip(params, second.param_groups[0]["params"]):
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert second.state[q][key].dtype == want
+            torch.testing.assert_close(second.state[q][key], first.state[p][key].to(want), rtol=0, atol=0)
+    assert second.param_groups[0]["state_dtype"] == loaded.get("state_dtype")
+    assert second.param_groups[0]["master_weights"] == loaded.get("master_weights", False)
+    assert all("master_weight" not in second.state[q] for q in second.param_groups[0]["params"])

@@ -15,7 +15,8 @@ from . import _validation as V
 from ._dtensor import is_dtensor, local_shards
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-_IMPLEMENTATION_KEYS = ("fused",)
+# This optimizer's choices, kept when a checkpoint is loaded: the implementation and the precision scheme.
+_IMPLEMENTATION_KEYS = ("fused", "state_dtype", "master_weights", "stochastic_rounding")
 _MAX_PLANS = 256  # NOTE: [the step plan]
 
 
@@ -112,8 +113,9 @@ class FusedOptimizer(Optimizer):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._check_state_dict(state_dict)
-        # Which implementation runs is this optimizer's choice, not the checkpoint's: a checkpoint saved
-        # with fused=False must not silently switch a native optimizer to the reference (a torch pitfall).
+        # Which implementation runs (and in which precision) is this optimizer's choice, not the checkpoint's:
+        # a checkpoint saved with fused=False must not silently switch a native optimizer to the reference
+        # (a torch pitfall). The states are converted to this optimizer's precision below.
         implementation = [{k: group[k] for k in _IMPLEMENTATION_KEYS if k in group} for group in self.param_groups]
         uncast = self._states_not_in_param_dtype(state_dict)
         super().load_state_dict(state_dict)
@@ -123,6 +125,10 @@ class FusedOptimizer(Optimizer):
         # master weights of a bf16 parameter: those are taken from the checkpoint again, in fp32.
         for p, key, value, dtype in uncast:
             self.state[p][key] = value.to(device=p.device, dtype=dtype, copy=True)
+        for group in self.param_groups:  # master weights saved by an optimizer that kept them, unused here
+            if not group["master_weights"]:
+                for p in group["params"]:
+                    self.state.get(p, {}).pop("master_weight", None)
         for p, st in self.state.items():  # `step` lives with its parameter, as float32
             if isinstance(st.get("step"), Tensor):
                 st["step"] = st["step"].to(device=p.device, dtype=torch.float32)
