@@ -245,6 +245,21 @@ def _fmt(mean: float, std: float, digits: int = 4) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
+def summary_cells(s: dict[str, Any]) -> tuple[str, str, str]:
+    """Final train loss, best validation loss and validation accuracy (%), each as mean ± std."""
+    return (_fmt(s["final_train_loss_mean"], s["final_train_loss_std"]),
+            _fmt(s["best_val_loss_mean"], s["best_val_loss_std"]),
+            _fmt(100 * s["final_val_acc_mean"], 100 * s["final_val_acc_std"], 1))
+
+
+def aligned_table(rows: list[tuple[str, ...]]) -> str:
+    """Left-aligned columns, the first row a header underlined with dashes."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
 def format_table(report: dict[str, Any]) -> str:
     rows = [("optimizer", "final train loss", "best val loss", "val acc %", "step ms native", "step ms reference",
              "speedup")]
@@ -252,19 +267,14 @@ def format_table(report: dict[str, Any]) -> str:
         s = r["summary"]
         native, ref = s["step_ms_native"], s["step_ms_reference"]
         rows.append((
-            r["label"], _fmt(s["final_train_loss_mean"], s["final_train_loss_std"]),
-            _fmt(s["best_val_loss_mean"], s["best_val_loss_std"]),
-            _fmt(100 * s["final_val_acc_mean"], 100 * s["final_val_acc_std"], 1),
+            r["label"], *summary_cells(s),
             f"{native:.3f}" if native is not None else "-", f"{ref:.3f}" if ref is not None else "-",
             f"{ref / native:.1f}x" if native and ref else "-",
         ))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
     c = report["config"]
     head = (f"{c['dataset']}, {c['model']} {'-'.join(map(str, c['widths']))} {c['activation']}, batch {c['batch_size']}, "
             f"{c['epochs']} epochs, {c['seeds']} seeds (mean ± std), backend {c['backend']}")
-    return head + "\n" + "\n".join(lines)
+    return head + "\n" + aligned_table(rows)
 
 
 def config_from_json(path: str) -> CompareConfig:

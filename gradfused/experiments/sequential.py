@@ -171,21 +171,15 @@ def run(config: SequentialConfig, *, quiet: bool = False) -> dict[str, Any]:
 
 
 def format_table(report: dict[str, Any]) -> str:
-    from .compare import _fmt
+    from .compare import aligned_table, summary_cells
 
     rows = [("method", "final train MSE", "best val MSE", "val acc %", "ms per training step")]
-    for r in report["results"]:
-        s = r["summary"]
-        rows.append((r["label"], _fmt(s["final_train_loss_mean"], s["final_train_loss_std"]),
-                     _fmt(s["best_val_loss_mean"], s["best_val_loss_std"]),
-                     _fmt(100 * s["final_val_acc_mean"], 100 * s["final_val_acc_std"], 1), f"{s['step_ms_mean']:.3f}"))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    rows += [(r["label"], *summary_cells(r["summary"]), f"{r['summary']['step_ms_mean']:.3f}")
+             for r in report["results"]]
     c = report["config"]
     head = (f"{c['dataset']}, sigmoid MLP {'-'.join(map(str, c['widths']))}, MSE, {c['epochs']} epochs, "
             f"{c['seeds']} seeds (mean ± std)")
-    return head + "\n" + "\n".join(lines)
+    return head + "\n" + aligned_table(rows)
 
 
 def resolve(overrides: dict[str, Any]) -> SequentialConfig:
