@@ -22,10 +22,14 @@ def _twins(make, shapes=((10,), (3, 4), ())):
     return params, make(params), twins, make(twins)
 
 
-def _same_grads(params, twins, gen):
-    for p, q in zip(params, twins):
-        p.grad = torch.randn(p.shape, generator=gen)
-        q.grad = p.grad.clone()
+def _step_side_by_side(step, eager, params, twins, gen, steps=1):
+    """`steps` times: the same random gradients to both parameter lists, then `step()` and `eager.step()`."""
+    for _ in range(steps):
+        for p, q in zip(params, twins):
+            p.grad = torch.randn(p.shape, generator=gen)
+            q.grad = p.grad.clone()
+        step()
+        eager.step()
 
 
 def _assert_bitwise(params, opt, twins, twin_opt):
@@ -44,11 +48,7 @@ def test_compiled_step_is_one_graph_and_equals_eager(case):
     def step():
         opt.step()
 
-    gen = torch.Generator().manual_seed(1)
-    for _ in range(4):
-        _same_grads(params, twins, gen)
-        step()
-        eager.step()
+    _step_side_by_side(step, eager, params, twins, torch.Generator().manual_seed(1), steps=4)
     _assert_bitwise(params, opt, twins, eager)
     assert counter.frame_count <= 2  # the first step, which creates the state, and the steady one
 
@@ -56,11 +56,7 @@ def test_compiled_step_is_one_graph_and_equals_eager(case):
 def test_inductor_compiled_step_equals_eager():
     params, opt, twins, eager = _twins(lambda p: gf.GradientAlignment(gf.AdamW(p, lr=1e-2)))
     step = torch.compile(opt.step, fullgraph=True)
-    gen = torch.Generator().manual_seed(1)
-    for _ in range(3):
-        _same_grads(params, twins, gen)
-        step()
-        eager.step()
+    _step_side_by_side(step, eager, params, twins, torch.Generator().manual_seed(1), steps=3)
     _assert_bitwise(params, opt, twins, eager)
 
 
@@ -81,9 +77,7 @@ def test_scheduled_tensor_lr_does_not_recompile(wrap, recwarn):
 
     gen = torch.Generator().manual_seed(1)
     for i in range(6):
-        _same_grads(params, twins, gen)
-        step()
-        eager.step()
+        _step_side_by_side(step, eager, params, twins, gen)
         for s in scheds:
             s.step()
         if i == 1:

@@ -27,6 +27,18 @@ def _grads(params, gen):
     return [torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p.dtype) for p in params]
 
 
+def _step_side_by_side(opts, param_lists, gen, steps):
+    """`steps` times: the same random gradients (in each list's dtype) to every parameter list, then every
+    optimizer steps."""
+    for _ in range(steps):
+        grads = _grads(param_lists[0], gen)
+        for params in param_lists:
+            for p, g in zip(params, grads):
+                p.grad = g.to(p.dtype, copy=True)
+        for opt in opts:
+            opt.step()
+
+
 def _states_have_dtypes(opt, option):
     for (_, key, name), t in all_states(opt):
         if name in ("step", "alignment_ema"):
@@ -47,12 +59,7 @@ def test_native_matches_reference(case, dtype, option):
     ref_params = [p.detach().clone().requires_grad_() for p in native_params]
     native = case.make(native_params, True, **OPTIONS[option])
     ref = case.make(ref_params, False, **OPTIONS[option])
-    gen = torch.Generator().manual_seed(1)
-    for _ in range(8):
-        for p, q, g in zip(native_params, ref_params, _grads(native_params, gen)):
-            p.grad, q.grad = g, g.clone()
-        native.step()
-        ref.step()
+    _step_side_by_side([native, ref], [native_params, ref_params], torch.Generator().manual_seed(1), steps=8)
     # the fp32 working copies make native and reference agree to fp32 rounding before the one rounding to
     # 16 bits; ALGORITHMS.md §5's 16-bit tolerance applies to the parameters
     for p, q in zip(native_params, ref_params):
@@ -69,12 +76,7 @@ def test_master_weights_equal_torch_adamw_on_fp32_copies():
     masters = [p.detach().float().requires_grad_() for p in params]
     ours = gf.AdamW(params, lr=1e-2, master_weights=True)
     theirs = torch.optim.AdamW(masters, lr=1e-2)
-    gen = torch.Generator().manual_seed(1)
-    for _ in range(10):
-        for p, m, g in zip(params, masters, _grads(params, gen)):
-            p.grad, m.grad = g, g.float()
-        ours.step()
-        theirs.step()
+    _step_side_by_side([ours, theirs], [params, masters], torch.Generator().manual_seed(1), steps=10)
     for p, m in zip(params, masters):
         torch.testing.assert_close(ours.state[p]["master_weight"], m.detach())
         torch.testing.assert_close(p, m.detach().bfloat16(), rtol=0, atol=0)
@@ -167,10 +169,7 @@ def test_checkpoint_keeps_fp32_state_and_resumes_bitwise(option):
     params = _params(torch.bfloat16)
     opt = gf.RAdamW(params, lr=1e-2, **OPTIONS[option])
     gen = torch.Generator().manual_seed(1)
-    for _ in range(3):
-        for p, g in zip(params, _grads(params, gen)):
-            p.grad = g
-        opt.step()
+    _step_side_by_side([opt], [params], gen, steps=3)
     buffer = io.BytesIO()
     torch.save(opt.state_dict(), buffer)
     resumed_params = [p.detach().clone().requires_grad_() for p in params]
@@ -179,11 +178,7 @@ def test_checkpoint_keeps_fp32_state_and_resumes_bitwise(option):
     resumed.load_state_dict(torch.load(buffer, weights_only=True))
     for (_, a), (_, b) in zip(all_states(opt), all_states(resumed), strict=True):
         assert a.dtype == b.dtype and torch.equal(a, b)
-    for _ in range(3):
-        for p, q, g in zip(params, resumed_params, _grads(params, gen)):
-            p.grad, q.grad = g, g.clone()
-        opt.step()
-        resumed.step()
+    _step_side_by_side([opt, resumed], [params, resumed_params], gen, steps=3)
     for p, q in zip(params, resumed_params):
         assert torch.equal(p, q)
 
