@@ -13,6 +13,7 @@ sequential differs from them.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 import time
@@ -108,9 +109,13 @@ def _evaluate(model, x, y, classes) -> tuple[float, float]:
         return mse(out, _one_hot(y, classes)).item(), (out.argmax(1) == y).float().mean().item()
 
 
+def _model(config: SequentialConfig, data) -> nn.Sequential:
+    return sigmoid_mlp([data.num_features, *config.widths, data.num_classes])
+
+
 def train_run(config: SequentialConfig, method: str, batch_size: int, lr: float, data, seed: int,
               init) -> dict[str, Any]:
-    model = sigmoid_mlp([data.num_features, *config.widths, data.num_classes])
+    model = _model(config, data)
     model.load_state_dict(init)
     model.to(config.device)
     opt = gradfused.PersistentSGD(model.parameters(), lr=lr, decay=0.0)
@@ -121,19 +126,18 @@ def train_run(config: SequentialConfig, method: str, batch_size: int, lr: float,
     for epoch in range(1, config.epochs + 1):
         perm = torch.randperm(n, generator=order).to(config.device)
         t0 = time.perf_counter()
-        for start in range(0, n, batch_size):
-            idx = perm[start:start + batch_size]
-            x, y = data.x_train[idx], _one_hot(data.y_train[idx], classes)
-            if method == "simultaneous":
-                manual_step([m.weight for m in linears], [m.bias for m in linears], x, y, lr, sequential=False)
-            elif method == "sequential":
-                with gradfused.sequential(model, opt):
+        with gradfused.sequential(model, opt) if method == "sequential" else contextlib.nullcontext():
+            for start in range(0, n, batch_size):
+                idx = perm[start:start + batch_size]
+                x, y = data.x_train[idx], _one_hot(data.y_train[idx], classes)
+                if method == "simultaneous":
+                    manual_step([m.weight for m in linears], [m.bias for m in linears], x, y, lr, sequential=False)
+                else:  # autograd; under `sequential` the layers update themselves in backward
+                    opt.zero_grad(set_to_none=True)
                     mse(model(x), y).backward()
-            else:
-                opt.zero_grad(set_to_none=True)
-                mse(model(x), y).backward()
-                opt.step()
-            steps += 1
+                    if method == "autograd":
+                        opt.step()
+                steps += 1
         seconds += time.perf_counter() - t0
         train_loss, train_acc = _evaluate(model, data.x_train, data.y_train, classes)
         val_loss, val_acc = _evaluate(model, data.x_test, data.y_test, classes)
@@ -152,8 +156,7 @@ def run(config: SequentialConfig, *, quiet: bool = False) -> dict[str, Any]:
     inits = []
     for seed in range(config.seeds):
         torch.manual_seed(seed)
-        inits.append({k: v.clone() for k, v in
-                      sigmoid_mlp([data.num_features, *config.widths, data.num_classes]).state_dict().items()})
+        inits.append({k: v.clone() for k, v in _model(config, data).state_dict().items()})
     results = []
     total = len(config.settings) * len(METHODS) * config.seeds
     with tqdm(total=total, unit="run", disable=quiet, file=sys.stderr, dynamic_ncols=True) as progress:
