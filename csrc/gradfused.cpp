@@ -15,8 +15,10 @@ extern "C" PyObject* PyInit__C(void) {
 namespace {
 
 // The hyperparameters and pipeline options that every update op ends with (ALGORITHMS.md §1).
+// The random steps draw from (seed, param_indices[i], t, element) (csrc/common/philox.h).
 constexpr const char* kPipelineArgs =
-    "bool maximize=False, Tensor? grad_scale=None, Tensor? found_inf=None, Tensor? alignment_scales=None";
+    "bool maximize=False, Tensor? grad_scale=None, Tensor? found_inf=None, Tensor? alignment_scales=None, "
+    "float[]? grad_noise=None, float grad_dropout=0., float lr_dropout=0., int seed=0, int[]? param_indices=None";
 
 // NOTE: [lr as a float or a Tensor]
 // As aten::_fused_adam_, each update op has two overloads: the default one takes `float lr`, and
@@ -51,6 +53,24 @@ TORCH_LIBRARY(gradfused, m) {
                 "Tensor(d!)[] exp_avg_slows, Tensor(e!)[] state_steps",
                 "float beta1, float beta2, float beta3, float alpha, float eps, float weight_decay, "
                 "float? t_alpha_beta3=None");
+  // NAdam's running product of the momentum schedule is a one-element tensor per parameter, like the step.
+  def_update_op(m, "nadam_",
+                "Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
+                "Tensor(d!)[] mu_products, Tensor(e!)[] state_steps",
+                "float beta1, float beta2, float eps, float weight_decay, bool decoupled_weight_decay, "
+                "float momentum_decay");
+  // RMSprop reads momentum_buffers only if momentum > 0 and grad_avgs only if centered (else pass []).
+  def_update_op(m, "rmsprop_",
+                "Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] square_avgs, Tensor(c!)[] momentum_buffers, "
+                "Tensor(d!)[] grad_avgs, Tensor(e!)[] state_steps",
+                "float alpha, float eps, float weight_decay, float momentum, bool centered");
+  def_update_op(m, "gradient_ascent_",
+                "Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, Tensor(c!)[] square_avgs, "
+                "Tensor(d!)[] state_steps",
+                "float momentum, float beta, float eps, bool momentum_ema, bool nesterov, float? clip_value=None, "
+                "float? lr_decay=None, int warmup_steps=0");
+  // Lookahead's slow-weight pass (ALGORITHMS.md §4): slow = slow + alpha (param - slow); param = slow.
+  m.def("lookahead_(Tensor(a!)[] params, Tensor(b!)[] slow_weights, *, float alpha) -> ()");
   // GradientAlignment statistics: updates each tensor's gradient EMA and writes its sums <g,a>, ‖g‖², ‖a‖²
   // into row i of `sums` (float64, [n, 3]), without touching the gradients. The scales are formed from the
   // sums in Python (gradfused/optim/alignment.py), after sharded tensors have summed them across ranks.

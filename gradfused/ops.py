@@ -11,8 +11,8 @@ from . import _native
 
 # Update ops in the order of their schemas in csrc/gradfused.cpp; each has a `.tensor_lr` overload
 # (NOTE: [lr as a float or a Tensor]).
-UPDATE_OPS = ("persistent_sgd_", "adam_", "radam_", "adema_")
-ALL_OPS = UPDATE_OPS + ("alignment_sums_",)
+UPDATE_OPS = ("persistent_sgd_", "adam_", "radam_", "adema_", "nadam_", "rmsprop_", "gradient_ascent_")
+ALL_OPS = UPDATE_OPS + ("alignment_sums_", "lookahead_")
 
 
 def _update_op(name: str):
@@ -31,6 +31,9 @@ persistent_sgd_ = _update_op("persistent_sgd_")
 adam_ = _update_op("adam_")
 radam_ = _update_op("radam_")
 adema_ = _update_op("adema_")
+nadam_ = _update_op("nadam_")
+rmsprop_ = _update_op("rmsprop_")
+gradient_ascent_ = _update_op("gradient_ascent_")
 
 
 def alignment_sums_(grads, alignment_emas, sums, *, beta, grad_scale=None, found_inf=None) -> None:
@@ -38,6 +41,12 @@ def alignment_sums_(grads, alignment_emas, sums, *, beta, grad_scale=None, found
     _native.require()
     torch.ops.gradfused.alignment_sums_(grads, alignment_emas, sums, beta=beta, grad_scale=grad_scale,
                                         found_inf=found_inf)
+
+
+def lookahead_(params, slow_weights, *, alpha) -> None:
+    """Lookahead's slow-weight pass, in place: slow = slow + alpha (param - slow); param = slow."""
+    _native.require()
+    torch.ops.gradfused.lookahead_(params, slow_weights, alpha=alpha)
 
 
 def _fake_in_place(*args, **kwargs) -> None:

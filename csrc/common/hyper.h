@@ -2,6 +2,7 @@
 // S is the scalar type: double on the host, where every per-tensor scalar is computed once, and the
 // compute type (float, or double for fp64 parameters) inside a kernel.
 #pragma once
+#include <cstdint>
 #include "config.h"
 
 namespace gf {
@@ -18,6 +19,21 @@ struct PipelineScalars {
   GF_HD PipelineScalars<T> cast() const { return {T(lr), T(weight_decay), T(decoupled_factor)}; }
 };
 
+// Pipeline steps 5, 6 and 8 of ALGORITHMS.md §1 (gradient noise, gradient dropout, learning-rate
+// dropout), per call. The noise's standard deviation depends on t, so it lives with each tensor.
+struct RandomOptions {
+  bool noise, grad_dropout, lr_dropout;  // which steps are on
+  uint64_t seed;
+  double grad_dropout_q, lr_dropout_q;  // the probability of dropping an element
+};
+
+// Which stream one tensor draws from in one step (philox.h).
+struct RandomKey {
+  uint64_t seed;
+  uint32_t param_index;  // the parameter's position in its optimizer
+  uint32_t step;         // t, after the increment
+};
+
 // ---- PersistentSGD -------------------------------------------------------------------------------
 template <class S>
 struct SgdHyper {
@@ -27,9 +43,9 @@ struct SgdHyper {
   GF_HD SgdHyper<T> cast() const { return {T(decay), T(one_minus_dampening)}; }
 };
 template <class S>
-struct SgdTensorScalars {
+struct NoTensorScalars {  // a rule without per-tensor scalars
   template <class T>
-  GF_HD SgdTensorScalars<T> cast() const { return {}; }
+  GF_HD NoTensorScalars<T> cast() const { return {}; }
 };
 
 // ---- Adam / AdamW ---------------------------------------------------------------------------------
@@ -84,6 +100,53 @@ struct AdemaTensorScalars {
   GF_HD AdemaTensorScalars<T> cast() const {
     return {T(inv_bc1), T(inv_sqrt_bc2), T(beta3_t), T(one_minus_beta3_t), T(alpha_t)};
   }
+};
+
+// ---- NAdam -----------------------------------------------------------------------------------------
+template <class S>
+struct NAdamHyper {
+  S beta1, beta2, eps;
+  S one_minus_beta1, one_minus_beta2;
+  S momentum_decay;  // ψ
+  template <class T>
+  GF_HD NAdamHyper<T> cast() const {
+    return {T(beta1), T(beta2), T(eps), T(one_minus_beta1), T(one_minus_beta2), T(momentum_decay)};
+  }
+};
+template <class S>
+struct NAdamTensorScalars {
+  S inv_bc2;       // 1 / (1 - beta2^t)
+  S grad_coef;     // (1 - μt) / (1 - mu_product)
+  S exp_avg_coef;  // μt+1 / (1 - mu_product · μt+1)
+  template <class T>
+  GF_HD NAdamTensorScalars<T> cast() const { return {T(inv_bc2), T(grad_coef), T(exp_avg_coef)}; }
+};
+
+// ---- RMSprop ----------------------------------------------------------------------------------------
+template <class S>
+struct RmspropHyper {
+  S alpha, one_minus_alpha, eps, momentum;
+  template <class T>
+  GF_HD RmspropHyper<T> cast() const { return {T(alpha), T(one_minus_alpha), T(eps), T(momentum)}; }
+};
+// ---- GradientAscent ---------------------------------------------------------------------------------
+template <class S>
+struct GradientAscentHyper {
+  S momentum, one_minus_momentum, beta, one_minus_beta, eps;
+  S clip_value;  // +inf when off: clamping to ±inf is the identity, NaN included
+  S lr_decay;    // 1 when off
+  S warmup_steps;
+  template <class T>
+  GF_HD GradientAscentHyper<T> cast() const {
+    return {T(momentum), T(one_minus_momentum), T(beta), T(one_minus_beta), T(eps), T(clip_value), T(lr_decay),
+            T(warmup_steps)};
+  }
+};
+template <class S>
+struct GradientAscentTensorScalars {
+  S lr_factor;  // lr_decay^(t-1), times t / warmup_steps during the warm-up
+  template <class T>
+  GF_HD GradientAscentTensorScalars<T> cast() const { return {T(lr_factor)}; }
 };
 
 // ---- GradientAlignment statistics ------------------------------------------------------------------

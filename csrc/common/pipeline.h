@@ -1,20 +1,46 @@
-// The per-element pipeline of ALGORITHMS.md §1 around a rule (steps 1-4, 7 and 9; the random steps 5,
-// 6 and 8 arrive with the Philox generator). Steps that are off are compile-time flags and cost nothing.
+// The per-element pipeline of ALGORITHMS.md §1 around a rule. The random steps (5, 6 and 8) are one
+// compile-time flag, kRandom, so that a call without them costs nothing; with it, each is switched by
+// RandomOptions, uniform over the call.
 #pragma once
+#include "philox.h"
 #include "rules.h"
 
 GF_CODE_BEGIN
 
+// One element's (or one vector's) draws for the random steps (philox.h): the noise σt·ξ and the 0/1 keep
+// masks of gradient and learning-rate dropout, in the compute type.
+template <class V>
+struct StepDraws {
+  V noise, grad_keep, lr_keep;
+};
+
+// The draws of one element, from its Philox counter; the noise is formed in double and rounded once.
+template <class S>
+GF_HD StepDraws<S> element_draws(const RandomOptions& random, const RandomKey& key, double noise_std,
+                                 uint64_t element) {
+  const ElementDraw e = draw_element(key, element, random.noise);
+  return {S(noise_std * e.normal), S(e.grad_uniform >= random.grad_dropout_q ? 1 : 0),
+          S(e.lr_uniform >= random.lr_dropout_q ? 1 : 0)};
+}
+
 // Steps 1-3 (unscale by the AMP grad scale, the alignment scale s_T, maximize) fold into one
-// per-tensor multiplier, grad_mul = ±s_T / grad_scale, applied only when kScaleGrad.
-template <class Rule, bool kScaleGrad, WeightDecay kWd, class V, class S>
+// per-tensor multiplier, grad_mul = ±s_T / grad_scale (exactly 1 when none applies).
+template <class Rule, bool kRandom, WeightDecay kWd, class V, class S>
 GF_HD void pipeline_step(V& p, V g, V* state, S grad_mul, const PipelineScalars<S>& ps,
                          const typename Rule::template Hyper<S>& hyper,
-                         const typename Rule::template TensorScalars<S>& ts) {
-  if constexpr (kScaleGrad) g = g * grad_mul;
+                         const typename Rule::template TensorScalars<S>& ts, const RandomOptions& random,
+                         const StepDraws<V>& draws) {
+  g = g * grad_mul;
   if constexpr (kWd == WeightDecay::L2) g = g + ps.weight_decay * p;  // step 4
-  V d = Rule::direction(g, state, hyper, ts);                          // step 7
-  if constexpr (kWd == WeightDecay::Decoupled) {                       // step 9
+  if constexpr (kRandom) {
+    if (random.noise) g = g + draws.noise;                 // step 5
+    if (random.grad_dropout) g = g * draws.grad_keep;      // step 6
+  }
+  V d = Rule::direction(g, state, hyper, ts);              // step 7
+  if constexpr (kRandom) {
+    if (random.lr_dropout) d = d * draws.lr_keep;          // step 8
+  }
+  if constexpr (kWd == WeightDecay::Decoupled) {           // step 9
     p = p * ps.decoupled_factor - ps.lr * d;
   } else {
     p = p - ps.lr * d;
@@ -29,6 +55,12 @@ GF_HD V alignment_ema_step(V g, V& a, const AlignHyper<S>& h) {
   if constexpr (kUnscale) g = g / h.grad_scale;
   a = h.beta * a + h.one_minus_beta * g;
   return g;
+}
+
+// Lookahead (ALGORITHMS.md §4): the new slow weight φ + α (θ - φ), which both φ and θ take.
+template <class V, class S>
+GF_HD V lookahead_slow_step(V theta, V phi, S alpha) {
+  return phi + alpha * (theta - phi);
 }
 
 GF_CODE_END

@@ -21,6 +21,8 @@ struct Slot {
   int64_t first_chunk;  // index of this tensor's first chunk among all chunks of the call
   double grad_mul;      // ALGORITHMS.md §1 steps 1-3 folded: ±s_T / grad_scale
   TensorScalars scalars;
+  RandomKey random_key;  // (seed, parameter index, t) of the random steps
+  double noise_std;      // σt = sqrt(η / (1 + t)^γ)
 };
 
 template <class Hyper, class TensorScalars>
@@ -29,17 +31,20 @@ struct UpdateLaunch {
   int64_t num_slots;
   int64_t chunk_size;
   DType dtype;
-  bool scale_grad;  // any slot has grad_mul != 1
   WeightDecay weight_decay_mode;
-  bool rule_variant;  // amsgrad (Adam), nesterov (PersistentSGD), slow EMA (AdEMA)
+  int rule_variant;  // the bits of the rule's compile-time variants (rules.h)
   PipelineScalars<double> pipeline;
+  RandomOptions random;
   Hyper hyper;
 };
 
-using SgdLaunch = UpdateLaunch<SgdHyper<double>, SgdTensorScalars<double>>;
+using SgdLaunch = UpdateLaunch<SgdHyper<double>, NoTensorScalars<double>>;
 using AdamLaunch = UpdateLaunch<AdamHyper<double>, AdamTensorScalars<double>>;
 using RAdamLaunch = UpdateLaunch<AdamHyper<double>, RAdamTensorScalars<double>>;
 using AdemaLaunch = UpdateLaunch<AdemaHyper<double>, AdemaTensorScalars<double>>;
+using NAdamLaunch = UpdateLaunch<NAdamHyper<double>, NAdamTensorScalars<double>>;
+using RmspropLaunch = UpdateLaunch<RmspropHyper<double>, NoTensorScalars<double>>;
+using GradientAscentLaunch = UpdateLaunch<GradientAscentHyper<double>, GradientAscentTensorScalars<double>>;
 
 struct AlignSlot {
   const void* grad;
@@ -58,6 +63,22 @@ struct AlignLaunch {
   double* partials;  // 3 per chunk: <g,a>, ‖g‖², ‖a‖²; summed per tensor in chunk order (deterministic)
 };
 
+// Lookahead's slow-weight pass: φ = φ + α (θ - φ), then θ = φ.
+struct LookaheadSlot {
+  void* param;
+  void* slow;
+  int64_t numel;
+  int64_t first_chunk;
+};
+
+struct LookaheadLaunch {
+  const LookaheadSlot* slots;
+  int64_t num_slots;
+  int64_t chunk_size;
+  DType dtype;
+  double alpha;
+};
+
 // Every kernel processes the chunks [chunk_begin, chunk_end) of its launch.
 struct KernelTable {
   const char* isa;
@@ -65,7 +86,11 @@ struct KernelTable {
   void (*adam)(const AdamLaunch&, int64_t, int64_t);
   void (*radam)(const RAdamLaunch&, int64_t, int64_t);
   void (*adema)(const AdemaLaunch&, int64_t, int64_t);
+  void (*nadam)(const NAdamLaunch&, int64_t, int64_t);
+  void (*rmsprop)(const RmspropLaunch&, int64_t, int64_t);
+  void (*gradient_ascent)(const GradientAscentLaunch&, int64_t, int64_t);
   void (*alignment_stats)(const AlignLaunch&, int64_t, int64_t);
+  void (*lookahead)(const LookaheadLaunch&, int64_t, int64_t);
 };
 
 extern const KernelTable kGenericKernels;

@@ -1,6 +1,7 @@
 // The CPU multi-tensor launcher body: chunk loops for every rule, compiled once per instruction set.
 // Included only by kernels_<isa>.cpp (NOTE: [one source, several instruction sets]).
 #pragma once
+#include <cstring>
 #include <type_traits>
 #include "simd.h"
 #include "../common/pipeline.h"
@@ -15,6 +16,14 @@ template <class F>
 GF_HD void bool_switch(bool b, F&& f) {
   if (b) f(std::true_type{});
   else f(std::false_type{});
+}
+// Calls f(integral_constant<int, v>) for v in [0, N).
+template <int N, int I = 0, class F>
+GF_HD void variant_switch(int v, F&& f) {
+  if constexpr (I + 1 < N) {
+    if (v != I) return variant_switch<N, I + 1>(v, f);
+  }
+  f(std::integral_constant<int, I>{});
 }
 template <WeightDecay W> using WdTag = std::integral_constant<WeightDecay, W>;
 template <class F>
@@ -55,8 +64,31 @@ GF_HD void for_each_chunk(const SlotT* slots, int64_t num_slots, int64_t chunk_s
   }
 }
 
+// Fills the lanes of `draws` for the elements [first, first + lanes) of one tensor (NOTE: [one stream
+// per element]).
+template <class V, class S>
+GF_HD void draw_lanes(StepDraws<V>& draws, const RandomOptions& random, const RandomKey& key, double noise_std,
+                      int64_t first) {
+  constexpr int kLanesOfV = int(sizeof(V) / sizeof(S));
+  S noise[kLanesOfV], grad_keep[kLanesOfV], lr_keep[kLanesOfV];
+  for (int lane = 0; lane < kLanesOfV; ++lane) {
+    const StepDraws<S> e = element_draws<S>(random, key, noise_std, uint64_t(first + lane));
+    noise[lane] = e.noise;
+    grad_keep[lane] = e.grad_keep;
+    lr_keep[lane] = e.lr_keep;
+  }
+  std::memcpy(&draws.noise, noise, sizeof(V));
+  std::memcpy(&draws.grad_keep, grad_keep, sizeof(V));
+  std::memcpy(&draws.lr_keep, lr_keep, sizeof(V));
+}
+
+// NOTE: [one stream per element]
+// Every random number an element uses comes from its own Philox counter (element index, parameter index,
+// t) under the seed, drawn one element at a time whether the element sits in a vector or in the scalar
+// tail. So the numbers depend on nothing but the element: not on threads, chunk boundaries or ISA.
+
 // One chunk of one tensor: the SIMD body over whole vectors, then the same pipeline on scalars.
-template <class Rule, bool kScaleGrad, WeightDecay kWd, class T, class SlotT, class Launch>
+template <class Rule, bool kRandom, WeightDecay kWd, class T, class SlotT, class Launch>
 GF_HD void update_chunk(const SlotT& slot, int64_t begin, int64_t end, const Launch& L) {
   using S = typename Compute<T>::S;
   using V = typename Compute<T>::V;
@@ -72,35 +104,40 @@ GF_HD void update_chunk(const SlotT& slot, int64_t begin, int64_t end, const Lau
   for (int j = 0; j < kStates; ++j) st[j] = static_cast<T*>(slot.ptr[2 + j]);
 
   int64_t i = begin;
+  StepDraws<V> draws{};
   for (; i + kW <= end; i += kW) {
     V pv = load(p + i);
     V sv[kStates];
     for (int j = 0; j < kStates; ++j) sv[j] = load(st[j] + i);
-    pipeline_step<Rule, kScaleGrad, kWd>(pv, load(g + i), sv, grad_mul, ps, hyper, ts);
+    if constexpr (kRandom) draw_lanes<V, S>(draws, L.random, slot.random_key, slot.noise_std, i);
+    pipeline_step<Rule, kRandom, kWd>(pv, load(g + i), sv, grad_mul, ps, hyper, ts, L.random, draws);
     store(p + i, pv);
     for (int j = 0; j < kStates; ++j) store(st[j] + i, sv[j]);
   }
+  StepDraws<S> scalar_draws{};
   for (; i < end; ++i) {
     S pv = to_compute(p[i]);
     S sv[kStates];
     for (int j = 0; j < kStates; ++j) sv[j] = to_compute(st[j][i]);
-    pipeline_step<Rule, kScaleGrad, kWd>(pv, to_compute(g[i]), sv, grad_mul, ps, hyper, ts);
+    if constexpr (kRandom) scalar_draws = element_draws<S>(L.random, slot.random_key, slot.noise_std, uint64_t(i));
+    pipeline_step<Rule, kRandom, kWd>(pv, to_compute(g[i]), sv, grad_mul, ps, hyper, ts, L.random, scalar_draws);
     store_scalar(p + i, pv);
     for (int j = 0; j < kStates; ++j) store_scalar(st[j] + i, sv[j]);
   }
 }
 
-template <template <bool> class RuleT, class Launch>
+template <template <int> class RuleT, class Launch>
 void update_chunks(const Launch& L, int64_t chunk_begin, int64_t chunk_end) {
-  bool_switch(L.rule_variant, [&](auto variant) {
-    bool_switch(L.scale_grad, [&](auto scale_grad) {
+  const bool random = L.random.noise || L.random.grad_dropout || L.random.lr_dropout;
+  variant_switch<RuleT<0>::kNumVariants>(L.rule_variant, [&](auto variant) {
+    bool_switch(random, [&](auto is_random) {
       weight_decay_switch(L.weight_decay_mode, [&](auto wd) {
         dtype_switch(L.dtype, [&](auto tag) {
           using Rule = RuleT<decltype(variant)::value>;
           using T = typename decltype(tag)::type;
           for_each_chunk(L.slots, L.num_slots, L.chunk_size, chunk_begin, chunk_end,
                          [&](const auto& slot, int64_t, int64_t begin, int64_t end) {
-                           update_chunk<Rule, decltype(scale_grad)::value, decltype(wd)::value, T>(slot, begin, end, L);
+                           update_chunk<Rule, decltype(is_random)::value, decltype(wd)::value, T>(slot, begin, end, L);
                          });
         });
       });
@@ -165,6 +202,37 @@ inline void alignment_chunks(const AlignLaunch& L, int64_t chunk_begin, int64_t 
   });
 }
 
+// Lookahead's slow-weight pass over one chunk: φ = φ + α (θ - φ); θ = φ (one read and write of each).
+template <class T>
+GF_HD void lookahead_chunk(const LookaheadSlot& slot, int64_t begin, int64_t end, const LookaheadLaunch& L) {
+  using S = typename Compute<T>::S;
+  using V = typename Compute<T>::V;
+  constexpr int kW = kLanes<T>;
+  const S alpha = S(L.alpha);
+  T* __restrict p = static_cast<T*>(slot.param);
+  T* __restrict slow = static_cast<T*>(slot.slow);
+  int64_t i = begin;
+  for (; i + kW <= end; i += kW) {
+    const V phi = lookahead_slow_step(load(p + i), load(slow + i), alpha);
+    store(slow + i, phi);
+    store(p + i, phi);
+  }
+  for (; i < end; ++i) {
+    const S phi = lookahead_slow_step(to_compute(p[i]), to_compute(slow[i]), alpha);
+    store_scalar(slow + i, phi);
+    store_scalar(p + i, phi);
+  }
+}
+
+inline void lookahead_chunks(const LookaheadLaunch& L, int64_t chunk_begin, int64_t chunk_end) {
+  dtype_switch(L.dtype, [&](auto tag) {
+    for_each_chunk(L.slots, L.num_slots, L.chunk_size, chunk_begin, chunk_end,
+                   [&](const LookaheadSlot& slot, int64_t, int64_t begin, int64_t end) {
+                     lookahead_chunk<typename decltype(tag)::type>(slot, begin, end, L);
+                   });
+  });
+}
+
 // constexpr: the tables are static data, so no code of this instruction set runs at library load.
 constexpr KernelTable make_kernel_table(const char* isa) {
   return KernelTable{isa,
@@ -172,7 +240,11 @@ constexpr KernelTable make_kernel_table(const char* isa) {
                      &update_chunks<AdamRule, AdamLaunch>,
                      &update_chunks<RAdamRule, RAdamLaunch>,
                      &update_chunks<AdemaRule, AdemaLaunch>,
-                     &alignment_chunks};
+                     &update_chunks<NAdamRule, NAdamLaunch>,
+                     &update_chunks<RmspropRule, RmspropLaunch>,
+                     &update_chunks<GradientAscentRule, GradientAscentLaunch>,
+                     &alignment_chunks,
+                     &lookahead_chunks};
 }
 
 }  // namespace kernels

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from ._dtensor import local
 
-DEFAULTS = dict(state_dtype=None, master_weights=False, stochastic_rounding=False, seed=0)
+DEFAULTS = dict(state_dtype=None, master_weights=False, stochastic_rounding=False)  # `seed`: _randomness.py
 HALF = (torch.bfloat16, torch.float16)
 _MASK64 = (1 << 64) - 1
 
@@ -39,8 +39,6 @@ def check(owner: str, group: dict) -> None:
     if group["master_weights"] and group["stochastic_rounding"]:
         raise ValueError(f"{owner}: stochastic_rounding is for bf16 parameters without master weights; "
                          "choose one of master_weights=True and stochastic_rounding=True")
-    if isinstance(group["seed"], bool) or not isinstance(group["seed"], int) or group["seed"] < 0:
-        raise ValueError(f"{owner}: invalid seed={group['seed']!r} (expected a whole number >= 0)")
 
 
 def check_param(owner: str, group: dict, p: Tensor, where: str) -> None:

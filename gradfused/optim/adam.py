@@ -23,11 +23,11 @@ class Adam(FusedOptimizer):
     op_name = "adam_"
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, *,
-                 maximize=False, decoupled_weight_decay=False, fused=None, **mixed_precision):
+                 maximize=False, decoupled_weight_decay=False, fused=None, **options):
         defaults = dict(lr=lr, betas=tuple(betas) if isinstance(betas, list) else betas, eps=eps,
                         weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
                         decoupled_weight_decay=decoupled_weight_decay, fused=fused)
-        super().__init__(params, defaults, mixed_precision)
+        super().__init__(params, defaults, options)
 
     def _check_hyperparameters(self, group):
         self._check_common(group)
@@ -50,6 +50,6 @@ class AdamW(Adam):
     torch.optim.AdamW: ``p ← p·(1 - lr·wd) - lr·d``."""
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, *,
-                 maximize=False, fused=None, **mixed_precision):
+                 maximize=False, fused=None, **options):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize,
-                         decoupled_weight_decay=True, fused=fused, **mixed_precision)
+                         decoupled_weight_decay=True, fused=fused, **options)

@@ -27,10 +27,10 @@ class AdEMA(FusedOptimizer):
     op_name = "adema_"
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999, 0.9999), alpha=5.0, eps=1e-8, weight_decay=0.0,
-                 t_alpha_beta3=None, *, maximize=False, fused=None, **mixed_precision):
+                 t_alpha_beta3=None, *, maximize=False, fused=None, **options):
         defaults = dict(lr=lr, betas=tuple(betas) if isinstance(betas, list) else betas, alpha=alpha, eps=eps,
                         weight_decay=weight_decay, t_alpha_beta3=t_alpha_beta3, maximize=maximize, fused=fused)
-        super().__init__(params, defaults, mixed_precision)
+        super().__init__(params, defaults, options)
 
     def _check_hyperparameters(self, group):
         self._check_common(group)

@@ -131,7 +131,7 @@ class GradientAlignment(Optimizer):
         grad_scale = getattr(self, "grad_scale", None)  # set by torch.amp.GradScaler
         found_inf = getattr(self, "found_inf", None)
         for group, params in zip(self.param_groups, selected):
-            scales = [self._stats(bucket, grad_scale, found_inf) for bucket, _ in self.base._plan(group, params)]
+            scales = [self._stats(bucket, grad_scale, found_inf) for bucket, _, _ in self.base._plan(group, params)]
             self.base._update(group, params, grad_scale=grad_scale, found_inf=found_inf, alignment_scales=scales)
 
     def _step_torch_base(self, loss):

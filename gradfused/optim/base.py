@@ -11,6 +11,7 @@ from torch.optim import Optimizer
 
 from .. import ops, reference
 from . import _precision as P
+from . import _randomness as R
 from . import _validation as V
 from ._dtensor import is_dtensor, local_shards
 
@@ -44,17 +45,19 @@ class FusedOptimizer(Optimizer):
     The switch `fused` (as in torch.optim) picks the backend: True or None runs the native fused kernels,
     False the pure-PyTorch reference for-loop of gradfused.reference (the oracle, slower).
 
-    Every optimizer also takes the mixed-precision options of gradfused/optim/_precision.py as keyword
-    arguments: `state_dtype`, `master_weights`, `stochastic_rounding` and `seed`."""
+    Every optimizer also takes, as keyword arguments, the mixed-precision options of
+    gradfused/optim/_precision.py (`state_dtype`, `master_weights`, `stochastic_rounding`) and the random
+    pipeline options of gradfused/optim/_randomness.py (`grad_noise`, `grad_dropout`, `lr_dropout`, `seed`)."""
 
     op_name: ClassVar[str]
     _step_supports_amp_scaling = True  # GradScaler hands us grad_scale and found_inf (NOTE in ops)
 
-    def __init__(self, params, defaults: dict[str, Any], mixed_precision: dict[str, Any] | None = None):
-        unknown = set(mixed_precision or {}) - set(P.DEFAULTS)
+    def __init__(self, params, defaults: dict[str, Any], options: dict[str, Any] | None = None):
+        """`options`: the shared keyword options (mixed precision, randomness) a subclass was given."""
+        unknown = set(options or {}) - set(P.DEFAULTS) - set(R.DEFAULTS)
         if unknown:
             raise TypeError(f"gradfused.{type(self).__name__}: unexpected keyword argument {sorted(unknown)[0]!r}")
-        defaults = {**defaults, **P.DEFAULTS, **(mixed_precision or {})}
+        defaults = {**defaults, **P.DEFAULTS, **R.DEFAULTS, **(options or {})}
         self._plans: dict[tuple, tuple] = {}  # NOTE: [the step plan] (add_param_group, called below, clears it)
         self._step_called = [False]  # NOTE: [LR schedulers and torch.compile]
         super().__init__(params, defaults)
@@ -73,6 +76,11 @@ class FusedOptimizer(Optimizer):
     def _check_hyperparameters(self, group: dict) -> None:
         raise NotImplementedError
 
+    def _scalar_state_specs(self, group: dict) -> list[tuple[str, float]]:
+        """One-element float32 states beside `step` (NAdam's `mu_product`), as (state key, initial value),
+        passed to the op after the state lists."""
+        return []
+
     # ---- groups and checkpoints --------------------------------------------------------------
     @property
     def _name(self) -> str:
@@ -81,6 +89,9 @@ class FusedOptimizer(Optimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         merged = {**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}}
         self._check_hyperparameters(merged)
+        R.resolve_seed(merged, needed=R.is_random(merged) or merged["stochastic_rounding"])
+        if merged["seed"] is not None:
+            param_group["seed"] = merged["seed"]
         self._plans.clear()
         params = param_group["params"]
         params = [params] if isinstance(params, Tensor) else list(params)
@@ -129,11 +140,13 @@ class FusedOptimizer(Optimizer):
             if not group["master_weights"]:
                 for p in group["params"]:
                     self.state.get(p, {}).pop("master_weight", None)
-        for p, st in self.state.items():  # `step` lives with its parameter, as float32
-            if isinstance(st.get("step"), Tensor):
-                st["step"] = st["step"].to(device=p.device, dtype=torch.float32)
-            elif "step" in st:
-                st["step"] = torch.tensor(float(st["step"]), dtype=torch.float32, device=p.device)
+        scalar_keys = {"step"} | {key for group in self.param_groups for key, _ in self._scalar_state_specs(group)}
+        for p, st in self.state.items():  # `step` and the like live with their parameter, as float32
+            for key in scalar_keys & set(st):
+                if isinstance(st[key], Tensor):
+                    st[key] = st[key].to(device=p.device, dtype=torch.float32)
+                else:
+                    st[key] = torch.tensor(float(st[key]), dtype=torch.float32, device=p.device)
 
     def _states_not_in_param_dtype(self, state_dict: dict[str, Any]) -> list[tuple[Tensor, str, Tensor, torch.dtype]]:
         """(parameter, key, saved tensor, dtype) for each saved state this optimizer keeps in another dtype
@@ -144,7 +157,7 @@ class FusedOptimizer(Optimizer):
                 dtype = P.state_dtype(group, p)
                 for key, value in state_dict["state"].get(idx, {}).items():
                     want = torch.float32 if key == "master_weight" else dtype
-                    if key != "step" and isinstance(value, Tensor) and want != p.dtype:
+                    if key != "step" and isinstance(value, Tensor) and value.dim() > 0 and want != p.dtype:
                         out.append((p, key, value, want))
         return out
 
@@ -163,7 +176,8 @@ class FusedOptimizer(Optimizer):
             hyper = {**self.defaults, **{key: v for key, v in saved.items() if key != "params"}}
             self._upgrade_group(hyper)
             specs = self._state_specs(hyper)
-            allowed = {key for key, _ in specs} | {"step", "master_weight"}
+            scalar_keys = [key for key, _ in self._scalar_state_specs(hyper)]
+            allowed = {key for key, _ in specs} | {"step", "master_weight", *scalar_keys}
             required = [key for key, used in specs if used]
             for idx, p in zip(saved["params"], group["params"]):
                 st = state_dict["state"].get(idx)
@@ -174,7 +188,7 @@ class FusedOptimizer(Optimizer):
                 if foreign:
                     raise ValueError(f"{where} has keys {sorted(foreign)} that {type(self).__name__} does not use "
                                      f"(expected {sorted(allowed)}); was it saved by another optimizer?")
-                missing = set(required) - set(st)
+                missing = set(required + scalar_keys) - set(st)
                 if missing:
                     raise ValueError(f"{where} lacks {sorted(missing)}; was it saved by another optimizer?")
                 for key in required + (["master_weight"] if "master_weight" in st else []):
@@ -262,6 +276,9 @@ class FusedOptimizer(Optimizer):
         for key, used in specs:
             if used and key not in state:
                 state[key] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
+        for key, initial in self._scalar_state_specs(group):
+            if key not in state:
+                state[key] = torch.full((), initial, dtype=torch.float32, device=p.device)
         if group["master_weights"] and p.dtype in P.HALF and "master_weight" not in state:
             state["master_weight"] = p.detach().to(torch.float32, copy=True)
         return state
@@ -282,8 +299,9 @@ class FusedOptimizer(Optimizer):
     # the state keys in use or the state itself (load_state_dict, clear) change. Per-layer steps
     # (step_parameters) keep one plan per layer beside the whole step's; _MAX_PLANS bounds the cache
     # when the set of parameters with gradients changes from step to step.
-    def _plan(self, group: dict, params: list[Tensor]) -> list[tuple[list[Tensor], list[dict]]]:
-        """[(bucket params, their state dicts)] for `params` (from _collect), state created as needed."""
+    def _plan(self, group: dict, params: list[Tensor]) -> list[tuple[list[Tensor], list[dict], list[int]]]:
+        """[(bucket params, their state dicts, their indices in the optimizer)] for `params` (from _collect),
+        state created as needed. The indices key the random streams."""
         specs = self._state_specs(group)
         which = (id(group), tuple(map(id, params)))
         key = (tuple(used for _, used in specs), id(self.state), len(self.state))
@@ -293,7 +311,7 @@ class FusedOptimizer(Optimizer):
         plan = []
         for idx in self._buckets(params):
             bucket = [params[i] for i in idx]
-            plan.append((bucket, [self._init_state(p, group, specs) for p in bucket]))
+            plan.append((bucket, [self._init_state(p, group, specs) for p in bucket], self._param_indices(bucket)))
         key = key[:2] + (len(self.state),)  # state creation above may have grown it
         if len(self._plans) >= _MAX_PLANS:
             self._plans.clear()
@@ -307,10 +325,12 @@ class FusedOptimizer(Optimizer):
         if not params:
             return
         specs = self._state_specs(group)
+        scalar_keys = [key for key, _ in self._scalar_state_specs(group)]
         backend = reference if group.get("fused") is False else ops
         op = getattr(backend, self.op_name)
         hyper = self._op_hyperparameters(group)
-        for b, (bucket, states) in enumerate(self._plan(group, params)):
+        random = R.op_kwargs(group)
+        for b, (bucket, states, indices) in enumerate(self._plan(group, params)):
             device = bucket[0].device
             tensors = [bucket, [p.grad for p in bucket], *[[st[key] for st in states] if used else []
                                                            for key, used in specs]]
@@ -321,16 +341,19 @@ class FusedOptimizer(Optimizer):
                 tensors = work.lists
             op(
                 *tensors,
+                *[[st[key] for st in states] for key in scalar_keys],
                 [st["step"] for st in states],
                 lr=group["lr"],
                 **hyper,
+                **random,
+                param_indices=indices,
                 maximize=group["maximize"],
                 grad_scale=None if grad_scale is None else grad_scale.to(device),
                 found_inf=None if found_inf is None else found_inf.to(device),
                 alignment_scales=None if alignment_scales is None else alignment_scales[b],
             )
             if work is not None:
-                work.write_back(self._param_indices(bucket) if group["stochastic_rounding"] else [])
+                work.write_back(indices if group["stochastic_rounding"] else [])
 
     def _param_indices(self, params: list[Tensor]) -> list[int]:
         """Each parameter's position in the optimizer (over all groups): a stable key for random streams."""
@@ -339,10 +362,11 @@ class FusedOptimizer(Optimizer):
 
     def _check_common(self, group: dict) -> None:
         V.check_lr(self._name, group["lr"])
-        V.check_nonneg(self._name, "weight_decay", group["weight_decay"])
+        V.check_nonneg(self._name, "weight_decay", group.get("weight_decay", 0.0))  # GradientAscent has none
         V.check_bool(self._name, "maximize", group["maximize"])
         if group.get("fused") not in (None, True, False):
             raise ValueError(f"{self._name}: invalid fused={group['fused']!r} (expected None, True or False)")
         P.check(self._name, group)
+        R.check(self._name, group)
 
 

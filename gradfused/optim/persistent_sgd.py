@@ -23,10 +23,10 @@ class PersistentSGD(FusedOptimizer):
     op_name = "persistent_sgd_"
 
     def __init__(self, params, lr=1e-2, decay=0.99, dampening=0.0, nesterov=False, weight_decay=0.0,
-                 decoupled_weight_decay=False, *, maximize=False, fused=None, **mixed_precision):
+                 decoupled_weight_decay=False, *, maximize=False, fused=None, **options):
         defaults = dict(lr=lr, decay=decay, dampening=dampening, nesterov=nesterov, weight_decay=weight_decay,
                         decoupled_weight_decay=decoupled_weight_decay, maximize=maximize, fused=fused)
-        super().__init__(params, defaults, mixed_precision)
+        super().__init__(params, defaults, options)
 
     def _check_hyperparameters(self, group):
         self._check_common(group)

@@ -23,11 +23,11 @@ class RAdam(FusedOptimizer):
     op_name = "radam_"
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 decoupled_weight_decay=False, *, maximize=False, fused=None, **mixed_precision):
+                 decoupled_weight_decay=False, *, maximize=False, fused=None, **options):
         defaults = dict(lr=lr, betas=tuple(betas) if isinstance(betas, list) else betas, eps=eps,
                         weight_decay=weight_decay, decoupled_weight_decay=decoupled_weight_decay,
                         maximize=maximize, fused=fused)
-        super().__init__(params, defaults, mixed_precision)
+        super().__init__(params, defaults, options)
 
     def _check_hyperparameters(self, group):
         self._check_common(group)
@@ -48,6 +48,6 @@ class RAdamW(RAdam):
     """RAdamW: :class:`RAdam` with decoupled weight decay (default ``weight_decay=1e-2``)."""
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, *, maximize=False,
-                 fused=None, **mixed_precision):
+                 fused=None, **options):
         super().__init__(params, lr, betas, eps, weight_decay, decoupled_weight_decay=True, maximize=maximize,
-                         fused=fused, **mixed_precision)
+                         fused=fused, **options)

@@ -1,10 +1,14 @@
-"""ALGORITHMS.md §1: the per-element pipeline around every rule, and the §4 alignment statistics."""
+"""ALGORITHMS.md §1: the per-element pipeline around every rule, and the §4 wrappers' passes (alignment
+statistics, Lookahead's slow weights)."""
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
+
+from .philox import element_draws
 
 
 def compute_dtype(t: Tensor) -> torch.dtype:
@@ -29,7 +33,16 @@ def step_is_skipped(found_inf: Tensor | None) -> bool:
     return found_inf is not None and found_inf.item() != 0
 
 
-RuleFn = Callable[[Tensor, list, float], Tensor]  # (g, states, t) -> d, updating states in place
+RuleFn = Callable[[Tensor, list, float, int], Tensor]  # (g, states, t, i) -> d, updating states in place
+
+
+def in_memory_order(values: Tensor, like: Tensor) -> Tensor:
+    """`values` (flat, one per element) laid out like `like` in memory: element k of the flat list goes to
+    the k-th memory position of torch.empty_like(like), which is where the kernels' element k lives
+    (NOTE: [one stream per element] in csrc/cpu/kernels_impl.h)."""
+    out = torch.empty_like(like, dtype=values.dtype)
+    out.as_strided((like.numel(),), (1,)).copy_(values)
+    return out
 
 
 def run_pipeline(
@@ -40,21 +53,32 @@ def run_pipeline(
     rule: RuleFn,
     *,
     lr,
-    weight_decay: float,
-    decoupled_weight_decay: bool,
-    maximize: bool,
-    grad_scale: Tensor | None,
-    found_inf: Tensor | None,
-    alignment_scales: Tensor | None,
+    weight_decay: float = 0.0,
+    decoupled_weight_decay: bool = False,
+    maximize: bool = False,
+    grad_scale: Tensor | None = None,
+    found_inf: Tensor | None = None,
+    alignment_scales: Tensor | None = None,
+    grad_noise: Sequence[float] | None = None,
+    grad_dropout: float = 0.0,
+    lr_dropout: float = 0.0,
+    seed: int = 0,
+    param_indices: Sequence[int] | None = None,
 ) -> None:
     """Applies ALGORITHMS.md §1 to each parameter; `states[k][i]` is state k of parameter i."""
     if step_is_skipped(found_inf):  # step 1: a skipped AMP step changes nothing at all
         return
     lr = as_float(lr)
+    noise = grad_noise is not None and grad_noise[0] > 0
+    random = noise or grad_dropout > 0 or lr_dropout > 0
     for i, (param, grad) in enumerate(zip(params, grads)):
         t = state_steps[i].item() + 1
         p = upcast(param)
         g = upcast(grad)
+        if random:
+            index = i if param_indices is None else param_indices[i]
+            normal, grad_u, lr_u = (in_memory_order(x, param) for x in
+                                    element_draws(param.numel(), seed=seed, param_index=index, step=int(t)))
         if grad_scale is not None:  # 1. AMP unscale
             g = g / grad_scale.item()
         if alignment_scales is not None:  # 2. alignment scale s_T
@@ -63,8 +87,15 @@ def run_pipeline(
             g = -g
         if weight_decay != 0 and not decoupled_weight_decay:  # 4. L2 weight decay
             g = g + weight_decay * p
+        if noise:  # 5. gradient noise, sigma_t = sqrt(eta / (1 + t)^gamma), formed in double
+            eta, gamma = grad_noise
+            g = g + (math.sqrt(eta / (1 + t) ** gamma) * normal).to(g.dtype)
+        if grad_dropout > 0:  # 6. gradient dropout
+            g = g * (grad_u >= grad_dropout).to(g.dtype)
         st = [upcast(s[i]) for s in states]
-        d = rule(g, st, t)  # 7. the rule
+        d = rule(g, st, t, i)  # 7. the rule
+        if lr_dropout > 0:  # 8. learning-rate dropout
+            d = d * (lr_u >= lr_dropout).to(d.dtype)
         if weight_decay != 0 and decoupled_weight_decay:  # 9. apply
             p = p * (1 - lr * weight_decay) - lr * d
         else:
@@ -74,6 +105,15 @@ def run_pipeline(
             write_back(s[i], s_new)
     for step in state_steps:  # NOTE: [the op owns the step increment]
         step += 1
+
+
+def lookahead_(params: Sequence[Tensor], slow_weights: Sequence[Tensor], *, alpha: float) -> None:
+    """ALGORITHMS.md §4: slow = slow + alpha (param - slow), then param = slow."""
+    for param, slow in zip(params, slow_weights):
+        phi = upcast(slow)
+        phi = phi + alpha * (upcast(param) - phi)
+        write_back(slow, phi)
+        write_back(param, phi)
 
 
 def alignment_sums_(

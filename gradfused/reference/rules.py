@@ -3,32 +3,21 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 from .pipeline import run_pipeline
 
 
-def _pipeline_kwargs(lr, weight_decay, decoupled_weight_decay, maximize, grad_scale, found_inf, alignment_scales):
-    return dict(
-        lr=lr,
-        weight_decay=weight_decay,
-        decoupled_weight_decay=decoupled_weight_decay,
-        maximize=maximize,
-        grad_scale=grad_scale,
-        found_inf=found_inf,
-        alignment_scales=alignment_scales,
-    )
-
-
+# Each function's `**pipeline` are the keyword arguments of run_pipeline (maximize, grad_scale, ...).
 def persistent_sgd_(params, grads, momentum_buffers, state_steps, *, lr, decay, dampening, weight_decay,
-                    decoupled_weight_decay, nesterov, maximize=False, grad_scale=None, found_inf=None,
-                    alignment_scales=None):
-    def rule(g, st, t):
+                    decoupled_weight_decay, nesterov, **pipeline):
+    def rule(g, st, t, i):
         buf = st[0]
         buf.copy_(decay * buf + (1 - dampening) * g)
         return g + decay * buf if nesterov else buf
 
-    run_pipeline(params, grads, [momentum_buffers], state_steps, rule,
-                 **_pipeline_kwargs(lr, weight_decay, decoupled_weight_decay, maximize, grad_scale, found_inf,
-                                    alignment_scales))
+    run_pipeline(params, grads, [momentum_buffers], state_steps, rule, lr=lr, weight_decay=weight_decay,
+                 decoupled_weight_decay=decoupled_weight_decay, **pipeline)
 
 
 def _adam_moments(g, m, v, beta1, beta2):
@@ -37,9 +26,8 @@ def _adam_moments(g, m, v, beta1, beta2):
 
 
 def adam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *, lr, beta1, beta2, eps,
-          weight_decay, decoupled_weight_decay, amsgrad, maximize=False, grad_scale=None, found_inf=None,
-          alignment_scales=None):
-    def rule(g, st, t):
+          weight_decay, decoupled_weight_decay, amsgrad, **pipeline):
+    def rule(g, st, t, i):
         m, v = st[0], st[1]
         _adam_moments(g, m, v, beta1, beta2)
         bc1, bc2 = 1 - beta1**t, 1 - beta2**t
@@ -52,14 +40,13 @@ def adam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *,
         return (m * (1 / bc1)) / (v_hat.sqrt() * (1 / math.sqrt(bc2)) + eps)
 
     states = [exp_avgs, exp_avg_sqs] + ([max_exp_avg_sqs] if amsgrad else [])
-    run_pipeline(params, grads, states, state_steps, rule,
-                 **_pipeline_kwargs(lr, weight_decay, decoupled_weight_decay, maximize, grad_scale, found_inf,
-                                    alignment_scales))
+    run_pipeline(params, grads, states, state_steps, rule, lr=lr, weight_decay=weight_decay,
+                 decoupled_weight_decay=decoupled_weight_decay, **pipeline)
 
 
 def radam_(params, grads, exp_avgs, exp_avg_sqs, state_steps, *, lr, beta1, beta2, eps, weight_decay,
-           decoupled_weight_decay, maximize=False, grad_scale=None, found_inf=None, alignment_scales=None):
-    def rule(g, st, t):
+           decoupled_weight_decay, **pipeline):
+    def rule(g, st, t, i):
         m, v = st
         _adam_moments(g, m, v, beta1, beta2)
         bc1, bc2 = 1 - beta1**t, 1 - beta2**t
@@ -71,9 +58,8 @@ def radam_(params, grads, exp_avgs, exp_avg_sqs, state_steps, *, lr, beta1, beta
             return m_hat * (r * math.sqrt(bc2)) / (v.sqrt() + eps)
         return m_hat
 
-    run_pipeline(params, grads, [exp_avgs, exp_avg_sqs], state_steps, rule,
-                 **_pipeline_kwargs(lr, weight_decay, decoupled_weight_decay, maximize, grad_scale, found_inf,
-                                    alignment_scales))
+    run_pipeline(params, grads, [exp_avgs, exp_avg_sqs], state_steps, rule, lr=lr, weight_decay=weight_decay,
+                 decoupled_weight_decay=decoupled_weight_decay, **pipeline)
 
 
 def adema_schedule(t: float, alpha: float, beta1: float, beta3: float, t_alpha_beta3):
@@ -88,11 +74,10 @@ def adema_schedule(t: float, alpha: float, beta1: float, beta3: float, t_alpha_b
 
 
 def adema_(params, grads, exp_avgs, exp_avg_sqs, exp_avg_slows, state_steps, *, lr, beta1, beta2, beta3, alpha,
-           eps, weight_decay, t_alpha_beta3=None, maximize=False, grad_scale=None, found_inf=None,
-           alignment_scales=None):
+           eps, weight_decay, t_alpha_beta3=None, **pipeline):
     slow = alpha != 0  # alpha == 0 is AdamW; the slow EMA is not used
 
-    def rule(g, st, t):
+    def rule(g, st, t, i):
         m1, v = st[0], st[1]
         _adam_moments(g, m1, v, beta1, beta2)
         bc1, bc2 = 1 - beta1**t, 1 - beta2**t
@@ -105,5 +90,72 @@ def adema_(params, grads, exp_avgs, exp_avg_sqs, exp_avg_slows, state_steps, *, 
         return numerator / (v.sqrt() * (1 / math.sqrt(bc2)) + eps)
 
     states = [exp_avgs, exp_avg_sqs] + ([exp_avg_slows] if slow else [])
-    run_pipeline(params, grads, states, state_steps, rule,
-                 **_pipeline_kwargs(lr, weight_decay, True, maximize, grad_scale, found_inf, alignment_scales))
+    run_pipeline(params, grads, states, state_steps, rule, lr=lr, weight_decay=weight_decay,
+                 decoupled_weight_decay=True, **pipeline)
+
+
+def nadam_mu(t: float, beta1: float, momentum_decay: float) -> float:
+    return beta1 * (1 - 0.5 * 0.96 ** (t * momentum_decay))
+
+
+def nadam_(params, grads, exp_avgs, exp_avg_sqs, mu_products, state_steps, *, lr, beta1, beta2, eps, weight_decay,
+           decoupled_weight_decay, momentum_decay, **pipeline):
+    products = {}  # Πμ advances only if the step runs (found_inf): written after the pipeline
+
+    def rule(g, st, t, i):
+        m, v = st
+        _adam_moments(g, m, v, beta1, beta2)
+        product = mu_products[i].item() * nadam_mu(t, beta1, momentum_decay)
+        products[i] = product
+        product = torch.tensor(product, dtype=mu_products[i].dtype).item()  # as stored, as torch.optim.NAdam
+        mu_next = nadam_mu(t + 1, beta1, momentum_decay)
+        grad_coef = (1 - nadam_mu(t, beta1, momentum_decay)) / (1 - product)
+        exp_avg_coef = mu_next / (1 - product * mu_next)
+        denom = (v * (1 / (1 - beta2**t))).sqrt() + eps
+        return (grad_coef * g) / denom + (exp_avg_coef * m) / denom
+
+    run_pipeline(params, grads, [exp_avgs, exp_avg_sqs], state_steps, rule, lr=lr, weight_decay=weight_decay,
+                 decoupled_weight_decay=decoupled_weight_decay, **pipeline)
+    for i, product in products.items():
+        mu_products[i].fill_(product)
+
+
+def rmsprop_(params, grads, square_avgs, momentum_buffers, grad_avgs, state_steps, *, lr, alpha, eps, weight_decay,
+             momentum, centered, **pipeline):
+    def rule(g, st, t, i):
+        v = st[0]
+        v.copy_(alpha * v + (1 - alpha) * g * g)
+        if centered:
+            ga = st[-1]
+            ga.copy_(alpha * ga + (1 - alpha) * g)
+            avg = (v - ga * ga).sqrt() + eps
+        else:
+            avg = v.sqrt() + eps
+        if momentum > 0:
+            buf = st[1]
+            buf.copy_(momentum * buf + g / avg)
+            return buf
+        return g / avg
+
+    states = [square_avgs] + ([momentum_buffers] if momentum > 0 else []) + ([grad_avgs] if centered else [])
+    run_pipeline(params, grads, states, state_steps, rule, lr=lr, weight_decay=weight_decay, **pipeline)
+
+
+def gradient_ascent_lr_factor(t: float, lr_decay, warmup_steps: int) -> float:
+    """lr_decay^(t-1), times t / warmup_steps during the warm-up."""
+    factor = (1.0 if lr_decay is None else lr_decay) ** (t - 1)
+    return factor * t / warmup_steps if t <= warmup_steps else factor
+
+
+def gradient_ascent_(params, grads, momentum_buffers, square_avgs, state_steps, *, lr, momentum, beta, eps,
+                     momentum_ema, nesterov, clip_value=None, lr_decay=None, warmup_steps=0, **pipeline):
+    def rule(g, st, t, i):
+        v, m = st
+        if clip_value is not None:
+            g = g.clamp(-clip_value, clip_value)
+        gn = g + momentum * v if nesterov else g
+        v.copy_(momentum * v + (1 - momentum) * gn if momentum_ema else momentum * v + gn)
+        m.copy_(beta * m + (1 - beta) * gn * gn)
+        return (v / (m.sqrt() + eps)) * gradient_ascent_lr_factor(t, lr_decay, warmup_steps)
+
+    run_pipeline(params, grads, [momentum_buffers, square_avgs], state_steps, rule, lr=lr, **pipeline)
