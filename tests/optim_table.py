@@ -19,15 +19,21 @@ class Case:
     def __str__(self) -> str:
         return self.name
 
+    @property
+    def random(self) -> bool:
+        """Uses a random pipeline option (noise or dropout)."""
+        return any(k in self.kwargs for k in ("grad_noise", "grad_dropout", "lr_dropout"))
 
-# make(params, fused, **extra): `extra` (mixed-precision options, say) goes to the gradfused optimizer
+
+# make(params, fused, **extra): `extra` (mixed-precision options, say) goes to the gradfused optimizer and
+# overrides the case's own options of the same name (its seed, say)
 def _plain(cls, **kwargs):
-    return lambda params, fused, **extra: cls(params, fused=fused, **kwargs, **extra)
+    return lambda params, fused, **extra: cls(params, fused=fused, **{**kwargs, **extra})
 
 
 def _aligned(cls, **kwargs):
-    return lambda params, fused, **extra: gf.GradientAlignment(cls(params, fused=fused, **kwargs, **extra), beta=0.9,
-                                                               fused=fused)
+    return lambda params, fused, **extra: gf.GradientAlignment(cls(params, fused=fused, **{**kwargs, **extra}),
+                                                               beta=0.9, fused=fused)
 
 
 def _cases(cls, option_sets, wrap=_plain):
@@ -58,9 +64,26 @@ CASES: list[Case] = (
         {"lr": 1e-2}, {"lr": 1e-2, "t_alpha_beta3": 5}, {"lr": 1e-2, "alpha": 0.0},
         {"lr": 1e-2, "weight_decay": 0.1, "maximize": True, "betas": (0.8, 0.99, 0.999)},
     ])
+    + _cases(gf.NAdam, [
+        {"lr": 1e-2}, {"lr": 1e-2, "weight_decay": 0.1},
+        {"lr": 1e-2, "weight_decay": 0.1, "decoupled_weight_decay": True, "maximize": True},
+    ])
+    + _cases(gf.RMSprop, [
+        {"lr": 1e-2}, {"lr": 1e-2, "momentum": 0.9, "centered": True, "weight_decay": 0.1},
+        {"lr": 1e-2, "centered": True, "maximize": True},
+    ])
+    + _cases(gf.GradientAscent, [
+        {}, {"nesterov": True, "clip_value": 0.5, "lr_decay": 0.9, "warmup_steps": 3},
+        {"momentum_ema": False, "maximize": False},
+    ])
+    # the random pipeline options (ALGORITHMS.md §1 steps 5, 6, 8), each on at least one rule
+    + _cases(gf.AdamW, [{"lr": 1e-2, "grad_noise": (0.01, 0.55), "seed": 1}])
+    + _cases(gf.PersistentSGD, [{"decay": 0.9, "grad_dropout": 0.3, "lr_dropout": 0.5, "seed": 2}])
+    + _cases(gf.RAdamW, [{"lr": 1e-2, "grad_noise": (0.01, 0.55), "lr_dropout": 0.5, "seed": 3}])
     + _cases(gf.AdamW, [{"lr": 1e-2}], wrap=_aligned)
     + _cases(gf.PersistentSGD, [{"decay": 0.9, "weight_decay": 0.01}], wrap=_aligned)
     + _cases(gf.AdEMA, [{"lr": 1e-2, "t_alpha_beta3": 4}], wrap=_aligned)
+    + _cases(gf.NAdam, [{"lr": 1e-2, "lr_dropout": 0.5, "seed": 4}], wrap=_aligned)
 )
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]

@@ -102,6 +102,8 @@ def _worker(rank, port, scenario, out_path):
         else:
             run = {"ddp": _run_ddp, "fsdp2": _run_fsdp2}[scenario]
             for case in CASES:
+                if scenario == "fsdp2" and case.random:
+                    continue  # rejected for DTensor parameters (tests/test_randomness.py)
                 make = lambda p, case=case: case.make(p, True)  # noqa: E731
                 results[case.name] = _check(run(rank, make), make)
     finally:

@@ -41,7 +41,7 @@ def _step_side_by_side(opts, param_lists, gen, steps):
 
 def _states_have_dtypes(opt, option):
     for (_, key, name), t in all_states(opt):
-        if name in ("step", "alignment_ema"):
+        if name in ("step", "mu_product", "alignment_ema"):  # float32 scalars; the EMA keeps the param dtype
             continue
         want = torch.float32 if option != "stochastic" or name == "master_weight" else torch.bfloat16
         assert t.dtype == want, (key, name, t.dtype)

@@ -153,11 +153,12 @@ class FusedOptimizer(Optimizer):
         than its parameter's (mixed precision)."""
         out = []
         for saved, group in zip(state_dict["param_groups"], self.param_groups):
+            scalar_keys = {"step"} | {key for key, _ in self._scalar_state_specs(group)}
             for idx, p in zip(saved["params"], group["params"]):
                 dtype = P.state_dtype(group, p)
                 for key, value in state_dict["state"].get(idx, {}).items():
                     want = torch.float32 if key == "master_weight" else dtype
-                    if key != "step" and isinstance(value, Tensor) and value.dim() > 0 and want != p.dtype:
+                    if key not in scalar_keys and isinstance(value, Tensor) and want != p.dtype:
                         out.append((p, key, value, want))
         return out
 
@@ -249,6 +250,10 @@ class FusedOptimizer(Optimizer):
                 continue
             if g.layout != torch.strided or g.dtype != p.dtype or g.device != p.device:
                 self._raise_bad_grad(group, i, p, g)
+            if is_dtensor(p) and R.is_random(group):
+                raise ValueError(f"{self._name}: params[{i}] is a sharded DTensor; grad_noise, grad_dropout and "
+                                 "lr_dropout key each element by its index in the whole tensor, which a shard "
+                                 "does not know yet: they are not supported with FSDP2/DTensor parameters")
             params.append(p)
         return params
 

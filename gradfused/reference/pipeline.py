@@ -21,6 +21,12 @@ def upcast(t: Tensor) -> Tensor:
     return t.to(compute_dtype(t), copy=True)
 
 
+def sqrt(x: Tensor) -> Tensor:
+    """The correctly rounded square root, as the kernels' (IEEE) sqrt. torch's float32 sqrt on the CPU is
+    sometimes one ulp off; the double square root of a float, rounded once, is exact."""
+    return x.double().sqrt().to(x.dtype) if x.dtype == torch.float32 else x.sqrt()
+
+
 def write_back(dst: Tensor, src: Tensor) -> None:
     dst.copy_(src)  # a 16-bit tensor is rounded once, here
 

@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from .pipeline import run_pipeline
+from .pipeline import run_pipeline, sqrt
 
 
 # Each function's `**pipeline` are the keyword arguments of run_pipeline (maximize, grad_scale, ...).
@@ -37,7 +37,7 @@ def adam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *,
             v_hat = st[2]
         # (m / bc1) / (sqrt(v̂) / sqrt(bc2) + eps), with the divisions by scalars as multiplications by
         # their reciprocals, as the kernels do (NOTE: [the kernels round as the reference does])
-        return (m * (1 / bc1)) / (v_hat.sqrt() * (1 / math.sqrt(bc2)) + eps)
+        return (m * (1 / bc1)) / (sqrt(v_hat) * (1 / math.sqrt(bc2)) + eps)
 
     states = [exp_avgs, exp_avg_sqs] + ([max_exp_avg_sqs] if amsgrad else [])
     run_pipeline(params, grads, states, state_steps, rule, lr=lr, weight_decay=weight_decay,
@@ -55,7 +55,7 @@ def radam_(params, grads, exp_avgs, exp_avg_sqs, state_steps, *, lr, beta1, beta
         rho_t = rho_inf - 2 * t * beta2**t / bc2
         if rho_t > 5:
             r = math.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
-            return m_hat * (r * math.sqrt(bc2)) / (v.sqrt() + eps)
+            return m_hat * (r * math.sqrt(bc2)) / (sqrt(v) + eps)
         return m_hat
 
     run_pipeline(params, grads, [exp_avgs, exp_avg_sqs], state_steps, rule, lr=lr, weight_decay=weight_decay,
@@ -87,7 +87,7 @@ def adema_(params, grads, exp_avgs, exp_avg_sqs, exp_avg_slows, state_steps, *, 
             m2 = st[2]
             m2.copy_(beta3_t * m2 + (1 - beta3_t) * g)
             numerator = numerator + alpha_t * m2
-        return numerator / (v.sqrt() * (1 / math.sqrt(bc2)) + eps)
+        return numerator / (sqrt(v) * (1 / math.sqrt(bc2)) + eps)
 
     states = [exp_avgs, exp_avg_sqs] + ([exp_avg_slows] if slow else [])
     run_pipeline(params, grads, states, state_steps, rule, lr=lr, weight_decay=weight_decay,
@@ -111,7 +111,7 @@ def nadam_(params, grads, exp_avgs, exp_avg_sqs, mu_products, state_steps, *, lr
         mu_next = nadam_mu(t + 1, beta1, momentum_decay)
         grad_coef = (1 - nadam_mu(t, beta1, momentum_decay)) / (1 - product)
         exp_avg_coef = mu_next / (1 - product * mu_next)
-        denom = (v * (1 / (1 - beta2**t))).sqrt() + eps
+        denom = sqrt(v * (1 / (1 - beta2**t))) + eps
         return (grad_coef * g) / denom + (exp_avg_coef * m) / denom
 
     run_pipeline(params, grads, [exp_avgs, exp_avg_sqs], state_steps, rule, lr=lr, weight_decay=weight_decay,
@@ -128,9 +128,9 @@ def rmsprop_(params, grads, square_avgs, momentum_buffers, grad_avgs, state_step
         if centered:
             ga = st[-1]
             ga.copy_(alpha * ga + (1 - alpha) * g)
-            avg = (v - ga * ga).sqrt() + eps
+            avg = sqrt(v - ga * ga) + eps
         else:
-            avg = v.sqrt() + eps
+            avg = sqrt(v) + eps
         if momentum > 0:
             buf = st[1]
             buf.copy_(momentum * buf + g / avg)
@@ -156,6 +156,6 @@ def gradient_ascent_(params, grads, momentum_buffers, square_avgs, state_steps, 
         gn = g + momentum * v if nesterov else g
         v.copy_(momentum * v + (1 - momentum) * gn if momentum_ema else momentum * v + gn)
         m.copy_(beta * m + (1 - beta) * gn * gn)
-        return (v / (m.sqrt() + eps)) * gradient_ascent_lr_factor(t, lr_decay, warmup_steps)
+        return (v / (sqrt(m) + eps)) * gradient_ascent_lr_factor(t, lr_decay, warmup_steps)
 
     run_pipeline(params, grads, [momentum_buffers, square_avgs], state_steps, rule, lr=lr, **pipeline)
