@@ -133,8 +133,11 @@ def test_loading_keeps_this_optimizers_implementation(saved_fused, fused):
     "ours, theirs",
     [(lambda p: gf.Adam(p, lr=1e-2, amsgrad=True), lambda p: torch.optim.Adam(p, lr=1e-2, amsgrad=True)),
      (lambda p: gf.AdamW(p, lr=1e-2), lambda p: torch.optim.AdamW(p, lr=1e-2)),
-     (lambda p: gf.RAdam(p, lr=1e-2), lambda p: torch.optim.RAdam(p, lr=1e-2))],
-    ids=["Adam", "AdamW", "RAdam"],
+     (lambda p: gf.RAdam(p, lr=1e-2), lambda p: torch.optim.RAdam(p, lr=1e-2)),
+     (lambda p: gf.NAdam(p, lr=1e-2), lambda p: torch.optim.NAdam(p, lr=1e-2)),
+     (lambda p: gf.RMSprop(p, lr=1e-2, momentum=0.9, centered=True),
+      lambda p: torch.optim.RMSprop(p, lr=1e-2, momentum=0.9, centered=True))],
+    ids=["Adam", "AdamW", "RAdam", "NAdam", "RMSprop"],
 )
 @pytest.mark.parametrize("direction", ["torch->gradfused", "gradfused->torch"])
 def test_state_dict_cross_loads_with_torch(ours, theirs, direction):
@@ -249,7 +252,10 @@ torch.manual_seed(0)
 out = {}
 for name, make in [("adamw", lambda p: gf.AdamW(p, lr=1e-2, amsgrad=True)), ("radam", lambda p: gf.RAdam(p, lr=1e-2)),
                    ("adema", lambda p: gf.AdEMA(p, lr=1e-2)), ("sgd", lambda p: gf.PersistentSGD(p, nesterov=True)),
-                   ("align", lambda p: gf.GradientAlignment(gf.AdamW(p)))]:
+                   ("align", lambda p: gf.GradientAlignment(gf.AdamW(p))), ("nadam", lambda p: gf.NAdam(p)),
+                   ("rmsprop", lambda p: gf.RMSprop(p, momentum=0.9, centered=True)),
+                   ("ascent", lambda p: gf.GradientAscent(p, nesterov=True, clip_value=1.0)),
+                   ("random", lambda p: gf.AdamW(p, grad_noise=(0.1, 0.55), grad_dropout=0.2, lr_dropout=0.5, seed=9))]:
     for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
         params = [torch.randn(n, dtype=dtype, requires_grad=True) for n in (1000, 37)]
         opt = make(params)

@@ -43,9 +43,19 @@ def run_pair(make_a, make_b, shapes=((257,), (31, 7), ()), steps=STEPS, dtype=to
          lambda p: torch.optim.RAdam(p, lr=1e-2, weight_decay=0.1)),
         (lambda p, f: gf.RAdamW(p, lr=1e-2, weight_decay=0.1, fused=f),
          lambda p: torch.optim.RAdam(p, lr=1e-2, weight_decay=0.1, decoupled_weight_decay=True)),
+        (lambda p, f: gf.NAdam(p, lr=1e-2, weight_decay=0.1, fused=f),
+         lambda p: torch.optim.NAdam(p, lr=1e-2, weight_decay=0.1)),
+        (lambda p, f: gf.NAdam(p, lr=1e-2, weight_decay=0.1, decoupled_weight_decay=True, maximize=True, fused=f),
+         lambda p: torch.optim.NAdam(p, lr=1e-2, weight_decay=0.1, decoupled_weight_decay=True, maximize=True)),
+        (lambda p, f: gf.RMSprop(p, lr=1e-2, fused=f), lambda p: torch.optim.RMSprop(p, lr=1e-2)),
+        (lambda p, f: gf.RMSprop(p, lr=1e-2, momentum=0.9, weight_decay=0.1, fused=f),
+         lambda p: torch.optim.RMSprop(p, lr=1e-2, momentum=0.9, weight_decay=0.1)),
+        (lambda p, f: gf.RMSprop(p, lr=1e-2, momentum=0.9, centered=True, maximize=True, fused=f),
+         lambda p: torch.optim.RMSprop(p, lr=1e-2, momentum=0.9, centered=True, maximize=True)),
     ],
     ids=["SGD-momentum", "SGD-nesterov-wd-maximize", "SGD-plain", "Adam", "Adam-amsgrad-wd-maximize", "AdamW",
-         "AdamW-amsgrad", "RAdam-L2", "RAdamW"],
+         "AdamW-amsgrad", "RAdam-L2", "RAdamW", "NAdam-L2", "NAdam-decoupled-maximize", "RMSprop",
+         "RMSprop-momentum-L2", "RMSprop-centered-momentum-maximize"],
 )
 def test_matches_torch_optim(ours, theirs, fused):
     a, b = run_pair(lambda p: ours(p, fused), theirs)
