@@ -23,7 +23,8 @@ CASES = {
 SMALL_SHRINK = 100  # GRADFUSED_BENCH_SMALL / --small: every case 100x smaller, for a smoke run
 
 # fp32 bytes moved per element per step (DESIGN.md); 16-bit tensors move half as many.
-BYTES_PER_ELEMENT = {"PersistentSGD": 20, "AdamW": 28, "RAdam": 28, "AdEMA": 36, "Align(AdamW)": 40}
+BYTES_PER_ELEMENT = {"PersistentSGD": 20, "AdamW": 28, "RAdam": 28, "AdEMA": 36, "NAdam": 28, "RMSprop": 20,
+                     "GradientAscent": 28, "Align(AdamW)": 40}
 
 # optimizer -> provider -> factory(params); a provider is absent where it has no such optimizer
 PROVIDERS: dict[str, dict[str, Callable]] = {
@@ -50,6 +51,22 @@ PROVIDERS: dict[str, dict[str, Callable]] = {
     "AdEMA": {
         "reference_forloop": lambda p: gf.AdEMA(p, fused=False),
         "gradfused": lambda p: gf.AdEMA(p),
+    },
+    "NAdam": {
+        "reference_forloop": lambda p: gf.NAdam(p, fused=False),
+        "torch_forloop": lambda p: torch.optim.NAdam(p, foreach=False),
+        "torch_foreach": lambda p: torch.optim.NAdam(p, foreach=True),
+        "gradfused": lambda p: gf.NAdam(p),
+    },
+    "RMSprop": {
+        "reference_forloop": lambda p: gf.RMSprop(p, fused=False),
+        "torch_forloop": lambda p: torch.optim.RMSprop(p, foreach=False),
+        "torch_foreach": lambda p: torch.optim.RMSprop(p, foreach=True),
+        "gradfused": lambda p: gf.RMSprop(p),
+    },
+    "GradientAscent": {
+        "reference_forloop": lambda p: gf.GradientAscent(p, fused=False),
+        "gradfused": lambda p: gf.GradientAscent(p),
     },
     "Align(AdamW)": {
         "reference_forloop": lambda p: gf.GradientAlignment(gf.AdamW(p, fused=False), fused=False),

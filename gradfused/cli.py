@@ -45,6 +45,8 @@ def _compare(args: argparse.Namespace) -> int:
                                                    "tune")}
         if args.preset == "sequential":
             return _compare_sequential(args, overrides)
+        if args.preset == "ascent":
+            return _compare_ascent(args, overrides)
         config = resolve(args.preset, overrides)
     report = run(config, quiet=args.quiet)
     print(format_table(report))
@@ -69,11 +71,28 @@ def _compare_sequential(args: argparse.Namespace, overrides: dict) -> int:
     return 0
 
 
+def _compare_ascent(args: argparse.Namespace, overrides: dict) -> int:
+    """The ascent preset runs the gradient-ascent package's ten maximisation problems; it trains no model."""
+    from .errors import CommandError
+    from .experiments import ascent
+
+    unused = [k for k, v in overrides.items() if v is not None and k != "out"]
+    if unused:
+        raise CommandError(f"--preset ascent does not take --{unused[0].replace('_', '-')} (it runs fixed "
+                           "maximisation problems)")
+    out = overrides["out"] or "compare-results"
+    report = ascent.run(out, quiet=args.quiet)
+    print(ascent.format_table(report))
+    print(f"wrote {out}/results.json and ascent_curves.png")
+    return 0
+
+
 def _add_compare(sub) -> None:
     p = sub.add_parser("compare", help="train a model with several optimizers over several seeds and compare",
                        description="Trains the same model from the same initial weights with each optimizer and "
                                    "reports losses, accuracy and step time. Needs no network.")
-    p.add_argument("--preset", help="a research comparison: grn, gao or sequential (explicit options override it)")
+    p.add_argument("--preset", help="a research comparison: grn, gao, nnopt, sequential or ascent (explicit options "
+                        "override it)")
     p.add_argument("--dataset", help="mnist1d (default) or digits")
     p.add_argument("--model", help="mlp (default) or cnn (MNIST-1D)")
     p.add_argument("--widths", type=_int_list, help="hidden widths of the MLP, e.g. 128,128")

@@ -1,5 +1,6 @@
 """Optimizers from the command line: `name[:k=v,...]`, `align:<base>[:k=v,...]` (GradientAlignment over
-any base), and `torch.<name>` for torch.optim's own. Tuples are written with '/': betas=0.9/0.999."""
+any base), `lookahead:<base or align:base>[:k=v,...]` (Lookahead over it; its own keys are k and alpha),
+and `torch.<name>` for torch.optim's own. Tuples are written with '/': betas=0.9/0.999."""
 from __future__ import annotations
 
 import inspect
@@ -9,15 +10,18 @@ from typing import Any
 import torch
 
 import gradfused as gf
+from gradfused.optim import _precision, _randomness
 
 from ..errors import CommandError
 
 GRADFUSED = {"persistent_sgd": gf.PersistentSGD, "adam": gf.Adam, "adamw": gf.AdamW, "radam": gf.RAdam,
-             "radamw": gf.RAdamW, "adema": gf.AdEMA}
+             "radamw": gf.RAdamW, "adema": gf.AdEMA, "nadam": gf.NAdam, "rmsprop": gf.RMSprop,
+             "gradient_ascent": gf.GradientAscent}
 TORCH = {"torch.sgd": torch.optim.SGD, "torch.adam": torch.optim.Adam, "torch.adamw": torch.optim.AdamW,
          "torch.radam": torch.optim.RAdam, "torch.nadam": torch.optim.NAdam, "torch.rmsprop": torch.optim.RMSprop,
          "torch.adagrad": torch.optim.Adagrad}
 WRAPPER_KEYS = ("beta", "eps")  # GradientAlignment's own hyperparameters; the rest go to the base
+LOOKAHEAD_KEYS = ("k", "alpha")  # Lookahead's own
 
 
 def _parse_value(text: str):
@@ -55,6 +59,7 @@ class OptimizerSpec:
     name: str  # registry key of the optimizer (the base, under align)
     hyper: dict[str, Any] = field(default_factory=dict)
     align: dict[str, Any] | None = None  # GradientAlignment's hyperparameters, when wrapped
+    lookahead: dict[str, Any] | None = None  # Lookahead's, when wrapped (outermost)
 
     @property
     def is_gradfused(self) -> bool:
@@ -64,13 +69,15 @@ class OptimizerSpec:
     def label(self) -> str:
         cls = GRADFUSED.get(self.name) or TORCH[self.name]
         inner = ", ".join(f"{k}={v}" for k, v in self.hyper.items())
-        base = f"{'torch.' if self.name in TORCH else ''}{cls.__name__}({inner})"
-        if self.align is None:
-            return base
-        return f"Align[{', '.join(f'{k}={v}' for k, v in self.align.items())}]({base})"
+        label = f"{'torch.' if self.name in TORCH else ''}{cls.__name__}({inner})"
+        for wrapper, hyper in (("Align", self.align), ("Lookahead", self.lookahead)):
+            if hyper is not None:
+                own = f"[{', '.join(f'{k}={v}' for k, v in hyper.items())}]" if hyper else ""
+                label = f"{wrapper}{own}({label})"
+        return label
 
     def with_hyper(self, hyper: dict[str, Any], align: dict[str, Any] | None) -> "OptimizerSpec":
-        return OptimizerSpec(self.text, self.name, hyper, align)
+        return OptimizerSpec(self.text, self.name, hyper, align, self.lookahead)
 
     def build(self, params, *, fused: bool = True) -> torch.optim.Optimizer:
         kwargs = dict(self.hyper)
@@ -78,15 +85,28 @@ class OptimizerSpec:
             kwargs["fused"] = fused
         cls = GRADFUSED.get(self.name) or TORCH[self.name]
         try:
-            base = cls(params, **kwargs)
-            if self.align is None:
-                return base
-            return gf.GradientAlignment(base, **self.align, fused=fused)
+            opt = cls(params, **kwargs)
+            if self.align is not None:
+                opt = gf.GradientAlignment(opt, **self.align, fused=fused)
+            if self.lookahead is not None:
+                opt = gf.Lookahead(opt, **self.lookahead, fused=fused)
+            return opt
         except (ValueError, TypeError) as e:
             raise CommandError(f"optimizer {self.text!r}: {e}") from None
 
 
 def parse(spec: str) -> OptimizerSpec:
+    if spec.startswith("lookahead:"):
+        inner, _, hyper_text = spec[len("lookahead:"):].rpartition(":")
+        if "=" not in hyper_text:  # no hyperparameters: everything after the prefix is the base
+            inner, hyper_text = spec[len("lookahead:"):], ""
+        if not inner:
+            raise CommandError(f"{spec!r}: lookahead needs a base optimizer, e.g. lookahead:adamw:lr=1e-3,k=5")
+        items = [item for item in filter(None, hyper_text.split(","))]
+        own = [item for item in items if item.partition("=")[0].strip() in LOOKAHEAD_KEYS]
+        rest = [item for item in items if item not in own]
+        base = parse(inner + (":" + ",".join(rest) if rest else ""))
+        return OptimizerSpec(spec, base.name, base.hyper, base.align, _parse_hyper(",".join(own), spec))
     parts = spec.split(":", 2 if spec.startswith("align:") else 1)
     align = None
     if parts[0] == "align":
@@ -102,7 +122,9 @@ def parse(spec: str) -> OptimizerSpec:
     hyper = _parse_hyper(hyper_text, spec)
     if parts[0] == "align":
         align = {k: hyper.pop(k) for k in WRAPPER_KEYS if k in hyper}
-    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "params", "fused", "foreach"}
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "params", "fused", "foreach", "options"}
+    if name in GRADFUSED:  # the options every gradfused optimizer takes as keywords
+        accepted |= set(_precision.DEFAULTS) | set(_randomness.DEFAULTS)
     unknown = set(hyper) - accepted
     if unknown:
         raise CommandError(f"{spec!r}: {cls.__name__} has no hyperparameter {', '.join(sorted(unknown))} "

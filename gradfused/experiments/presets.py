@@ -14,4 +14,16 @@ PRESETS = {
     # Gradient Alignment Optimizer: GAO(Adam) vs Adam on MNIST-1D with the originally tuned hyperparameters.
     "gao": dict(dataset="mnist1d", model="mlp", widths=(128, 128), activation="relu", batch_size=64, epochs=100,
                 seeds=5, optimizers=["adam:lr=0.0069", "align:adam:lr=0.0085,beta=0.99"]),
+    # The mix-and-match variant family side by side, with the original project's hyperparameters: lr 1e-3,
+    # momentum 0.99, weight decay 1e-4, learning-rate dropout keeping half the elements.
+    "nnopt": dict(dataset="digits", model="mlp", widths=(128,), activation="relu", batch_size=64, epochs=30,
+                  seeds=3, optimizers=[
+                      "persistent_sgd:lr=1e-3,decay=0", "persistent_sgd:lr=1e-3,decay=0.99",
+                      "persistent_sgd:lr=1e-3,decay=0.99,nesterov=true", "rmsprop:lr=1e-3", "adam:lr=1e-3",
+                      "adam:lr=1e-3,weight_decay=1e-4", "adamw:lr=1e-3,weight_decay=1e-4", "nadam:lr=1e-3",
+                      "radam:lr=1e-3", "radamw:lr=1e-3,weight_decay=1e-4",
+                      "adamw:lr=1e-3,weight_decay=1e-4,grad_noise=0.01/0.55",
+                      "adamw:lr=1e-3,weight_decay=1e-4,lr_dropout=0.5",
+                      "lookahead:adamw:lr=1e-3,weight_decay=1e-4,k=5,alpha=0.5",
+                  ]),
 }
