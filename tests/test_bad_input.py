@@ -40,6 +40,10 @@ BAD_HYPERPARAMETERS = [
     (gf.AdEMA, "t_alpha_beta3", 0), (gf.AdEMA, "t_alpha_beta3", math.inf),
     (gf.PersistentSGD, "decay", -0.5), (gf.PersistentSGD, "decay", math.nan), (gf.PersistentSGD, "dampening", 1.5),
     (gf.PersistentSGD, "weight_decay", math.inf), (gf.AdamW, "maximize", "yes"), (gf.AdamW, "fused", "no"),
+    (gf.NAdam, "momentum_decay", -1.0), (gf.NAdam, "betas", (0.9, 1.0)), (gf.RMSprop, "alpha", 1.0),
+    (gf.RMSprop, "momentum", -0.1), (gf.RMSprop, "centered", 1), (gf.GradientAscent, "clip_value", 0.0),
+    (gf.GradientAscent, "lr_decay", math.nan), (gf.GradientAscent, "warmup_steps", -1),
+    (gf.GradientAscent, "beta", 1.0), (gf.GradientAscent, "momentum", math.inf),
 ]
 
 

@@ -23,6 +23,15 @@ def op_samples():
     yield "radam_", (p, g, m, v, steps), adam_kw
     yield "adema_", (p, g, m, v, vmax, steps), dict(beta1=0.9, beta2=0.999, beta3=0.9999, alpha=5.0, eps=1e-8,
                                                       weight_decay=0.0, t_alpha_beta3=10.0)
+    mu_products = [torch.ones(()) for _ in p]
+    yield "nadam_", (p, g, m, v, mu_products, steps), dict(adam_kw, momentum_decay=4e-3)
+    yield "rmsprop_", (p, g, m, v, vmax, steps), dict(alpha=0.99, eps=1e-8, weight_decay=0.1, momentum=0.9,
+                                                        centered=True)
+    # with the random pipeline steps on, and param_indices given
+    yield "gradient_ascent_", (p, g, m, v, steps), dict(momentum=0.9, beta=0.999, eps=1e-8, momentum_ema=True,
+                                                         nesterov=True, clip_value=1.0, lr_decay=0.99,
+                                                         warmup_steps=3, grad_noise=[0.01, 0.55], grad_dropout=0.1,
+                                                         lr_dropout=0.5, seed=7, param_indices=[4, 5, 6])
 
 
 SAMPLES = list(op_samples())
@@ -43,3 +52,8 @@ def test_opcheck_alignment_sums():
     sums = torch.zeros(len(g), 3, dtype=torch.float64)
     torch.library.opcheck(torch.ops.gradfused.alignment_sums_.default, (g, emas, sums),
                           dict(beta=0.9, grad_scale=torch.tensor(4.0)))
+
+
+def test_opcheck_lookahead():
+    p, _, (slow,), _ = lists(1)
+    torch.library.opcheck(torch.ops.gradfused.lookahead_.default, (p, slow), dict(alpha=0.5))
