@@ -3,7 +3,7 @@ deterministic benchmarks, and maximize=True ascends with every optimizer."""
 import pytest
 
 import gradfused as gf
-from gradfused.experiments.ascent import PROBLEMS, run_problem
+from gradfused.experiments.ascent import PROBLEMS, format_table, run, run_problem
 
 BY_NUMBER = {p.number: p for p in PROBLEMS}
 
@@ -41,3 +41,12 @@ def test_maximize_ascends_with_every_optimizer(make):
     assert result["curve"][0] == -2.0
     assert -0.5 < result["objective"] <= 0.0
     assert result["objective"] > max(result["curve"][:5])
+
+
+def test_preset_writes_results_table_and_plot(tmp_path):
+    report = run(str(tmp_path), quiet=True, steps=20)
+    table = format_table(report)
+    assert "package README" in table and "GradientAscent(momentum_ema=False)" in table
+    assert len(table.splitlines()) == 2 + len(PROBLEMS)
+    assert (tmp_path / "results.json").exists()
+    assert (tmp_path / "ascent_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -54,6 +54,21 @@ def test_sequential_preset_compares_three_methods(tmp_path, capsys):
     assert (out / "loss_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_nnopt_preset_runs_the_variant_family(tmp_path, capsys):
+    out = tmp_path / "nnopt"
+    assert main(["compare", "--preset", "nnopt", *TINY, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    for label in ("NAdam(lr=0.001)", "RMSprop(lr=0.001)", "grad_noise=(0.01, 0.55)", "lr_dropout=0.5",
+                  "Lookahead[k=5, alpha=0.5](AdamW"):
+        assert label in printed
+    assert len(json.loads((out / "results.json").read_text())["results"]) == 13
+
+
+def test_ascent_preset_rejects_training_options(capsys):
+    assert main(["compare", "--preset", "ascent", "--epochs", "3"]) == 2
+    assert "--preset ascent does not take --epochs" in capsys.readouterr().err
+
+
 def test_rerun_from_results_json_gives_the_same_numbers(tmp_path):
     first, second = tmp_path / "a", tmp_path / "b"
     assert main(["compare", *TINY, "--out", str(first), "--optimizers", "radam:lr=3e-3", "--dataset", "digits"]) == 0
@@ -99,6 +114,10 @@ def test_parse_optimizer_specs():
     assert not s.is_gradfused and s.hyper["nesterov"] is True
     assert parse("adema").hyper == {}
     assert parse("adema:t_alpha_beta3=none").hyper == {"t_alpha_beta3": None}
+    s = parse("lookahead:align:adam:lr=1e-3,beta=0.9,k=3")
+    assert (s.name, s.hyper, s.align, s.lookahead) == ("adam", {"lr": 1e-3}, {"beta": 0.9}, {"k": 3})
+    s = parse("adamw:grad_noise=0.01/0.55,lr_dropout=0.5,seed=1")  # the options every gradfused optimizer takes
+    assert s.hyper == {"grad_noise": (0.01, 0.55), "lr_dropout": 0.5, "seed": 1}
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -107,6 +126,8 @@ def test_parse_optimizer_specs():
     ("adamw:lr=abc", "malformed hyperparameter value 'abc'"),
     ("adamw:lrr=0.1", "AdamW has no hyperparameter lrr"),
     ("align:", "align needs a base optimizer"),
+    ("lookahead:", "lookahead needs a base optimizer"),
+    ("torch.adamw:lr_dropout=0.5", "AdamW has no hyperparameter lr_dropout"),
 ])
 def test_parse_rejects_bad_specs(spec, message):
     with pytest.raises(CommandError, match=message):
