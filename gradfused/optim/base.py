@@ -244,13 +244,14 @@ class FusedOptimizer(Optimizer):
         if not torch.compiler.is_compiling():  # NOTE: [hyperparameter checks under torch.compile]
             self._check_hyperparameters(group)
         params = []
+        random = R.is_random(group)
         for i, p in enumerate(group["params"]):
             g = p.grad
             if g is None or (wanted is not None and id(p) not in wanted):
                 continue
             if g.layout != torch.strided or g.dtype != p.dtype or g.device != p.device:
                 self._raise_bad_grad(group, i, p, g)
-            if is_dtensor(p) and R.is_random(group):
+            if random and is_dtensor(p):
                 raise ValueError(f"{self._name}: params[{i}] is a sharded DTensor; grad_noise, grad_dropout and "
                                  "lr_dropout key each element by its index in the whole tensor, which a shard "
                                  "does not know yet: they are not supported with FSDP2/DTensor parameters")
