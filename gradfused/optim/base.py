@@ -81,6 +81,10 @@ class FusedOptimizer(Optimizer):
         passed to the op after the state lists."""
         return []
 
+    def _scalar_state_keys(self, group: dict) -> list[str]:
+        """The keys of `_scalar_state_specs`, without `step`."""
+        return [key for key, _ in self._scalar_state_specs(group)]
+
     # ---- groups and checkpoints --------------------------------------------------------------
     @property
     def _name(self) -> str:
@@ -140,7 +144,7 @@ class FusedOptimizer(Optimizer):
             if not group["master_weights"]:
                 for p in group["params"]:
                     self.state.get(p, {}).pop("master_weight", None)
-        scalar_keys = {"step"} | {key for group in self.param_groups for key, _ in self._scalar_state_specs(group)}
+        scalar_keys = {"step"}.union(*(self._scalar_state_keys(group) for group in self.param_groups))
         for p, st in self.state.items():  # `step` and the like live with their parameter, as float32
             for key in scalar_keys & set(st):
                 if isinstance(st[key], Tensor):
@@ -153,7 +157,7 @@ class FusedOptimizer(Optimizer):
         than its parameter's (mixed precision)."""
         out = []
         for saved, group in zip(state_dict["param_groups"], self.param_groups):
-            scalar_keys = {"step"} | {key for key, _ in self._scalar_state_specs(group)}
+            scalar_keys = {"step", *self._scalar_state_keys(group)}
             for idx, p in zip(saved["params"], group["params"]):
                 dtype = P.state_dtype(group, p)
                 for key, value in state_dict["state"].get(idx, {}).items():
@@ -177,7 +181,7 @@ class FusedOptimizer(Optimizer):
             hyper = {**self.defaults, **{key: v for key, v in saved.items() if key != "params"}}
             self._upgrade_group(hyper)
             specs = self._state_specs(hyper)
-            scalar_keys = [key for key, _ in self._scalar_state_specs(hyper)]
+            scalar_keys = self._scalar_state_keys(hyper)
             allowed = {key for key, _ in specs} | {"step", "master_weight", *scalar_keys}
             required = [key for key, used in specs if used]
             for idx, p in zip(saved["params"], group["params"]):
@@ -331,7 +335,7 @@ class FusedOptimizer(Optimizer):
         if not params:
             return
         specs = self._state_specs(group)
-        scalar_keys = [key for key, _ in self._scalar_state_specs(group)]
+        scalar_keys = self._scalar_state_keys(group)
         backend = reference if group.get("fused") is False else ops
         op = getattr(backend, self.op_name)
         hyper = self._op_hyperparameters(group)
