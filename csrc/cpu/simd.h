@@ -98,10 +98,20 @@ GF_HD vfloat load(const half* p) {
   std::memcpy(&h, p, sizeof h);
   return __builtin_convertvector(h, vfloat);
 }
+// NOTE: [bf16 conversions on AVX2]
+// GCC splits the generic 16 <-> 32-bit lane conversions below into 128-bit halves (a load, two vpmovzxwd
+// and a vinserti128 per vector loaded; an and/andn/or NaN select per vector stored). With intrinsics a
+// load is one vpmovzxwd from memory and the select one vpblendvb: PersistentSGD's bf16 loop went from 54
+// to 36 instructions per 8 elements (perf annotate). The bits stored are the same.
 GF_HD vfloat load(const bf16* p) {
+#if GF_VEC_BYTES == 32
+  const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  return (vfloat)_mm256_slli_epi32(wide, 16);
+#else
   vbf16 b;
   std::memcpy(&b, p, sizeof b);
   return (vfloat)(__builtin_convertvector(b, vuint) << 16);
+#endif
 }
 GF_HD void store(float* p, vfloat v) { std::memcpy(p, &v, sizeof v); }
 GF_HD void store(double* p, vdouble v) { std::memcpy(p, &v, sizeof v); }
@@ -109,12 +119,20 @@ GF_HD void store(half* p, vfloat v) {
   const vhalf h = __builtin_convertvector(v, vhalf);
   std::memcpy(p, &h, sizeof h);
 }
-GF_HD void store(bf16* p, vfloat v) {
+GF_HD void store(bf16* p, vfloat v) {  // round to nearest even; NaN -> 0x7FC0, as c10::BFloat16
   const vuint u = (vuint)v;
   const vuint rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+#if GF_VEC_BYTES == 32
+  const __m256i is_nan = _mm256_castps_si256(_mm256_cmp_ps((__m256)v, (__m256)v, _CMP_UNORD_Q));
+  const __m256i bits = _mm256_blendv_epi8((__m256i)rounded, _mm256_set1_epi32(0x7FC0), is_nan);
+  // every lane is below 2^16, so the saturating pack is exact
+  const __m128i packed = _mm_packus_epi32(_mm256_castsi256_si128(bits), _mm256_extracti128_si256(bits, 1));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), packed);
+#else
   const vuint is_nan = (vuint)(v != v);
   const vbf16 b = __builtin_convertvector((rounded & ~is_nan) | (0x7FC0u & is_nan), vbf16);
   std::memcpy(p, &b, sizeof b);
+#endif
 }
 
 }  // namespace kernels
