@@ -18,8 +18,8 @@ ALL = B.combinations(small=SMALL)
 
 @pytest.mark.parametrize("optimizer, case, provider", ALL, ids=["/".join(x) for x in ALL])
 def bench_step(benchmark, optimizer, case, provider):
-    total, count, dtype = B.case_size(case, SMALL)
-    opt = B.PROVIDERS[optimizer][provider](B.make_params(total, count, dtype))
+    shapes, dtype = B.case_shapes(case, SMALL)
+    opt = B.PROVIDERS[optimizer][provider](B.make_params(shapes, dtype))
     opt.step()  # creates the state outside the timed region
     benchmark.group = f"{optimizer}/{case}"
     yard = B.yardstick(SMALL)
@@ -27,9 +27,10 @@ def bench_step(benchmark, optimizer, case, provider):
     benchmark.pedantic(opt.step, rounds=ROUNDS, iterations=1, warmup_rounds=1)
     yard_after = statistics.median(B.timed(yard, torch.device("cpu")) for _ in range(5))
     yard_gbps = 2 * yard.bytes / (yard_before + yard_after) / 1e9  # around the timed steps, same run
-    gbps = B.step_bytes(optimizer, total, count, dtype) / benchmark.stats.stats.median / 1e9
+    gbps = B.step_bytes(optimizer, shapes, dtype) / benchmark.stats.stats.median / 1e9
     benchmark.extra_info.update(
         gbps=round(gbps, 2), yardstick_gbps=round(yard_gbps, 2), pct_of_yardstick=round(100 * gbps / yard_gbps, 1),
-        state_mib=round(B.state_bytes(opt) / 2**20, 1), threads=torch.get_num_threads(),
+        state_mib=round(B.state_bytes(opt) / 2**20, 1),
+        step_peak_mib=round(B.step_peak_bytes(opt.step, torch.device("cpu")) / 2**20, 3), threads=torch.get_num_threads(),
         simd=torch.ops.gradfused.cpu_isa(),
     )

@@ -59,13 +59,15 @@ def format_tables(rows: list[dict]) -> str:
         for case in dict.fromkeys(r["case"] for r in rows if r["optimizer"] == optimizer):
             group = [r for r in rows if r["optimizer"] == optimizer and r["case"] == case]
             ours = next((r for r in group if r["provider"] == "gradfused"), None)
-            lines = [("provider", "ms/step", "GB/s", "% yardstick", "gradfused speedup")]
+            lines = [("provider", "ms/step", "GB/s", "% yardstick", "gradfused speedup", "step peak MiB")]
             for r in sorted(group, key=lambda r: r["step_ms"]):
                 speedup = f"{r['step_ms'] / ours['step_ms']:.2f}x" if ours and r is not ours else ""
                 lines.append((r["provider"], f"{r['step_ms']:.3f}", f"{r['gbps']:.1f}",
-                              f"{r['pct_of_yardstick']:.0f} % of {r['yardstick_gbps']:.0f}", speedup))
+                              f"{r['pct_of_yardstick']:.0f} % of {r['yardstick_gbps']:.0f}", speedup,
+                              f"{r['step_peak_mib']:.2f}"))
             widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
-            out.append(f"{optimizer}, {case} (state {group[0]['state_mib']:.1f} MiB)")
+            out.append(f"{optimizer}, {case}: {group[0]['params']:,} parameters in {group[0]['tensors']} tensors "
+                       f"(state {group[0]['state_mib']:.1f} MiB)")
             out += ["  " + "  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in lines]
             out.append("")
     return "\n".join(out)

@@ -5,6 +5,9 @@ The yardstick is an in-place `a.add_(b, alpha=0.5)` over 10M fp32: 12 bytes per 
 read-modify-write pattern as an optimizer step (DESIGN.md, performance model)."""
 from __future__ import annotations
 
+import contextlib
+import math
+import os
 import statistics
 import time
 from typing import Callable
@@ -13,14 +16,31 @@ import torch
 
 import gradfused as gf
 
-# name -> (total elements, tensor count, dtype)
-CASES = {
-    "a-10M-in-100": (10_000_000, 100, torch.float32),
-    "b-10M-in-1000": (10_000_000, 1000, torch.float32),
-    "c-1M-in-200": (1_000_000, 200, torch.float32),
-    "a-bf16": (10_000_000, 100, torch.bfloat16),
+SMALL_SHRINK = 100  # GRADFUSED_BENCH_SMALL / --small: every case about 100x smaller, for a smoke run
+
+
+def _split(total: int, count: int) -> Callable[[bool], list[tuple[int, ...]]]:
+    """`total` elements in `count` equal tensors (SMALL_SHRINK times fewer when small)."""
+    return lambda small: [(total // (SMALL_SHRINK if small else 1) // count,)] * count
+
+
+def gpt2_shapes(n_layer: int = 12, n_embd: int = 768, vocab: int = 50257, n_ctx: int = 1024) -> list[tuple[int, ...]]:
+    """The parameter shapes of GPT-2 (Hugging Face layout, tied output embedding); the defaults are
+    GPT-2 small: 124,439,808 parameters in 148 tensors."""
+    block = [(n_embd,), (n_embd,), (n_embd, 3 * n_embd), (3 * n_embd,), (n_embd, n_embd), (n_embd,),
+             (n_embd,), (n_embd,), (n_embd, 4 * n_embd), (4 * n_embd,), (4 * n_embd, n_embd), (n_embd,)]
+    return [(vocab, n_embd), (n_ctx, n_embd), *block * n_layer, (n_embd,), (n_embd,)]
+
+
+# name -> (shapes(small), dtype)
+CASES: dict[str, tuple[Callable[[bool], list[tuple[int, ...]]], torch.dtype]] = {
+    "a-10M-in-100": (_split(10_000_000, 100), torch.float32),
+    "b-10M-in-1000": (_split(10_000_000, 1000), torch.float32),
+    "c-1M-in-200": (_split(1_000_000, 200), torch.float32),
+    "d-gpt2-small": (lambda small: gpt2_shapes(n_embd=96, vocab=5026, n_ctx=128) if small else gpt2_shapes(),
+                     torch.float32),
+    "a-bf16": (_split(10_000_000, 100), torch.bfloat16),
 }
-SMALL_SHRINK = 100  # GRADFUSED_BENCH_SMALL / --small: every case 100x smaller, for a smoke run
 
 # fp32 bytes moved per element per step (DESIGN.md); 16-bit tensors move half as many.
 BYTES_PER_ELEMENT = {"PersistentSGD": 20, "AdamW": 28, "RAdam": 28, "AdEMA": 36, "NAdam": 28, "RMSprop": 20,
@@ -77,12 +97,12 @@ PROVIDERS: dict[str, dict[str, Callable]] = {
 
 # The for-loops are the oracle, not contenders: kept to the cases where they finish quickly.
 SLOW_PROVIDERS = {"reference_forloop", "torch_forloop"}
-SLOW_CASES = {"b-10M-in-1000", "a-bf16"}
+SLOW_CASES = {"b-10M-in-1000", "d-gpt2-small", "a-bf16"}
 
 
-def case_size(case: str, small: bool) -> tuple[int, int, torch.dtype]:
-    total, count, dtype = CASES[case]
-    return (total // SMALL_SHRINK if small else total), count, dtype
+def case_shapes(case: str, small: bool) -> tuple[list[tuple[int, ...]], torch.dtype]:
+    shapes, dtype = CASES[case]
+    return shapes(small), dtype
 
 
 def combinations(optimizers=None, cases=None, providers=None, small=False) -> list[tuple[str, str, str]]:
@@ -104,13 +124,12 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def make_params(total: int, count: int, dtype: torch.dtype, device="cpu") -> list[torch.Tensor]:
+def make_params(shapes: list[tuple[int, ...]], dtype: torch.dtype, device="cpu") -> list[torch.Tensor]:
     gen = torch.Generator().manual_seed(0)
-    size = total // count
     params = []
-    for _ in range(count):
-        p = torch.randn(size, generator=gen).to(device=device, dtype=dtype).requires_grad_()
-        p.grad = torch.randn(size, generator=gen).to(device=device, dtype=dtype)
+    for shape in shapes:
+        p = torch.randn(shape, generator=gen).to(device=device, dtype=dtype).requires_grad_()
+        p.grad = torch.randn(shape, generator=gen).to(device=device, dtype=dtype)
         params.append(p)
     return params
 
@@ -131,8 +150,8 @@ def timed(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - t0
 
 
-def step_bytes(optimizer: str, total: int, count: int, dtype: torch.dtype) -> float:
-    return BYTES_PER_ELEMENT[optimizer] * (total // count) * count * dtype.itemsize / 4
+def step_bytes(optimizer: str, shapes: list[tuple[int, ...]], dtype: torch.dtype) -> float:
+    return BYTES_PER_ELEMENT[optimizer] * sum(math.prod(s) for s in shapes) * dtype.itemsize / 4
 
 
 def state_bytes(opt) -> int:
@@ -141,29 +160,60 @@ def state_bytes(opt) -> int:
                if isinstance(v, torch.Tensor))
 
 
+@contextlib.contextmanager
+def _stderr_silenced():
+    """The profiler's C++ side prints two lines per session on fd 2; a benchmark table wants none."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def step_peak_bytes(step: Callable[[], object], device: torch.device) -> int:
+    """The most memory one call of `step` holds at once beyond what was allocated before it: from the
+    CUDA caching allocator's peak, or on the CPU from the allocation events of torch's profiler
+    (every tensor allocation and free, in order; malloc's own caching does not blur it)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        step()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
+    from torch.profiler import ProfilerActivity, profile
+
+    with _stderr_silenced(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                    if e.name() == "[memory]")
+    live = peak = 0
+    for _, nbytes in events:
+        live += nbytes
+        peak = max(peak, live)
+    return peak
+
+
 def measure(optimizer: str, case: str, provider: str, *, rounds: int, small: bool = False, device="cpu") -> dict:
     """Median time of `rounds` steps, each followed by one yardstick run (alternating, so both see the
-    same machine), with achieved GB/s, % of the yardstick, state MiB and peak memory growth of a step."""
+    same machine), with achieved GB/s, % of the yardstick, state MiB and the peak memory of one more step."""
     device = torch.device(device)
-    total, count, dtype = case_size(case, small)
-    params = make_params(total, count, dtype, device)
-    opt = PROVIDERS[optimizer][provider](params)
+    shapes, dtype = case_shapes(case, small)
+    opt = PROVIDERS[optimizer][provider](make_params(shapes, dtype, device))
     opt.step()  # state is created outside the timed steps
     yard = yardstick(small, device)
     yard()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
     steps, yards = [], []
     for _ in range(rounds):
         steps.append(timed(opt.step, device))
         yards.append(timed(yard, device))
     step_s, yard_s = statistics.median(steps), statistics.median(yards)
-    gbps = step_bytes(optimizer, total, count, dtype) / step_s / 1e9
+    gbps = step_bytes(optimizer, shapes, dtype) / step_s / 1e9
     yard_gbps = yard.bytes / yard_s / 1e9
-    row = dict(optimizer=optimizer, case=case, provider=provider, device=str(device), rounds=rounds,
-               step_ms=1e3 * step_s, gbps=gbps, yardstick_gbps=yard_gbps, pct_of_yardstick=100 * gbps / yard_gbps,
-               state_mib=state_bytes(opt) / 2**20, threads=torch.get_num_threads())
-    if device.type == "cuda":
-        row["step_peak_extra_mib"] = (torch.cuda.max_memory_allocated(device) - before) / 2**20
-    return row
+    return dict(optimizer=optimizer, case=case, provider=provider, device=str(device), rounds=rounds,
+                step_ms=1e3 * step_s, gbps=gbps, yardstick_gbps=yard_gbps, pct_of_yardstick=100 * gbps / yard_gbps,
+                state_mib=state_bytes(opt) / 2**20, step_peak_mib=step_peak_bytes(opt.step, device) / 2**20,
+                params=sum(math.prod(s) for s in shapes), tensors=len(shapes), threads=torch.get_num_threads())
