@@ -54,13 +54,20 @@ GF_HD vdouble sqrt(vdouble x) {
 #endif
 }
 GF_HD vfloat max(vfloat a, vfloat b) { return a > b ? a : b; }
-// The two halves of a float vector, widened to double.
+// The two halves of a float vector, widened to double. On AVX2 GCC builds each half from two 128-bit
+// converts and an insert; one 256-bit vcvtps2pd per half takes the alignment statistics loop from 41
+// to 27 instructions per 8 elements (perf annotate). Same values.
 GF_HD void widen(vfloat x, vdouble& lo, vdouble& hi) {
+#if GF_VEC_BYTES == 32
+  lo = (vdouble)_mm256_cvtps_pd(_mm256_castps256_ps128((__m256)x));
+  hi = (vdouble)_mm256_cvtps_pd(_mm256_extractf128_ps((__m256)x, 1));
+#else
   vfloat_half l, h;
   std::memcpy(&l, &x, sizeof l);
   std::memcpy(&h, reinterpret_cast<const char*>(&x) + sizeof l, sizeof h);
   lo = __builtin_convertvector(l, vdouble);
   hi = __builtin_convertvector(h, vdouble);
+#endif
 }
 GF_HD vdouble max(vdouble a, vdouble b) { return a > b ? a : b; }
 
