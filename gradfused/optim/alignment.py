@@ -10,7 +10,8 @@ from torch.optim import Optimizer
 from .. import ops, reference
 from . import _validation as V
 from ._dtensor import is_dtensor, local_shards, sum_over_shards
-from .base import FusedOptimizer, _step_was_called, tracks_step_calls
+from ._wrapper import WrappingOptimizer
+from .base import FusedOptimizer, tracks_step_calls
 
 
 def scales_from_sums(sums: Tensor, eps: float) -> Tensor:
@@ -20,7 +21,7 @@ def scales_from_sums(sums: Tensor, eps: float) -> Tensor:
     return (dot / (gg.sqrt().clamp_min(eps) * aa.sqrt().clamp_min(eps))).clamp(0.0, 1.0)
 
 
-class GradientAlignment(Optimizer):
+class GradientAlignment(WrappingOptimizer):
     r"""Scales each parameter tensor's gradient by its cosine alignment with an EMA of past gradients
     (Gradient Alignment Optimizer), then steps the wrapped optimizer.
 
@@ -40,45 +41,18 @@ class GradientAlignment(Optimizer):
     """
 
     _step_supports_amp_scaling = True
-    _opt_called = property(_step_was_called)  # NOTE: [LR schedulers and torch.compile]
 
     def __init__(self, base_optimizer: Optimizer, beta: float = 0.9, eps: float = 1e-8, *, fused=None):
         name = "gradfused.GradientAlignment"
-        if not isinstance(base_optimizer, Optimizer):
-            raise TypeError(f"{name}: base_optimizer must be a torch.optim.Optimizer, got {type(base_optimizer)!r}")
+        self._wrap(name, base_optimizer)
         V.check_unit_interval(name, "beta", beta)
         V.check_nonneg(name, "eps", eps)
         if fused not in (None, True, False):
             raise ValueError(f"{name}: invalid fused={fused!r} (expected None, True or False)")
-        self.base = base_optimizer
-        self._step_called = [False]  # NOTE: [LR schedulers and torch.compile]
         self.beta, self.eps, self.fused = float(beta), float(eps), fused
-        # Deliberately not Optimizer.__init__: param_groups and defaults are the base's (properties below).
-        self.state: defaultdict[Tensor, dict[str, Any]] = defaultdict(dict)
-        for hooks in ("_optimizer_step_pre_hooks", "_optimizer_step_post_hooks", "_optimizer_state_dict_pre_hooks",
-                      "_optimizer_state_dict_post_hooks", "_optimizer_load_state_dict_pre_hooks",
-                      "_optimizer_load_state_dict_post_hooks"):
-            setattr(self, hooks, type(base_optimizer._optimizer_step_pre_hooks)())
-        self._patch_step_function()
-
-    # The base's own groups, not a copy: its load_state_dict replaces the list, and schedulers must see it.
-    @property
-    def param_groups(self) -> list[dict[str, Any]]:
-        return self.base.param_groups
-
-    @param_groups.setter
-    def param_groups(self, groups: list[dict[str, Any]]) -> None:
-        self.base.param_groups = groups
-
-    @property
-    def defaults(self) -> dict[str, Any]:
-        return self.base.defaults
 
     def __repr__(self) -> str:
         return f"GradientAlignment(beta={self.beta}, eps={self.eps}, base={self.base!r})"
-
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        self.base.add_param_group(param_group)
 
     def _stats(self, params: list[Tensor], grad_scale: Tensor | None, found_inf: Tensor | None) -> Tensor:
         """Updates the EMAs of `params` (one device and dtype) and returns their scales (float64)."""
@@ -151,9 +125,6 @@ class GradientAlignment(Optimizer):
                     p.grad.mul_(s.to(p.grad.dtype))
         self.base.step()
         return loss
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self.base.zero_grad(set_to_none=set_to_none)
 
     # ---- checkpoints: the base's state_dict plus the EMAs, indexed as the base indexes parameters ----
     def _param_index(self) -> dict[Tensor, int]:

@@ -10,12 +10,13 @@ from torch.optim import Optimizer
 from .. import ops, reference
 from . import _validation as V
 from ._dtensor import is_dtensor, local_shards
-from .base import FusedOptimizer, _step_was_called, tracks_step_calls
+from ._wrapper import WrappingOptimizer
+from .base import FusedOptimizer, tracks_step_calls
 
 _NAME = "gradfused.Lookahead"
 
 
-class Lookahead(Optimizer):
+class Lookahead(WrappingOptimizer):
     r"""Lookahead (Zhang et al. 2019) over any optimizer, gradfused or torch.optim.
 
     Slow weights φ start equal to the parameters θ. After every k-th step of the base optimizer,
@@ -31,48 +32,18 @@ class Lookahead(Optimizer):
     State (per parameter, beside the base's): ``lookahead_slow``; and the count of base steps.
     """
 
-    _opt_called = property(_step_was_called)  # NOTE: [LR schedulers and torch.compile]
-
     def __init__(self, base_optimizer: Optimizer, k: int = 5, alpha: float = 0.5, *, fused=None):
-        if not isinstance(base_optimizer, Optimizer):
-            raise TypeError(f"{_NAME}: base_optimizer must be a torch.optim.Optimizer, got {type(base_optimizer)!r}")
+        self._wrap(_NAME, base_optimizer)
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"{_NAME}: invalid k={k!r} (expected a whole number >= 1)")
         V.check_unit_interval(_NAME, "alpha", alpha, closed=True)
         if fused not in (None, True, False):
             raise ValueError(f"{_NAME}: invalid fused={fused!r} (expected None, True or False)")
-        self.base = base_optimizer
         self.k, self.alpha, self.fused = k, float(alpha), fused
         self.base_steps = 0
-        self._step_called = [False]  # NOTE: [LR schedulers and torch.compile]
-        # Deliberately not Optimizer.__init__: param_groups and defaults are the base's (as GradientAlignment).
-        self.state: defaultdict[Tensor, dict[str, Any]] = defaultdict(dict)
-        for hooks in ("_optimizer_step_pre_hooks", "_optimizer_step_post_hooks", "_optimizer_state_dict_pre_hooks",
-                      "_optimizer_state_dict_post_hooks", "_optimizer_load_state_dict_pre_hooks",
-                      "_optimizer_load_state_dict_post_hooks"):
-            setattr(self, hooks, type(base_optimizer._optimizer_step_pre_hooks)())
-        self._patch_step_function()
-
-    @property
-    def param_groups(self) -> list[dict[str, Any]]:
-        return self.base.param_groups
-
-    @param_groups.setter
-    def param_groups(self, groups: list[dict[str, Any]]) -> None:
-        self.base.param_groups = groups
-
-    @property
-    def defaults(self) -> dict[str, Any]:
-        return self.base.defaults
 
     def __repr__(self) -> str:
         return f"Lookahead(k={self.k}, alpha={self.alpha}, base={self.base!r})"
-
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        self.base.add_param_group(param_group)
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self.base.zero_grad(set_to_none=set_to_none)
 
     def _params(self) -> list[Tensor]:
         return [p for group in self.param_groups for p in group["params"]]

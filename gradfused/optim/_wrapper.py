@@ -1,0 +1,49 @@
+"""What GradientAlignment and Lookahead share as optimizers that wrap another one."""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from torch import Tensor
+from torch.optim import Optimizer
+
+from .base import _step_was_called
+
+
+class WrappingOptimizer(Optimizer):
+    """An optimizer over a base optimizer whose param_groups and defaults it shares (the base's own list,
+    not a copy: the base's load_state_dict replaces it, and LR schedulers must see it). Subclasses call
+    `_wrap` first in `__init__`; their own state lives in `self.state`."""
+
+    _opt_called = property(_step_was_called)  # NOTE: [LR schedulers and torch.compile]
+
+    def _wrap(self, name: str, base_optimizer: Optimizer) -> None:
+        if not isinstance(base_optimizer, Optimizer):
+            raise TypeError(f"{name}: base_optimizer must be a torch.optim.Optimizer, got {type(base_optimizer)!r}")
+        self.base = base_optimizer
+        self._step_called = [False]  # NOTE: [LR schedulers and torch.compile]
+        # Deliberately not Optimizer.__init__: param_groups and defaults are the base's (properties below).
+        self.state: defaultdict[Tensor, dict[str, Any]] = defaultdict(dict)
+        for hooks in ("_optimizer_step_pre_hooks", "_optimizer_step_post_hooks", "_optimizer_state_dict_pre_hooks",
+                      "_optimizer_state_dict_post_hooks", "_optimizer_load_state_dict_pre_hooks",
+                      "_optimizer_load_state_dict_post_hooks"):
+            setattr(self, hooks, type(base_optimizer._optimizer_step_pre_hooks)())
+        self._patch_step_function()
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return self.base.param_groups
+
+    @param_groups.setter
+    def param_groups(self, groups: list[dict[str, Any]]) -> None:
+        self.base.param_groups = groups
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        return self.base.defaults
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        self.base.add_param_group(param_group)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.base.zero_grad(set_to_none=set_to_none)
