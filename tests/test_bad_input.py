@@ -53,6 +53,13 @@ def test_bad_hyperparameter_is_rejected_by_name(cls, name, value):
         cls([torch.randn(3, requires_grad=True)], **{name: value})
 
 
+@pytest.mark.parametrize("betas", [(0.0, 0.999, 0.9999), (0.9, 0.999, 0.0)])
+def test_adema_warm_up_needs_positive_beta1_and_beta3(betas):
+    with pytest.raises(ValueError, match=r"AdEMA: t_alpha_beta3 needs beta1 > 0 and beta3 > 0"):
+        gf.AdEMA([torch.randn(3, requires_grad=True)], betas=betas, t_alpha_beta3=10)
+    gf.AdEMA([torch.randn(3, requires_grad=True)], betas=betas)  # without the warm-up they are fine
+
+
 def test_nesterov_needs_decay_and_no_dampening():
     with pytest.raises(ValueError, match="nesterov=True requires decay > 0 and dampening = 0"):
         gf.PersistentSGD([torch.randn(3, requires_grad=True)], decay=0.9, dampening=0.1, nesterov=True)

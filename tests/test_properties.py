@@ -1,6 +1,6 @@
 """Property tests: over random shapes and hyperparameters, the native kernels equal the reference."""
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import gradfused as gf
@@ -35,6 +35,7 @@ OPTIMIZERS = {
 )
 def test_native_equals_reference(name, sizes, lr, b1, b2, b3, eps, wd, damp, alpha, T, flag, flag2, maximize, dtype,
                                  seed):
+    assume(not (name == "AdEMA" and T is not None and 0.0 in (b1, b3)))  # rejected: test_bad_input
     gen = torch.Generator().manual_seed(seed)
     params = [torch.randn(n, generator=gen, dtype=dtype) for n in sizes]
     runs = []
