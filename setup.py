@@ -28,17 +28,24 @@ cmdclass = {"build_py": BuildPyWithSources}
 ext_modules = []
 try:
     import torch  # noqa: F401
-    from torch.utils.cpp_extension import BuildExtension, CppExtension
+    from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 except ImportError:
     print("gradfused: torch is not importable at build time; the kernels will compile on first use")
 else:
-    sources = [os.path.join("csrc", s) for s in build_config.CPU_SOURCES]
+    with_cuda = build_config.cuda_build_wanted(torch.version.cuda, CUDA_HOME)
+    sources = build_config.CPU_SOURCES + (build_config.CUDA_SOURCES if with_cuda else [])
+    if with_cuda:
+        build_config.set_default_arch_list()
+        print(f"gradfused: building the CUDA engine for TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']} "
+              f"(CUDA_HOME={CUDA_HOME})")
+    Extension = CUDAExtension if with_cuda else CppExtension
+    defines = build_config.DEFINES_CUDA if with_cuda else []
     ext_modules.append(
-        CppExtension(
+        Extension(
             "gradfused._C",
-            sources,
+            [os.path.join("csrc", s) for s in sources],
             include_dirs=[os.path.join(HERE, "csrc")],
-            extra_compile_args={"cxx": build_config.CXX_FLAGS},
+            extra_compile_args={"cxx": build_config.CXX_FLAGS + defines, "nvcc": build_config.NVCC_FLAGS + defines},
             extra_link_args=build_config.LINK_FLAGS,
         )
     )

@@ -4,6 +4,10 @@
 #include <torch/library.h>
 #include <string>
 #include "cpu/kernel_api.h"
+#include "ops_shared.h"
+#ifdef GRADFUSED_WITH_CUDA
+#include "cuda/launch_api.h"
+#endif
 
 // Importing gradfused._C as a Python module runs the static registrations below.
 extern "C" PyObject* PyInit__C(void) {
@@ -18,7 +22,8 @@ namespace {
 // The random steps draw from (seed, param_indices[i], t, element) (csrc/common/philox.h).
 constexpr const char* kPipelineArgs =
     "bool maximize=False, Tensor? grad_scale=None, Tensor? found_inf=None, Tensor? alignment_scales=None, "
-    "float[]? grad_noise=None, float grad_dropout=0., float lr_dropout=0., int seed=0, int[]? param_indices=None";
+    "float[]? grad_noise=None, float grad_dropout=0., float lr_dropout=0., int seed=0, int[]? param_indices=None, "
+    "Tensor(z!)[]? master_weights=None, bool stochastic_rounding=False";
 
 // NOTE: [lr as a float or a Tensor]
 // As aten::_fused_adam_, each update op has two overloads: the default one takes `float lr`, and
@@ -79,11 +84,39 @@ TORCH_LIBRARY(gradfused, m) {
       "Tensor? grad_scale=None, Tensor? found_inf=None) -> ()");
   // Build facts for `gradfused info`.
   m.def("cpu_isa() -> str", []() { return std::string(gf::cpu::kernels().isa); });
-  m.def("cuda_built() -> bool", []() {
+  // The CUDA architectures compiled in ("" for a CPU-only build), e.g. "800,900".
+  m.def("cuda_architectures() -> str", []() {
 #ifdef GRADFUSED_WITH_CUDA
-    return true;
+    return std::string(gf::cuda::compiled_architectures());
 #else
-    return false;
+    return std::string();
 #endif
   });
 }
+
+namespace gf {
+namespace ops {
+
+void reject_sparse(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
+  const auto& args = op.schema().arguments();
+  const size_t first = stack->size() - args.size();
+  for (size_t a = 0; a < args.size(); ++a) {
+    const c10::IValue& v = (*stack)[first + a];
+    if (v.isTensor() && v.toTensor().defined() && v.toTensor().layout() != at::kStrided)
+      TORCH_CHECK(false, "gradfused.", op.schema().name().substr(std::string("gradfused::").size()), ": ",
+                  args[a].name(), " is sparse; gradfused supports dense tensors only");
+    if (v.isTensorList()) {
+      const auto list = v.toTensorList();
+      for (size_t i = 0; i < list.size(); ++i) {
+        const at::Tensor t = list[i];
+        TORCH_CHECK(!t.defined() || t.layout() == at::kStrided, "gradfused.",
+                    op.schema().name().substr(std::string("gradfused::").size()), ": ", args[a].name(), "[", i,
+                    "] is sparse; gradfused supports dense tensors only");
+      }
+    }
+  }
+  TORCH_CHECK(false, op.schema().name(), ": unexpected sparse dispatch");
+}
+
+}  // namespace ops
+}  // namespace gf

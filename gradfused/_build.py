@@ -2,6 +2,7 @@
 build (setup.py) and the just-in-time build on first use (gradfused/_native.py).
 
 Torch-free on purpose: setup.py loads this file by path, before torch may be importable."""
+import os
 import sys
 
 # Split into several translation units so that ninja compiles them in parallel, and so that each
@@ -28,3 +29,36 @@ if sys.platform.startswith("linux"):
     LINK_FLAGS = ["-fopenmp"]
 else:
     LINK_FLAGS = []
+
+# The CUDA engine (csrc/cuda/): one .cu per rule so ninja compiles them in parallel and rebuilds only
+# what changed. Built when torch is a CUDA build and a CUDA toolkit is found (cuda_build_wanted), never
+# keyed on a GPU being present: a GPU-less machine (CI) builds and links it for GPUs it cannot see.
+CUDA_SOURCES = [
+    "cuda/ops_cuda.cpp",
+    "cuda/alignment_lookahead.cu",
+    "cuda/update_persistent_sgd.cu",
+    "cuda/update_adam.cu",
+    "cuda/update_radam.cu",
+    "cuda/update_adema.cu",
+    "cuda/update_nadam.cu",
+    "cuda/update_rmsprop.cu",
+    "cuda/update_gradient_ascent.cu",
+]
+# --fmad=false: no contraction into FMA, as -ffp-contract=off on the CPU (NOTE: [the kernels round as
+# the reference does]). Division and sqrt stay IEEE (nvcc's defaults without --use_fast_math).
+NVCC_FLAGS = ["-O3", "--fmad=false", "--expt-relaxed-constexpr", "-std=c++17", "-Werror", "all-warnings"]
+DEFINES_CUDA = ["-DGRADFUSED_WITH_CUDA"]
+# Without a GPU to detect, torch cannot pick the architectures (its build fails): A100, H100/H200, and
+# PTX for later GPUs. TORCH_CUDA_ARCH_LIST, when set, wins.
+DEFAULT_CUDA_ARCH_LIST = "8.0;9.0+PTX"
+
+
+def cuda_build_wanted(torch_cuda_version, cuda_home) -> bool:
+    """torch is a CUDA build and nvcc is found; GRADFUSED_NO_CUDA=1 forces the CPU build."""
+    if os.environ.get("GRADFUSED_NO_CUDA") == "1":
+        return False
+    return bool(torch_cuda_version) and bool(cuda_home) and os.path.exists(os.path.join(cuda_home, "bin", "nvcc"))
+
+
+def set_default_arch_list() -> None:
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCH_LIST)

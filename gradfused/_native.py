@@ -25,8 +25,13 @@ def _jit_build() -> None:
     from torch.utils import cpp_extension
 
     src = _source_dir()
-    # The name carries the torch version: an extension only runs against the torch it was built with.
-    name = "gradfused_C_torch" + torch.__version__.split("+")[0].replace(".", "_")
+    with_cuda = _build.cuda_build_wanted(torch.version.cuda, cpp_extension.CUDA_HOME)
+    sources = _build.CPU_SOURCES + (_build.CUDA_SOURCES if with_cuda else [])
+    defines = _build.DEFINES_CUDA if with_cuda else []
+    if with_cuda and not torch.cuda.is_available():
+        _build.set_default_arch_list()
+    # The name carries the torch build: an extension only runs against the torch it was built with.
+    name = "gradfused_C_torch" + torch.__version__.replace(".", "_").replace("+", "_")
     build_dir = cpp_extension._get_build_directory(name, verbose=False)
     if not os.path.exists(os.path.join(build_dir, name + ".so")):
         print(
@@ -36,8 +41,9 @@ def _jit_build() -> None:
         )
     cpp_extension.load(
         name=name,
-        sources=[os.path.join(src, s) for s in _build.CPU_SOURCES],
-        extra_cflags=_build.CXX_FLAGS,
+        sources=[os.path.join(src, s) for s in sources],
+        extra_cflags=_build.CXX_FLAGS + defines,
+        extra_cuda_cflags=_build.NVCC_FLAGS + defines,
         extra_ldflags=_build.LINK_FLAGS,
         extra_include_paths=[src],
         build_directory=build_dir,

@@ -1,21 +1,22 @@
 """Every op and overload passes torch.library.opcheck: schema (mutation annotations), fake
-implementation, autograd registration and AOT dispatch."""
+implementation, autograd registration and AOT dispatch, on the CPU and (with a GPU) on CUDA."""
 import pytest
 import torch
 
 import gradfused  # noqa: F401  (registers the ops and their fakes)
+from devices import DEVICES
 
 
-def lists(n_states, sizes=(7, 33, 1)):
-    params = [torch.randn(s) for s in sizes]
-    grads = [torch.randn(s) for s in sizes]
-    states = [[torch.rand(s) for s in sizes] for _ in range(n_states)]
-    steps = [torch.zeros(()) for _ in sizes]
+def lists(n_states, device, sizes=(7, 33, 1)):
+    params = [torch.randn(s, device=device) for s in sizes]
+    grads = [torch.randn(s, device=device) for s in sizes]
+    states = [[torch.rand(s, device=device) for s in sizes] for _ in range(n_states)]
+    steps = [torch.zeros((), device=device) for _ in sizes]
     return params, grads, states, steps
 
 
-def op_samples():
-    p, g, (m, v, vmax), steps = lists(3)
+def op_samples(device):
+    p, g, (m, v, vmax), steps = lists(3, device)
     adam_kw = dict(beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01, decoupled_weight_decay=True)
     yield "persistent_sgd_", (p, g, m, steps), dict(decay=0.9, dampening=0.0, weight_decay=0.0,
                                                      decoupled_weight_decay=False, nesterov=True, maximize=True)
@@ -23,7 +24,7 @@ def op_samples():
     yield "radam_", (p, g, m, v, steps), adam_kw
     yield "adema_", (p, g, m, v, vmax, steps), dict(beta1=0.9, beta2=0.999, beta3=0.9999, alpha=5.0, eps=1e-8,
                                                       weight_decay=0.0, t_alpha_beta3=10.0)
-    mu_products = [torch.ones(()) for _ in p]
+    mu_products = [torch.ones((), device=device) for _ in p]
     yield "nadam_", (p, g, m, v, mu_products, steps), dict(adam_kw, momentum_decay=4e-3)
     yield "rmsprop_", (p, g, m, v, vmax, steps), dict(alpha=0.99, eps=1e-8, weight_decay=0.1, momentum=0.9,
                                                         centered=True)
@@ -34,26 +35,46 @@ def op_samples():
                                                          lr_dropout=0.5, seed=7, param_indices=[4, 5, 6])
 
 
-SAMPLES = list(op_samples())
+NAMES = [name for name, _, _ in op_samples("cpu")]
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("tensor_lr", [False, True], ids=["default", "tensor_lr"])
-@pytest.mark.parametrize("name, args, kwargs", SAMPLES, ids=[s[0] for s in SAMPLES])
-def test_opcheck_update_ops(name, args, kwargs, tensor_lr):
+@pytest.mark.parametrize("name", NAMES)
+def test_opcheck_update_ops(name, tensor_lr, device):
+    _, args, kwargs = next(s for s in op_samples(device) if s[0] == name)
     packet = getattr(torch.ops.gradfused, name)
     op = packet.tensor_lr if tensor_lr else packet.default
-    lr = torch.tensor(1e-2) if tensor_lr else 1e-2
-    scales = torch.rand(len(args[0]), dtype=torch.float64)
-    torch.library.opcheck(op, args, dict(kwargs, lr=lr, grad_scale=torch.tensor(2.0), alignment_scales=scales))
+    lr = torch.tensor(1e-2, device=device) if tensor_lr else 1e-2
+    scales = torch.rand(len(args[0]), dtype=torch.float64, device=device)
+    torch.library.opcheck(op, args, dict(kwargs, lr=lr, grad_scale=torch.tensor(2.0, device=device),
+                                         alignment_scales=scales))
 
 
-def test_opcheck_alignment_sums():
-    _, g, (emas,), _ = lists(1)
-    sums = torch.zeros(len(g), 3, dtype=torch.float64)
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck_alignment_sums(device):
+    _, g, (emas,), _ = lists(1, device)
+    sums = torch.zeros(len(g), 3, dtype=torch.float64, device=device)
     torch.library.opcheck(torch.ops.gradfused.alignment_sums_.default, (g, emas, sums),
-                          dict(beta=0.9, grad_scale=torch.tensor(4.0)))
+                          dict(beta=0.9, grad_scale=torch.tensor(4.0, device=device)))
 
 
-def test_opcheck_lookahead():
-    p, _, (slow,), _ = lists(1)
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck_lookahead(device):
+    p, _, (slow,), _ = lists(1, device)
     torch.library.opcheck(torch.ops.gradfused.lookahead_.default, (p, slow), dict(alpha=0.5))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck_fused_mixed_precision(device):
+    """master_weights and stochastic_rounding, the arguments the CUDA kernels fuse (the CPU refuses them)."""
+    if device == "cpu":
+        pytest.skip("the CPU steps mixed precision through fp32 working copies")
+    p, g, (m, v), steps = lists(2, device)
+    p16, g16 = [x.bfloat16() for x in p], [x.bfloat16() for x in g]
+    kw = dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01, decoupled_weight_decay=True,
+              amsgrad=False)
+    torch.library.opcheck(torch.ops.gradfused.adam_.default, (p16, g16, m, v, [], steps),
+                          dict(kw, master_weights=[x.clone() for x in p]))
+    torch.library.opcheck(torch.ops.gradfused.adam_.default, (p16, g16, m, v, [], steps),
+                          dict(kw, stochastic_rounding=True, seed=3))

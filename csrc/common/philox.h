@@ -53,4 +53,15 @@ GF_HD ElementDraw draw_element(const RandomKey& key, uint64_t element, bool want
   return {normal, uniform_open01(r.x[2]), uniform_open01(r.x[3])};
 }
 
+// NOTE: [stochastic rounding bits]
+// Stochastic rounding to bf16 adds 16 random bits below the bf16 mantissa of the fp32 result, then cuts
+// them off. The bits come from the element's Philox counter with the top bit of the counter's second word
+// set, a stream apart from the pipeline's draws (elements never reach 2^63), under the same
+// (seed; parameter index, t) key. gradfused/optim/_precision.py draws the same bits with torch ops.
+GF_HD uint32_t stochastic_rounding_bits(const RandomKey& key, uint64_t element) {
+  const Philox4x32 r = philox4x32_10(uint32_t(element), uint32_t(element >> 32) | 0x80000000u, key.param_index,
+                                     key.step, uint32_t(key.seed), uint32_t(key.seed >> 32));
+  return r.x[0] & 0xFFFFu;
+}
+
 GF_CODE_END

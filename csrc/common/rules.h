@@ -159,6 +159,10 @@ struct NAdamRule {
 GF_HD double nadam_mu(double t, const NAdamHyper<double>& h) {
   return h.beta1 * (1.0 - 0.5 * ::pow(0.96, t * h.momentum_decay));
 }
+// Πμ up to and including μt, from the product up to μt-1 (the state `mu_product` before step t).
+GF_HD double nadam_mu_product(double t, double previous, const NAdamHyper<double>& h) {
+  return previous * nadam_mu(t, h);
+}
 // mu_product: Πμ up to and including μt.
 GF_HD NAdamTensorScalars<double> nadam_tensor_scalars(double t, double mu_product, const NAdamHyper<double>& h) {
   const double mu = nadam_mu(t, h);

@@ -9,21 +9,22 @@
   parameter index), so a run is reproducible and a resumed checkpoint continues the same stream.
 
 NOTE: [mixed precision runs the fp32 kernel]
-With any option on, a bucket of 16-bit parameters is stepped by the fp32 kernel on fp32 working copies
-(the master weights themselves, or upcasts), then written back. The math is exactly that of a fused
-16-bit kernel (every kernel computes in fp32 and rounds once on store), but the conversions are extra
-passes over memory: fusing them into the kernels is future work.
+On the CPU, with any option on, a bucket of 16-bit parameters is stepped by the fp32 kernel on fp32
+working copies (the master weights themselves, or upcasts), then written back. The math is exactly that
+of a fused 16-bit kernel (every kernel computes in fp32 and rounds once on store), but the conversions
+are extra passes over memory. On CUDA the options are fused into the kernels (NOTE: [mixed precision in
+one pass] in csrc/cuda/launch_api.h): one pass at the ideal bytes, the same numbers.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
+from ..reference.philox import philox4x32_10
 from ._dtensor import local
 
 DEFAULTS = dict(state_dtype=None, master_weights=False, stochastic_rounding=False)  # `seed`: _randomness.py
 HALF = (torch.bfloat16, torch.float16)
-_MASK64 = (1 << 64) - 1
 
 
 def check(owner: str, group: dict) -> None:
@@ -62,24 +63,28 @@ def uses_fp32_work(group: dict, dtype: torch.dtype) -> bool:
                               or group["state_dtype"] == torch.float32)
 
 
-def _mix(*words: int) -> int:
-    """splitmix64 over the words: a 64-bit generator seed per (seed, step, parameter index)."""
-    h = 0x9E3779B97F4A7C15
-    for w in words:
-        h = (h ^ (w & _MASK64)) * 0xBF58476D1CE4E5B9 & _MASK64
-        h = (h ^ (h >> 31)) * 0x94D049BB133111EB & _MASK64
-        h ^= h >> 29
-    return h & ((1 << 63) - 1)
-
-
-def stochastic_round_(dst: Tensor, src: Tensor, key: tuple[int, ...]) -> None:
+def stochastic_round_(dst: Tensor, src: Tensor, key: tuple[int, int, int]) -> None:
     """dst (bf16) = src (fp32) rounded at random: 16 random bits are added below the bf16 mantissa, then
-    cut off. Unbiased for finite values; inf and NaN stay as they are."""
-    gen = torch.Generator(device=src.device).manual_seed(_mix(*key))
-    noise = torch.randint(0, 1 << 16, src.shape, dtype=torch.int32, device=src.device, generator=gen)
+    cut off. Unbiased for finite values; inf and NaN stay as they are. key = (seed, step t, parameter
+    index): the bits are the CUDA kernels' (NOTE: [stochastic rounding bits] in csrc/common/philox.h)."""
+    seed, step, index = key
+    seed &= (1 << 64) - 1
+    element = torch.arange(src.numel(), dtype=torch.int64, device=src.device)
+    words = philox4x32_10((element & 0xFFFFFFFF, (element >> 32) | 0x80000000, index, step),
+                          (seed & 0xFFFFFFFF, seed >> 32))
+    noise = (words[0] & 0xFFFF).to(torch.int32).view(src.shape)
     bits = src.contiguous().view(torch.int32)
     rounded = ((bits + noise) & ~0xFFFF).view(torch.float32)
     dst.copy_(torch.where(torch.isfinite(src), rounded, src))
+
+
+def fused_kwargs(group: dict, dtype: torch.dtype, states: list[dict]) -> dict:
+    """The op's mixed-precision arguments where the kernels fuse them (CUDA): the master weights and the
+    stochastic-rounding switch. The states are already in their dtype (state_dtype below)."""
+    if dtype not in HALF:
+        return {}
+    masters = [local(st["master_weight"]) for st in states] if group["master_weights"] else []
+    return dict(master_weights=masters, stochastic_rounding=group["stochastic_rounding"])
 
 
 class Fp32Work:

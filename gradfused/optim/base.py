@@ -246,7 +246,8 @@ class FusedOptimizer(Optimizer):
         setter already guarantees the gradient's device and shape; its layout and (with grad_dtype) dtype
         can differ."""
         if not torch.compiler.is_compiling():  # NOTE: [hyperparameter checks under torch.compile]
-            self._check_hyperparameters(group)
+            with V.without_device_reads():  # NOTE: [no host synchronisation]
+                self._check_hyperparameters(group)
         params = []
         random = R.is_random(group)
         for i, p in enumerate(group["params"]):
@@ -346,8 +347,12 @@ class FusedOptimizer(Optimizer):
                                                            for key, used in specs]]
             if is_dtensor(bucket[0]):  # the elementwise update of each rank's shard
                 tensors = local_shards(self._name, *tensors)
-            work = P.Fp32Work(group, states, tensors) if P.uses_fp32_work(group, bucket[0].dtype) else None
-            if work is not None:
+            fused_precision = {}
+            work = None
+            if backend is ops and device.type == "cuda":  # NOTE: [mixed precision in one pass]
+                fused_precision = P.fused_kwargs(group, bucket[0].dtype, states)
+            elif P.uses_fp32_work(group, bucket[0].dtype):
+                work = P.Fp32Work(group, states, tensors)
                 tensors = work.lists
             op(
                 *tensors,
@@ -361,6 +366,7 @@ class FusedOptimizer(Optimizer):
                 grad_scale=None if grad_scale is None else grad_scale.to(device),
                 found_inf=None if found_inf is None else found_inf.to(device),
                 alignment_scales=None if alignment_scales is None else alignment_scales[b],
+                **fused_precision,
             )
             if work is not None:
                 work.write_back(indices if group["stochastic_rounding"] else [])

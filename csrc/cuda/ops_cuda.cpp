@@ -1,0 +1,171 @@
+// The torch-facing CUDA binding: checks a call (csrc/ops_shared.h), packs each tensor's pointers, and
+// hands the launch to the torch-free kernels (launch_api.h) on the current stream, under a device guard.
+// NOTE: [no host synchronisation]: nothing here reads a CUDA tensor's value on the host. lr,
+// grad_scale, found_inf, the steps and the alignment scales reach the kernels as device pointers.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "../ops_shared.h"
+#include "launch_api.h"
+
+namespace gf {
+namespace cuda {
+namespace {
+
+using namespace gf::ops;
+
+DType dtype_of(const Tensor& t) {
+  switch (t.scalar_type()) {
+    case at::kFloat: return DType::Float32;
+    case at::kDouble: return DType::Float64;
+    case at::kBFloat16: return DType::BFloat16;
+    case at::kHalf: return DType::Float16;
+    default: TORCH_CHECK(false, "unreachable: dtype checked in check_lists");
+  }
+}
+
+// A host value, or a device pointer to a float32/float64 scalar (other dtypes are converted on the
+// device and kept alive in `keep`). A CPU tensor is read on the host, which costs no device sync.
+DeviceScalar device_scalar(const OptTensor& t, double absent, std::vector<Tensor>& keep) {
+  if (!t) return {nullptr, false, absent};
+  if (t->device().is_cpu()) return {nullptr, false, t->item<double>()};
+  Tensor s = *t;
+  if (s.scalar_type() != at::kFloat && s.scalar_type() != at::kDouble) s = s.to(at::kFloat);
+  keep.push_back(s);
+  return {s.data_ptr(), s.scalar_type() == at::kDouble, 0.0};
+}
+DeviceScalar device_scalar(double v, double, std::vector<Tensor>&) { return {nullptr, false, v}; }
+
+template <Rule R> struct LaunchOf;
+template <> struct LaunchOf<Rule::PersistentSgd> { static constexpr auto fn = &launch_persistent_sgd; };
+template <> struct LaunchOf<Rule::Adam> { static constexpr auto fn = &launch_adam; };
+template <> struct LaunchOf<Rule::RAdam> { static constexpr auto fn = &launch_radam; };
+template <> struct LaunchOf<Rule::Adema> { static constexpr auto fn = &launch_adema; };
+template <> struct LaunchOf<Rule::NAdam> { static constexpr auto fn = &launch_nadam; };
+template <> struct LaunchOf<Rule::Rmsprop> { static constexpr auto fn = &launch_rmsprop; };
+template <> struct LaunchOf<Rule::GradientAscent> { static constexpr auto fn = &launch_gradient_ascent; };
+
+struct CudaBackend {
+  template <Rule R, class Hyper, class Lr>
+  static void update(const UpdateArgs<Hyper, Lr>& a) {
+    check_update(a, c10::DeviceType::CUDA, /*fp32_states_ok=*/true);
+    const size_t n = a.params.size();
+    if (n == 0) return;
+    const PipelineArgs& pipeline = a.pipeline;
+    const c10::cuda::CUDAGuard guard(a.params[0].device());
+    std::vector<Tensor> keep;
+    FlatViews views;
+    std::vector<UpdateTensor> tensors(n);
+    for (size_t i = 0; i < n; ++i) {
+      const Tensor& p = a.params[i];
+      UpdateTensor& u = tensors[i];
+      std::fill(std::begin(u.ptr), std::end(u.ptr), nullptr);
+      u.numel = p.numel();
+      u.step = a.steps[i].data_ptr<float>();
+      u.product = a.products.empty() ? nullptr : a.products[i].data_ptr<float>();
+      u.param_index = pipeline.param_index(i);
+      u.index = int32_t(i);
+      if (u.numel == 0) continue;
+      u.ptr[0] = views.ptr(p, p, true);
+      u.ptr[1] = views.ptr(a.grads[i], p, false);
+      int j = 2;
+      for (const NamedList& s : a.states) u.ptr[j++] = views.ptr(s.tensors[i], p, true);
+      if (!pipeline.master_weights.empty()) u.ptr[kMasterList] = views.ptr(pipeline.master_weights[i], p, true);
+    }
+    UpdateCall<Hyper> call{};
+    call.tensors = tensors.data();
+    call.num_tensors = int64_t(n);
+    call.param_dtype = dtype_of(a.params[0]);
+    call.state_dtype = a.states.empty() ? call.param_dtype : dtype_of(a.states[0].tensors[0]);
+    call.store = !pipeline.master_weights.empty() ? ParamStore::Master
+                 : pipeline.stochastic_rounding   ? ParamStore::Stochastic
+                                                  : ParamStore::Nearest;
+    call.num_states = int(a.states.size());
+    call.weight_decay_mode = a.weight_decay_mode();
+    call.rule_variant = a.rule_variant;
+    call.lr = device_scalar(a.lr, 0.0, keep);
+    call.grad_scale = device_scalar(pipeline.grad_scale, 1.0, keep);
+    call.found_inf = device_scalar(pipeline.found_inf, 0.0, keep);
+    call.alignment_scales = pipeline.alignment_scales ? pipeline.alignment_scales->data_ptr<double>() : nullptr;
+    call.weight_decay = a.weight_decay;
+    call.maximize = pipeline.maximize;
+    call.random = pipeline.random();
+    call.noise_eta = pipeline.noise_eta();
+    call.noise_gamma = pipeline.noise_gamma();
+    call.hyper = a.hyper;
+    call.stream = at::cuda::getCurrentCUDAStream().stream();
+    LaunchOf<R>::fn(call);
+    views.write_back();
+  }
+};
+
+void lookahead_cuda(TensorList params, TensorList slow_weights, double alpha) {
+  check_lookahead("gradfused.lookahead_", c10::DeviceType::CUDA, params, slow_weights, alpha);
+  if (params.empty()) return;
+  const c10::cuda::CUDAGuard guard(params[0].device());
+  FlatViews views;
+  std::vector<LookaheadTensor> tensors(params.size());
+  for (size_t i = 0; i < params.size(); ++i) {
+    const Tensor& p = params[i];
+    tensors[i] = {nullptr, nullptr, p.numel()};
+    if (p.numel() == 0) continue;
+    tensors[i].param = views.ptr(p, p, true);
+    tensors[i].slow = views.ptr(slow_weights[i], p, true);
+  }
+  launch_lookahead({tensors.data(), int64_t(tensors.size()), dtype_of(params[0]), alpha,
+                    at::cuda::getCurrentCUDAStream().stream()});
+  views.write_back();
+}
+
+void alignment_sums_cuda(TensorList grads, TensorList alignment_emas, const Tensor& sums, double beta,
+                         const OptTensor& grad_scale, const OptTensor& found_inf) {
+  check_alignment("gradfused.alignment_sums_", c10::DeviceType::CUDA, grads, alignment_emas, sums, beta, grad_scale,
+                  found_inf);
+  const size_t n = grads.size();
+  if (n == 0) return;
+  const c10::cuda::CUDAGuard guard(grads[0].device());
+  std::vector<Tensor> keep;
+  FlatViews views;
+  std::vector<AlignTensor> tensors(n);
+  int64_t max_chunks = 1;
+  for (size_t i = 0; i < n; ++i) {
+    const Tensor& g = grads[i];
+    tensors[i] = {nullptr, nullptr, g.numel(), int32_t(i)};
+    max_chunks = std::max(max_chunks, alignment_chunks_of(g.numel()));
+    if (g.numel() == 0) continue;
+    tensors[i].grad = views.ptr(g, g, false);
+    tensors[i].ema = views.ptr(alignment_emas[i], g, true);
+  }
+  // NOTE: [deterministic alignment sums]: one zeroed slot per (tensor, chunk), no atomics.
+  const Tensor partials = at::zeros({int64_t(n) * max_chunks * 3}, sums.options());
+  AlignCall call{};
+  call.tensors = tensors.data();
+  call.num_tensors = int64_t(n);
+  call.dtype = dtype_of(grads[0]);
+  call.grad_scale = device_scalar(grad_scale, 1.0, keep);
+  call.found_inf = device_scalar(found_inf, 0.0, keep);
+  call.beta = beta;
+  call.partials = partials.data_ptr<double>();
+  call.max_chunks = max_chunks;
+  call.sums = sums.data_ptr<double>();
+  call.stream = at::cuda::getCurrentCUDAStream().stream();
+  launch_alignment_sums(call);
+  views.write_back();
+}
+
+}  // namespace
+}  // namespace cuda
+}  // namespace gf
+
+TORCH_LIBRARY_IMPL(gradfused, CUDA, m) {
+  GF_REGISTER_UPDATE_OPS(m, gf::cuda::CudaBackend);
+  m.impl("alignment_sums_", &gf::cuda::alignment_sums_cuda);
+  m.impl("lookahead_", &gf::cuda::lookahead_cuda);
+}
+
+TORCH_LIBRARY_IMPL(gradfused, SparseCUDA, m) { GF_REGISTER_SPARSE_REJECTION(m); }
