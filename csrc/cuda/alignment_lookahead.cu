@@ -126,8 +126,8 @@ void launch_lookahead(const LookaheadCall& call) {
   });
 }
 
-#define GF_STR2(x) #x
-#define GF_STR(x) GF_STR2(x)
+#define GF_STR2(...) #__VA_ARGS__
+#define GF_STR(...) GF_STR2(__VA_ARGS__)
 const char* compiled_architectures() {
 #ifdef __CUDA_ARCH_LIST__
   return GF_STR(__CUDA_ARCH_LIST__);

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# All of the GPU work in one short call (issue #14), on a fresh GPU machine with no network (an H100 or
+# H200: Python 3.12, torch + CUDA 13, nvcc, ninja, pytest, pytest-xdist): build the CUDA engine, run the
+# CUDA tests, the AVX-512 CPU parity tests where this CPU has AVX-512, and the GPU benchmarks. Writes
+# logs, JSON and text to $OUT (default ./gpu-check-out). Commit the results under benchmarks/results/
+# with the device, the date and the commit.
+#   bash benchmarks/gpu_check.sh            # from the repository root
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-$PWD/gpu-check-out}"
+mkdir -p "$OUT"
+PY="${PYTHON:-python3}"
+export PYTHONUNBUFFERED=1
+status=0
+step() { echo; echo "== $* ($(date +%T))"; }
+
+step "machine"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,clocks.max.mem --format=csv | tee "$OUT/machine.txt"
+"$PY" -c "import torch, platform; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'python', platform.python_version())" | tee -a "$OUT/machine.txt"
+grep -m1 "model name" /proc/cpuinfo | tee -a "$OUT/machine.txt"
+git rev-parse --short HEAD 2>/dev/null | sed 's/^/commit /' | tee -a "$OUT/machine.txt"
+
+step "build (TORCH_CUDA_ARCH_LIST=9.0)"
+start=$(date +%s)
+TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS="${MAX_JOBS:-16}" \
+  "$PY" setup.py build_ext --inplace >"$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; echo "BUILD FAILED"; exit 1; }
+echo "built in $(( $(date +%s) - start )) s" | tee -a "$OUT/machine.txt"
+"$PY" -m gradfused info | tee "$OUT/info.txt"
+
+step "CUDA tests (pytest -m cuda)"
+timeout 330 "$PY" -m pytest -q -m cuda -n 8 -p no:cacheprovider -rfE tests 2>&1 | tee "$OUT/cuda_tests.txt" | tail -40
+[ "${PIPESTATUS[0]}" = 0 ] || status=1
+
+if grep -q avx512f /proc/cpuinfo && grep -q avx512bw /proc/cpuinfo; then
+  step "AVX-512 CPU kernels against the reference and the other instruction sets"
+  GRADFUSED_CPU_ISA=avx512 timeout 150 "$PY" -m pytest -q -n 8 -p no:cacheprovider -rfE \
+    tests/test_parity.py tests/test_behaviour.py -k "parity or instruction_set or thread" 2>&1 \
+    | tee "$OUT/avx512_tests.txt" | tail -15
+  [ "${PIPESTATUS[0]}" = 0 ] || status=1
+  "$PY" -c "import torch, gradfused; print('cpu simd', torch.ops.gradfused.cpu_isa())" | tee -a "$OUT/avx512_tests.txt"
+else
+  echo "no AVX-512 on this CPU" | tee "$OUT/avx512_tests.txt"
+fi
+
+step "GPU benchmarks"
+timeout 150 "$PY" benchmarks/gpu_bench.py --out "$OUT" 2>&1 | tail -60 || status=1
+echo; echo "gpu_check: $([ $status = 0 ] && echo OK || echo FAILURES) ; results in $OUT"
+exit $status
