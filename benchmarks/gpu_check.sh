@@ -28,13 +28,13 @@ echo "built in $(( $(date +%s) - start )) s" | tee -a "$OUT/machine.txt"
 "$PY" -m gradfused info | tee "$OUT/info.txt"
 
 step "CUDA tests (pytest -m cuda)"
-timeout 330 "$PY" -m pytest -q -m cuda -n 8 -p no:cacheprovider -rfE tests 2>&1 | tee "$OUT/cuda_tests.txt" | tail -40
+timeout 250 "$PY" -m pytest -q -m cuda -n 12 -p no:cacheprovider -rfE tests 2>&1 | tee "$OUT/cuda_tests.txt" | tail -40
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
 
 if grep -q avx512f /proc/cpuinfo && grep -q avx512bw /proc/cpuinfo; then
   step "AVX-512 CPU kernels against the reference and the other instruction sets"
-  GRADFUSED_CPU_ISA=avx512 timeout 150 "$PY" -m pytest -q -n 8 -p no:cacheprovider -rfE \
-    tests/test_parity.py tests/test_behaviour.py -k "parity or instruction_set or thread" 2>&1 \
+  GRADFUSED_CPU_ISA=avx512 timeout 80 "$PY" -m pytest -q -n 12 -p no:cacheprovider -rfE \
+    tests/test_parity.py tests/test_behaviour.py -k "float32 or bfloat16 or instruction_set or thread" 2>&1 \
     | tee "$OUT/avx512_tests.txt" | tail -15
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
   "$PY" -c "import torch, gradfused; print('cpu simd', torch.ops.gradfused.cpu_isa())" | tee -a "$OUT/avx512_tests.txt"
@@ -43,6 +43,6 @@ else
 fi
 
 step "GPU benchmarks"
-timeout 150 "$PY" benchmarks/gpu_bench.py --out "$OUT" 2>&1 | tail -60 || status=1
+timeout 120 "$PY" benchmarks/gpu_bench.py --out "$OUT" 2>&1 | tail -60 || status=1
 echo; echo "gpu_check: $([ $status = 0 ] && echo OK || echo FAILURES) ; results in $OUT"
 exit $status

@@ -66,8 +66,8 @@ struct CudaBackend {
       UpdateTensor& u = tensors[i];
       std::fill(std::begin(u.ptr), std::end(u.ptr), nullptr);
       u.numel = p.numel();
-      u.step = a.steps[i].data_ptr<float>();
-      u.product = a.products.empty() ? nullptr : a.products[i].data_ptr<float>();
+      u.step = a.steps[i].template data_ptr<float>();
+      u.product = a.products.empty() ? nullptr : a.products[i].template data_ptr<float>();
       u.param_index = pipeline.param_index(i);
       u.index = int32_t(i);
       if (u.numel == 0) continue;
@@ -91,7 +91,7 @@ struct CudaBackend {
     call.lr = device_scalar(a.lr, 0.0, keep);
     call.grad_scale = device_scalar(pipeline.grad_scale, 1.0, keep);
     call.found_inf = device_scalar(pipeline.found_inf, 0.0, keep);
-    call.alignment_scales = pipeline.alignment_scales ? pipeline.alignment_scales->data_ptr<double>() : nullptr;
+    call.alignment_scales = pipeline.alignment_scales ? pipeline.alignment_scales->template data_ptr<double>() : nullptr;
     call.weight_decay = a.weight_decay;
     call.maximize = pipeline.maximize;
     call.random = pipeline.random();
