@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import subprocess
@@ -146,7 +147,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--cases", nargs="*", default=list(CASES))
     args = ap.parse_args()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    # GRADFUSED_COMMIT: the device tool's copy of the tree may carry stale git metadata
+    commit = os.environ.get("GRADFUSED_COMMIT") or subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "commit": commit or "unknown",
               "date": time.strftime("%Y-%m-%d"), "rounds": args.rounds, "steps_per_timing": args.steps, "cases": {}}
     for case in args.cases:

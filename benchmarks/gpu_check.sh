@@ -4,7 +4,8 @@
 # CUDA tests, the AVX-512 CPU parity tests where this CPU has AVX-512, and the GPU benchmarks. Writes
 # logs, JSON and text to $OUT (default ./gpu-check-out). Commit the results under benchmarks/results/
 # with the device, the date and the commit.
-#   bash benchmarks/gpu_check.sh            # from the repository root
+#   GRADFUSED_COMMIT=$(git rev-parse --short HEAD) bash benchmarks/gpu_check.sh   # from the repository root
+# (name the commit: the device tool's copy of the tree may carry stale git metadata)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/gpu-check-out}"
@@ -18,7 +19,7 @@ step "machine"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,clocks.max.mem --format=csv | tee "$OUT/machine.txt"
 "$PY" -c "import torch, platform; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'python', platform.python_version())" | tee -a "$OUT/machine.txt"
 grep -m1 "model name" /proc/cpuinfo | tee -a "$OUT/machine.txt"
-git rev-parse --short HEAD 2>/dev/null | sed 's/^/commit /' | tee -a "$OUT/machine.txt"
+echo "commit ${GRADFUSED_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null)}" | tee -a "$OUT/machine.txt"
 
 step "build (TORCH_CUDA_ARCH_LIST=9.0)"
 start=$(date +%s)
