@@ -279,10 +279,13 @@ def test_every_instruction_set_gives_the_same_numbers(tmp_path):
     """The generic (no AVX) kernels run here too, capped by GRADFUSED_CPU_ISA, and must agree bitwise with
     the best kernels of this CPU: the elementwise math is the same IEEE operations in the same order."""
     results = {}
+    # the subprocess imports the very gradfused this process runs (installed or in-place build): started
+    # from the repository root it would import the source tree and compile it afresh
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(gf.__file__)))
     for isa in ("generic", "best"):
-        env = dict(os.environ, GRADFUSED_CPU_ISA=isa)
+        env = dict(os.environ, GRADFUSED_CPU_ISA=isa, PYTHONPATH=package_root)
         path = tmp_path / f"{isa}.pt"
-        subprocess.run([sys.executable, "-c", _ISA_SCRIPT, str(path)], env=env, check=True)
+        subprocess.run([sys.executable, "-c", _ISA_SCRIPT, str(path)], env=env, check=True, cwd=tmp_path)
         results[isa] = torch.load(path)
     assert results["generic"].pop("isa") == "generic"
     print("best instruction set here:", results["best"].pop("isa"))
