@@ -61,9 +61,11 @@ inline void check_list_matches(const char* op, const NamedList& params, const Na
 }
 
 // Every check runs before anything is written, so bad input never half-applies a step. All tensors of a
-// call live on `device_type`, on params[0]'s device.
+// call live on `device_type`, on params[0]'s device. With `fp32_ok`, the lists in `fp32_ok_lists` (the
+// gradients, the states) of 16-bit parameters may be float32 (NOTE: [mixed precision in one pass]), each
+// list in one dtype: one kernel serves one combination per call.
 inline void check_lists(const char* op, c10::DeviceType device_type, const NamedList& params,
-                        at::ArrayRef<NamedList> others, at::ArrayRef<NamedList> states = {}, bool fp32_states_ok = false) {
+                        at::ArrayRef<NamedList> others, at::ArrayRef<NamedList> fp32_ok_lists = {}, bool fp32_ok = false) {
   for (size_t i = 0; i < params.tensors.size(); ++i) {
     const Tensor& p = params.tensors[i];
     TORCH_CHECK(p.defined(), op, ": ", params.name, "[", i, "] is undefined");
@@ -78,13 +80,13 @@ inline void check_lists(const char* op, c10::DeviceType device_type, const Named
                 "; all tensors of one call must be on one device");
   }
   for (const NamedList& list : others) check_list_matches(op, params, list);
-  for (const NamedList& list : states) check_list_matches(op, params, list, fp32_states_ok);
-  if (fp32_states_ok)  // one kernel serves one state dtype per call
-    for (const NamedList& list : states)
-      for (size_t i = 0; i < list.tensors.size(); ++i)
-        TORCH_CHECK(list.tensors[i].scalar_type() == states[0].tensors[0].scalar_type(), op, ": ", list.name, "[", i,
-                    "] has dtype ", list.tensors[i].scalar_type(), " but ", states[0].name, "[0] has ",
-                    states[0].tensors[0].scalar_type(), "; all states of one call share a dtype");
+  for (const NamedList& list : fp32_ok_lists) {
+    check_list_matches(op, params, list, fp32_ok);
+    for (size_t i = 1; fp32_ok && i < list.tensors.size(); ++i)
+      TORCH_CHECK(list.tensors[i].scalar_type() == list.tensors[0].scalar_type(), op, ": ", list.name, "[", i,
+                  "] has dtype ", list.tensors[i].scalar_type(), " but ", list.name, "[0] has ",
+                  list.tensors[0].scalar_type(), "; one call takes one dtype per list");
+  }
 }
 
 // Per-tensor scalar state (`state_steps`, NAdam's `mu_products`): one-element float tensors on the
@@ -210,8 +212,14 @@ struct UpdateArgs {
 };
 
 template <class Hyper, class Lr>
-void check_update(const UpdateArgs<Hyper, Lr>& a, c10::DeviceType device_type, bool fp32_states_ok) {
-  check_lists(a.op, device_type, {"params", a.params}, {{"grads", a.grads}}, a.states, fp32_states_ok);
+void check_update(const UpdateArgs<Hyper, Lr>& a, c10::DeviceType device_type, bool fp32_ok) {
+  std::vector<NamedList> lists{{"grads", a.grads}};
+  lists.insert(lists.end(), a.states.begin(), a.states.end());
+  check_lists(a.op, device_type, {"params", a.params}, {}, lists, fp32_ok);
+  for (size_t k = 1; fp32_ok && !a.params.empty() && k < a.states.size(); ++k)  // one state dtype per call
+    TORCH_CHECK(a.states[k].tensors[0].scalar_type() == a.states[0].tensors[0].scalar_type(), a.op, ": ",
+                a.states[k].name, " has dtype ", a.states[k].tensors[0].scalar_type(), " but ", a.states[0].name,
+                " has ", a.states[0].tensors[0].scalar_type(), "; all states of one call share a dtype");
   check_scalar_list(a.op, "state_steps", a.steps, a.params);
   if (!a.products.empty() || std::is_same<Hyper, NAdamHyper<double>>::value)
     check_scalar_list(a.op, "mu_products", a.products, a.params);

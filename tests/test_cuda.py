@@ -76,6 +76,24 @@ def test_cuda_mixed_precision_matches_reference(case, dtype, option):
     assert_all_close(cuda, cuda_params, ref, ref_params, {"atol": 5e-3, "rtol": 5e-3})
 
 
+@pytest.mark.parametrize("option", [None, "state_fp32", "master", "stochastic"])
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_cuda_fp32_gradients_of_bf16_parameters(case, option):
+    """param.grad_dtype = torch.float32: the kernel reads the fp32 gradient as such (a uniform branch),
+    against the CPU reference's fp32 working copies."""
+    gen = torch.Generator().manual_seed(0)
+    ref_params = [torch.randn(s, generator=gen, dtype=torch.float64).bfloat16().requires_grad_()
+                  for s in [(4097,), (3, 5, 7), (), (0,)]]
+    cuda_params = to_cuda(ref_params)
+    for p in ref_params + cuda_params:
+        p.grad_dtype = torch.float32
+    kwargs = OPTIONS[option] if option else {}
+    ref, cuda = case.make(ref_params, False, **kwargs), case.make(cuda_params, True, **kwargs)
+    step_side_by_side([cuda, ref], [cuda_params, ref_params], torch.float32, STEPS, torch.Generator().manual_seed(1))
+    assert cuda_params[0].grad.dtype == torch.float32
+    assert_all_close(cuda, cuda_params, ref, ref_params, {"atol": 5e-3, "rtol": 5e-3})
+
+
 def test_mixed_precision_is_one_pass_without_working_copies():
     """bf16 parameters with master weights: the step allocates no fp32 working copies on the GPU."""
     params = [torch.randn(1 << 20, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(4)]

@@ -82,6 +82,50 @@ def test_master_weights_equal_torch_adamw_on_fp32_copies():
         torch.testing.assert_close(p, m.detach().bfloat16(), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["native", "reference"])
+def test_fp32_gradients_of_bf16_parameters_are_not_rounded(fused):
+    """param.grad_dtype = torch.float32: the fp32 gradient reaches the update unrounded. Oracle: torch's
+    AdamW on fp32 copies with the same fp32 gradients, the bf16 parameter being its master rounded."""
+    params = _params(torch.bfloat16)
+    for p in params:
+        p.grad_dtype = torch.float32
+    masters = [p.detach().float().requires_grad_() for p in params]
+    ours = gf.AdamW(params, lr=1e-2, master_weights=True, fused=fused)
+    theirs = torch.optim.AdamW(masters, lr=1e-2)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(10):
+        for p, m in zip(params, masters):
+            g = torch.randn(p.shape, generator=gen) * (1 + 1e-3)  # not representable in bf16
+            p.grad, m.grad = g, g.clone()
+        ours.step()
+        theirs.step()
+    for p, m in zip(params, masters):
+        assert p.grad.dtype == torch.float32
+        torch.testing.assert_close(ours.state[p]["master_weight"], m.detach())
+        torch.testing.assert_close(p, m.detach().bfloat16(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_fp32_gradients_native_match_reference(case):
+    """Every optimizer with float32 gradients of bf16 parameters, native against the reference."""
+    native_params = _params(torch.bfloat16)
+    ref_params = [p.detach().clone().requires_grad_() for p in native_params]
+    for p in native_params + ref_params:
+        p.grad_dtype = torch.float32
+    native, ref = case.make(native_params, True), case.make(ref_params, False)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(4):
+        for p, q in zip(native_params, ref_params):
+            p.grad = torch.randn(p.shape, generator=gen)
+            q.grad = p.grad.clone()
+        native.step()
+        ref.step()
+    for p, q in zip(native_params, ref_params):
+        torch.testing.assert_close(p, q, atol=5e-3, rtol=5e-3)
+    for (key, a), (_, b) in zip(all_states(native), all_states(ref), strict=True):
+        torch.testing.assert_close(a, b, atol=5e-3, rtol=5e-3, msg=lambda m: f"{key}: {m}")
+
+
 def _train_regression(dtype, steps=300, **options):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.Tanh(), torch.nn.Linear(64, 1))

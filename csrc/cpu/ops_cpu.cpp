@@ -108,7 +108,7 @@ auto tensor_scalars_fn(const UpdateArgs<Hyper, Lr>& a, std::vector<double>& prod
 struct CpuBackend {
   template <Rule R, class Hyper, class Lr>
   static void update(const UpdateArgs<Hyper, Lr>& a) {
-    check_update(a, c10::DeviceType::CPU, /*fp32_states_ok=*/false);
+    check_update(a, c10::DeviceType::CPU, /*fp32_ok=*/false);
     // NOTE: [mixed precision runs the fp32 kernel] (gradfused/optim/_precision.py)
     TORCH_CHECK(a.pipeline.master_weights.empty() && !a.pipeline.stochastic_rounding, a.op,
                 ": master_weights and stochastic_rounding are fused on CUDA only; on the CPU the optimizer steps "

@@ -36,9 +36,11 @@ struct UpdateTensor {
 };
 
 // NOTE: [mixed precision in one pass]
-// The parameter's dtype, the states' dtype (the parameter's or float32) and how the new parameter is
-// stored (rounded to nearest, through an fp32 master weight, or stochastically rounded) are picked per
-// call. The first two are template parameters; the third is a uniform branch in the store.
+// The parameter's dtype, the states' dtype (the parameter's or float32), the gradients' dtype (the
+// parameter's or float32) and how the new parameter is stored (rounded to nearest, through an fp32
+// master weight, or stochastically rounded) are picked per call. The first two are template parameters;
+// the gradient's load and the store are uniform branches, which keeps the number of kernels (and the
+// compile time) down at no measurable cost to a memory-bound step.
 enum class ParamStore : int { Nearest = 0, Master = 1, Stochastic = 2 };
 
 template <class Hyper>
@@ -46,6 +48,7 @@ struct UpdateCall {
   const UpdateTensor* tensors;
   int64_t num_tensors;
   DType param_dtype, state_dtype;
+  bool grad_fp32;  // float32 gradients of 16-bit parameters (torch's param.grad_dtype), read as such
   ParamStore store;
   int num_states;
   WeightDecay weight_decay_mode;

@@ -53,7 +53,7 @@ template <> struct LaunchOf<Rule::GradientAscent> { static constexpr auto fn = &
 struct CudaBackend {
   template <Rule R, class Hyper, class Lr>
   static void update(const UpdateArgs<Hyper, Lr>& a) {
-    check_update(a, c10::DeviceType::CUDA, /*fp32_states_ok=*/true);
+    check_update(a, c10::DeviceType::CUDA, /*fp32_ok=*/true);
     const size_t n = a.params.size();
     if (n == 0) return;
     const PipelineArgs& pipeline = a.pipeline;
@@ -81,6 +81,7 @@ struct CudaBackend {
     call.tensors = tensors.data();
     call.num_tensors = int64_t(n);
     call.param_dtype = dtype_of(a.params[0]);
+    call.grad_fp32 = a.grads[0].scalar_type() != a.params[0].scalar_type();
     call.state_dtype = a.states.empty() ? call.param_dtype : dtype_of(a.states[0].tensors[0]);
     call.store = !pipeline.master_weights.empty() ? ParamStore::Master
                  : pipeline.stochastic_rounding   ? ParamStore::Stochastic

@@ -72,7 +72,10 @@ __global__ void __launch_bounds__(kBlockSize)
   float* master = static_cast<float*>(tensor.ptr[kMasterList]);
   const bool use_master = std::is_same<S, float>::value && call.store == ParamStore::Master;
 
-  bool aligned = is_aligned<T>(p) && is_aligned<T>(g) && (!use_master || is_aligned<float>(master));
+  const float* g32 = static_cast<const float*>(tensor.ptr[1]);  // when call.grad_fp32
+  const bool grad_fp32 = !std::is_same<T, double>::value && call.grad_fp32;
+  bool aligned = is_aligned<T>(p) && (grad_fp32 ? is_aligned<float>(g32) : is_aligned<T>(g)) &&
+                 (!use_master || is_aligned<float>(master));
 #pragma unroll
   for (int j = 0; j < kStates; ++j) aligned = aligned && is_aligned<ST>(st[j]);
 
@@ -80,7 +83,8 @@ __global__ void __launch_bounds__(kBlockSize)
     S pv[kIlp], gv[kIlp], sv[kStates][kIlp];
     if (use_master) load_ilp(pv, master, base, stride, end, vector);
     else load_ilp(pv, p, base, stride, end, vector);
-    load_ilp(gv, g, base, stride, end, vector);
+    if (grad_fp32) load_ilp(gv, g32, base, stride, end, vector);
+    else load_ilp(gv, g, base, stride, end, vector);
 #pragma unroll
     for (int k = 0; k < kStates; ++k) load_ilp(sv[k], st[k], base, stride, end, vector);
 #pragma unroll

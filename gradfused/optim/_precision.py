@@ -58,6 +58,12 @@ def state_dtype(group: dict, p: Tensor) -> torch.dtype:
     return p.dtype
 
 
+def fp32_grad_ok(p: Tensor, g: Tensor) -> bool:
+    """A float32 gradient of a 16-bit parameter (torch's ``param.grad_dtype = torch.float32``) is read as
+    such: fused on CUDA, through the fp32 working copies on the CPU."""
+    return g.dtype == torch.float32 and p.dtype in HALF
+
+
 def uses_fp32_work(group: dict, dtype: torch.dtype) -> bool:
     return dtype in HALF and (group["master_weights"] or group["stochastic_rounding"]
                               or group["state_dtype"] == torch.float32)

@@ -58,10 +58,12 @@ class GradientAlignment(WrappingOptimizer):
         """Updates the EMAs of `params` (one device and dtype) and returns their scales (float64)."""
         device = params[0].device
         emas = []
-        for p in params:
+        for p in params:  # the EMA is kept in the gradient's dtype (float32 gradients of 16-bit parameters)
             st = self.state[p]
             if "alignment_ema" not in st:
-                st["alignment_ema"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                st["alignment_ema"] = torch.zeros_like(p, dtype=p.grad.dtype, memory_format=torch.preserve_format)
+            elif st["alignment_ema"].dtype != p.grad.dtype:
+                st["alignment_ema"] = st["alignment_ema"].to(p.grad.dtype)
             emas.append(st["alignment_ema"])
         grads = [p.grad for p in params]
         sharded = is_dtensor(params[0])
@@ -116,7 +118,7 @@ class GradientAlignment(WrappingOptimizer):
             return loss  # a skipped AMP step: nothing changes, the EMAs included
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
-            for idx in FusedOptimizer._buckets(params):
+            for idx in FusedOptimizer._buckets(params, by_grad_dtype=True):
                 bucket = [params[i] for i in idx]
                 scales = self._stats(bucket, grad_scale, None)
                 if grad_scale is not None:
@@ -155,4 +157,4 @@ class GradientAlignment(WrappingOptimizer):
         self.state = defaultdict(dict)
         for i, st in emas.items():
             p = order[int(i)]
-            self.state[p]["alignment_ema"] = st["alignment_ema"].to(device=p.device, dtype=p.dtype, copy=True)
+            self.state[p]["alignment_ema"] = st["alignment_ema"].to(device=p.device, copy=True)

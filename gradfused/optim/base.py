@@ -59,6 +59,7 @@ class FusedOptimizer(Optimizer):
             raise TypeError(f"gradfused.{type(self).__name__}: unexpected keyword argument {sorted(unknown)[0]!r}")
         defaults = {**defaults, **P.DEFAULTS, **R.DEFAULTS, **(options or {})}
         self._plans: dict[tuple, tuple] = {}  # NOTE: [the step plan] (add_param_group, called below, clears it)
+        self._fp32_grads: dict[int, tuple] = {}  # per group: ids of 16-bit parameters with float32 gradients
         self._step_called = [False]  # NOTE: [LR schedulers and torch.compile]
         super().__init__(params, defaults)
 
@@ -248,19 +249,23 @@ class FusedOptimizer(Optimizer):
         if not torch.compiler.is_compiling():  # NOTE: [hyperparameter checks under torch.compile]
             with V.without_device_reads():  # NOTE: [no host synchronisation]
                 self._check_hyperparameters(group)
-        params = []
+        params, fp32_grads = [], []
         random = R.is_random(group)
         for i, p in enumerate(group["params"]):
             g = p.grad
             if g is None or (wanted is not None and id(p) not in wanted):
                 continue
             if g.layout != torch.strided or g.dtype != p.dtype or g.device != p.device:
-                self._raise_bad_grad(group, i, p, g)
+                if g.layout == torch.strided and g.device == p.device and P.fp32_grad_ok(p, g):
+                    fp32_grads.append(id(p))  # torch's param.grad_dtype = torch.float32
+                else:
+                    self._raise_bad_grad(group, i, p, g)
             if random and is_dtensor(p):
                 raise ValueError(f"{self._name}: params[{i}] is a sharded DTensor; grad_noise, grad_dropout and "
                                  "lr_dropout key each element by its index in the whole tensor, which a shard "
                                  "does not know yet: they are not supported with FSDP2/DTensor parameters")
             params.append(p)
+        self._fp32_grads[id(group)] = tuple(fp32_grads)
         return params
 
     # NOTE: [hyperparameter checks under torch.compile]
@@ -275,7 +280,8 @@ class FusedOptimizer(Optimizer):
                                f"{type(self).__name__} does not support sparse gradients")
         if g.dtype != p.dtype:
             raise RuntimeError(f"{self._name}: the gradient of {where} has dtype {g.dtype} but the "
-                               f"parameter has {p.dtype}")
+                               f"parameter has {p.dtype} (expected the parameter's dtype, or float32 for a "
+                               "bfloat16/float16 parameter)")
         raise RuntimeError(f"{self._name}: the gradient of {where} is on {g.device} but the parameter "
                            f"is on {p.device}")
 
@@ -295,11 +301,12 @@ class FusedOptimizer(Optimizer):
         return state
 
     @staticmethod
-    def _buckets(params: list[Tensor]) -> list[list[int]]:
-        """Indices of `params` grouped by (device, dtype): one op call per bucket, in a fixed order."""
+    def _buckets(params: list[Tensor], by_grad_dtype: bool = False) -> list[list[int]]:
+        """Indices of `params` grouped by (device, dtype[, gradient dtype]): one op call per bucket, in a
+        fixed order."""
         buckets: dict[tuple, list[int]] = defaultdict(list)
         for i, p in enumerate(params):
-            buckets[(p.device, p.dtype)].append(i)
+            buckets[(p.device, p.dtype, p.grad.dtype if by_grad_dtype else None)].append(i)
         return list(buckets.values())
 
     # NOTE: [the step plan]
@@ -314,13 +321,13 @@ class FusedOptimizer(Optimizer):
         """[(bucket params, their state dicts, their indices in the optimizer)] for `params` (from _collect),
         state created as needed. The indices key the random streams."""
         specs = self._state_specs(group)
-        which = (id(group), tuple(map(id, params)))
+        which = (id(group), tuple(map(id, params)), self._fp32_grads.get(id(group), ()))
         key = (tuple(used for _, used in specs), id(self.state), len(self.state))
         cached = self._plans.get(which)
         if cached is not None and cached[0] == key:
             return cached[1]
         plan = []
-        for idx in self._buckets(params):
+        for idx in self._buckets(params, by_grad_dtype=True):
             bucket = [params[i] for i in idx]
             plan.append((bucket, [self._init_state(p, group, specs) for p in bucket], self._param_indices(bucket)))
         key = key[:2] + (len(self.state),)  # state creation above may have grown it
@@ -351,7 +358,7 @@ class FusedOptimizer(Optimizer):
             work = None
             if backend is ops and device.type == "cuda":  # NOTE: [mixed precision in one pass]
                 fused_precision = P.fused_kwargs(group, bucket[0].dtype, states)
-            elif P.uses_fp32_work(group, bucket[0].dtype):
+            elif P.uses_fp32_work(group, bucket[0].dtype) or bucket[0].grad.dtype != bucket[0].dtype:
                 work = P.Fp32Work(group, states, tensors)
                 tensors = work.lists
             op(
