@@ -25,10 +25,30 @@ CASES = {  # name -> (shapes, dtype, gradfused options)
     "100M-in-100-bf16-master": ([(1_000_000,)] * 100, torch.bfloat16, dict(master_weights=True)),
 }
 
+class BlocksPerChunk:
+    """Steps `opt` with GRADFUSED_CUDA_BLOCKS_PER_CHUNK=n (NOTE: [blocks per chunk] in the launcher)."""
+
+    def __init__(self, opt, n: int):
+        self.opt, self.n = opt, str(n)
+
+    def step(self):
+        old = os.environ.get("GRADFUSED_CUDA_BLOCKS_PER_CHUNK")
+        os.environ["GRADFUSED_CUDA_BLOCKS_PER_CHUNK"] = self.n
+        try:
+            self.opt.step()
+        finally:
+            if old is None:
+                del os.environ["GRADFUSED_CUDA_BLOCKS_PER_CHUNK"]
+            else:
+                os.environ["GRADFUSED_CUDA_BLOCKS_PER_CHUNK"] = old
+
+
 # name -> (factory(params, options), fp32 bytes per element) ; torch's fused kernels beside ours
 PROVIDERS = {
     "gradfused.PersistentSGD": (lambda p, o: gf.PersistentSGD(p, decay=0.9, **o), 20),
     "gradfused.AdamW": (lambda p, o: gf.AdamW(p, **o), 28),
+    "gradfused.AdamW[1 block/chunk]": (lambda p, o: BlocksPerChunk(gf.AdamW(p, **o), 1), 28),
+    "gradfused.PersistentSGD[1 block/chunk]": (lambda p, o: BlocksPerChunk(gf.PersistentSGD(p, decay=0.9, **o), 1), 20),
     "gradfused.AdamW(amsgrad)": (lambda p, o: gf.AdamW(p, amsgrad=True, **o), 36),
     "gradfused.RAdam": (lambda p, o: gf.RAdam(p, **o), 28),
     "gradfused.AdEMA": (lambda p, o: gf.AdEMA(p, **o), 36),
@@ -120,6 +140,9 @@ def bench_case(case: str, providers: list[str], rounds: int, steps: int) -> dict
         "torch.AdamW(fused) / gradfused.AdamW": ratios("torch.AdamW(fused)", "gradfused.AdamW"),
         "torch.SGD(fused,momentum) / gradfused.PersistentSGD": ratios("torch.SGD(fused,momentum)", "gradfused.PersistentSGD"),
         "gradfused.Align(AdamW) / gradfused.AdamW": ratios("gradfused.Align(AdamW)", "gradfused.AdamW"),
+        "gradfused.AdamW[1 block/chunk] / gradfused.AdamW": ratios("gradfused.AdamW[1 block/chunk]", "gradfused.AdamW"),
+        "gradfused.PersistentSGD[1 block/chunk] / gradfused.PersistentSGD":
+            ratios("gradfused.PersistentSGD[1 block/chunk]", "gradfused.PersistentSGD"),
     }.items() if v is not None}
     del opts
     torch.cuda.empty_cache()

@@ -60,6 +60,7 @@ struct UpdateCall {
   RandomOptions random;
   double noise_eta, noise_gamma;
   Hyper hyper;
+  int blocks_per_chunk;  // NOTE: [blocks per chunk]
   cudaStream_t stream;
 };
 

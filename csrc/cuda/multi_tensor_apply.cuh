@@ -38,6 +38,21 @@ inline void check_launch(const char* what) {
   if (e != cudaSuccess) throw std::runtime_error(std::string("gradfused: ") + what + " launch failed: " + cudaGetErrorString(e));
 }
 
+// NOTE: [blocks per chunk]
+// A chunk may be shared by several thread blocks, each taking a contiguous slice of it. The chunk table
+// stays the same size, but the grid has more, shorter blocks, so the last wave of a launch leaves fewer
+// SMs idle (100M elements are 1526 chunks: under 4 waves of 2-3 resident blocks per SM on 132 SMs).
+// GRADFUSED_CUDA_BLOCKS_PER_CHUNK (1, 2, 4 or 8; default 4) picks it, for the benchmark to compare.
+struct ChunkSlice {
+  int64_t begin, end;  // elements of the tensor; empty when the slice lies past its end
+};
+__device__ __forceinline__ ChunkSlice chunk_slice(int64_t chunk, int64_t numel, int blocks_per_chunk) {
+  const int64_t slice = kChunkSize / blocks_per_chunk;
+  const int64_t begin = chunk * kChunkSize + int64_t(blockIdx.x % blocks_per_chunk) * slice;
+  const int64_t end = begin + slice < numel ? begin + slice : numel;
+  return {begin, end};
+}
+
 // Calls launch(meta, num_blocks) for each batch of chunks of `tensors` (empty tensors own none).
 template <int kMaxTensors, int kMaxBlocks, class Info, class Launch>
 void for_each_batch(const Info* tensors, int64_t n, Launch&& launch) {

@@ -8,6 +8,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <vector>
 
 #include "../ops_shared.h"
@@ -40,6 +41,16 @@ DeviceScalar device_scalar(const OptTensor& t, double absent, std::vector<Tensor
   return {s.data_ptr(), s.scalar_type() == at::kDouble, 0.0};
 }
 DeviceScalar device_scalar(double v, double, std::vector<Tensor>&) { return {nullptr, false, v}; }
+
+// NOTE: [blocks per chunk]; read at each call so that one process can compare the settings.
+int blocks_per_chunk() {
+  const char* v = std::getenv("GRADFUSED_CUDA_BLOCKS_PER_CHUNK");
+  if (v == nullptr || *v == 0) return 4;
+  const int n = std::atoi(v);
+  TORCH_CHECK(n == 1 || n == 2 || n == 4 || n == 8, "GRADFUSED_CUDA_BLOCKS_PER_CHUNK must be 1, 2, 4 or 8, got '", v,
+              "'");
+  return n;
+}
 
 template <Rule R> struct LaunchOf;
 template <> struct LaunchOf<Rule::PersistentSgd> { static constexpr auto fn = &launch_persistent_sgd; };
@@ -99,6 +110,7 @@ struct CudaBackend {
     call.noise_eta = pipeline.noise_eta();
     call.noise_gamma = pipeline.noise_gamma();
     call.hyper = a.hyper;
+    call.blocks_per_chunk = blocks_per_chunk();
     call.stream = at::cuda::getCurrentCUDAStream().stream();
     LaunchOf<R>::fn(call);
     views.write_back();

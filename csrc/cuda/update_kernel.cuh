@@ -46,9 +46,11 @@ __global__ void __launch_bounds__(kBlockSize)
   using S = S_of<T>;
   constexpr int kStates = Rule::kNumStates;
   if (step_is_skipped(call.found_inf)) return;
-  const UpdateTensor& tensor = meta.tensor[meta.block_tensor[blockIdx.x]];
-  const int64_t begin = int64_t(meta.block_chunk[blockIdx.x]) * kChunkSize;
-  const int64_t end = begin + kChunkSize < tensor.numel ? begin + kChunkSize : tensor.numel;
+  const int entry = blockIdx.x / call.blocks_per_chunk;  // NOTE: [blocks per chunk]
+  const UpdateTensor& tensor = meta.tensor[meta.block_tensor[entry]];
+  const ChunkSlice slice = chunk_slice(meta.block_chunk[entry], tensor.numel, call.blocks_per_chunk);
+  if (slice.begin >= slice.end) return;
+  const int64_t begin = slice.begin, end = slice.end;
 
   // Per-tensor scalars, in double, as the CPU engine forms them on the host.
   const double t = double(*tensor.step) + 1.0;
@@ -179,7 +181,7 @@ void launch_update(const UpdateCall<H>& call) {
       using ST = decltype(state_tag);
       auto kernel = random ? &update_kernel<Rule, Scalars, true, T, ST, H> : &update_kernel<Rule, Scalars, false, T, ST, H>;
       for_each_batch<192, 1024>(call.tensors, call.num_tensors, [&](const UpdateMeta& meta, int blocks) {
-        kernel<<<blocks, kBlockSize, 0, call.stream>>>(meta, call);
+        kernel<<<blocks * call.blocks_per_chunk, kBlockSize, 0, call.stream>>>(meta, call);
         check_launch("update");
       });
     });
