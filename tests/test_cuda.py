@@ -244,6 +244,22 @@ def test_injected_inf_changes_nothing_without_a_sync(case):
         assert torch.equal(a, b), key
 
 
+@pytest.mark.parametrize("where", ["cuda", "cpu"])
+def test_grad_scale_on_either_device_unscales(where):
+    """grad_scale as GradScaler keeps it (on the GPU) or as a CPU tensor, read on the host without a sync."""
+    params = to_cuda([torch.randn(s) for s in [(4097,), (3, 5)]])
+    twins = [p.detach().clone().requires_grad_() for p in params]
+    opt, twin = gf.AdamW(params, lr=1e-2), gf.AdamW(twins, lr=1e-2)
+    for p, q in zip(params, twins):
+        q.grad = torch.randn_like(q)
+        p.grad = q.grad * 8.0
+    opt.grad_scale = torch.tensor(8.0, device=where)
+    opt.step()
+    twin.step()
+    for p, q in zip(params, twins):
+        torch.testing.assert_close(p, q)
+
+
 def test_alignment_scales_are_bitwise_reproducible():
     def run():
         torch.manual_seed(3)

@@ -60,7 +60,7 @@ __global__ void __launch_bounds__(kBlockSize)
   const auto hyper = call.hyper.template cast<S>();
   const double lr = read(call.lr);
   const PipelineScalars<S> ps = PipelineScalars<double>{lr, call.weight_decay, 1.0 - lr * call.weight_decay}.template cast<S>();
-  double grad_mul = (call.maximize ? -1.0 : 1.0) / (call.grad_scale.ptr ? read(call.grad_scale) : 1.0);
+  double grad_mul = (call.maximize ? -1.0 : 1.0) / read(call.grad_scale);  // 1 when absent; a cpu tensor's value
   if (call.alignment_scales != nullptr) grad_mul *= call.alignment_scales[tensor.index];
   const S grad_mul_s = S(grad_mul);
   const RandomKey key{call.random.seed, tensor.param_index, uint32_t(t)};
