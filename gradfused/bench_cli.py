@@ -16,7 +16,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("bench", help="time one optimizer step against torch.optim and the reference",
                        description="Times one optimizer step per optimizer, case and provider, alternating each "
                                    "step with the in-place yardstick a.add_(b, alpha=0.5), and prints ms per "
-                                   "step, GB/s, %% of the yardstick and gradfused's speedup over each baseline.")
+                                   "step, GB/s, % of the yardstick and gradfused's speedup over each baseline.")
     p.add_argument("--optimizers", nargs="+", choices=list(B.PROVIDERS), help="default: all")
     p.add_argument("--cases", nargs="+", choices=list(B.CASES), help="default: all")
     p.add_argument("--providers", nargs="+", help="default: all that exist for each optimizer")

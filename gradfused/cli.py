@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 
@@ -134,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     except CommandError as e:
         print(f"gradfused {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `gradfused info | head -2`: the reader left; no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

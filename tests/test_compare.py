@@ -196,3 +196,18 @@ def test_bench_bad_arguments(capsys):
     assert "--rounds must be >= 1" in capsys.readouterr().err
     assert main(["bench", "--small", "--providers", "numpy"]) == 2
     assert "unknown provider numpy" in capsys.readouterr().err
+
+
+def test_a_closed_pipe_ends_the_command_without_a_traceback(monkeypatch, tmp_path):
+    """`gradfused info | head -2`: the reader leaves early; the command returns 1 and prints nothing more."""
+    import sys
+
+    from gradfused import cli
+
+    def write_into_closed_pipe(args):
+        raise BrokenPipeError
+
+    with open(tmp_path / "stdout", "w") as sink:
+        monkeypatch.setattr(sys, "stdout", sink)
+        monkeypatch.setattr(cli, "_info", write_into_closed_pipe)
+        assert cli.main(["info"]) == 1
