@@ -2,8 +2,10 @@
 installed torch, else a just-in-time build of the shipped sources, compiled once and cached."""
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import time
 
 import torch
 
@@ -21,6 +23,28 @@ def _source_dir() -> str:
     raise RuntimeError("gradfused: no prebuilt extension and no C++ sources to build one from")
 
 
+# torch's build lock: a file that a compiling process creates and removes. A process killed mid-compile
+# leaves it behind, and every later import would wait for it forever. No compile of ours takes this long.
+STALE_LOCK_SECONDS = 15 * 60
+
+
+def _clear_stale_lock(build_dir: str) -> None:
+    """Removes torch's build lock in `build_dir` when it is older than any compile; says so either way."""
+    lock = os.path.join(build_dir, "lock")
+    try:
+        age = time.time() - os.path.getmtime(lock)
+    except OSError:
+        return  # no lock: nobody is compiling
+    if age > STALE_LOCK_SECONDS:
+        print(f"gradfused: removing a stale build lock ({lock}, {age / 60:.0f} min old; an earlier compile was "
+              "interrupted)", file=sys.stderr, flush=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(lock)
+    else:
+        print(f"gradfused: waiting for another process compiling the kernels (lock {lock}; delete it if no "
+              "compile is running)", file=sys.stderr, flush=True)
+
+
 def _jit_build() -> None:
     from torch.utils import cpp_extension
 
@@ -33,6 +57,7 @@ def _jit_build() -> None:
     # The name carries the torch build: an extension only runs against the torch it was built with.
     name = "gradfused_C_torch" + torch.__version__.replace(".", "_").replace("+", "_")
     build_dir = cpp_extension._get_build_directory(name, verbose=False)
+    _clear_stale_lock(build_dir)
     if not os.path.exists(os.path.join(build_dir, name + ".so")):
         print(
             f"gradfused: compiling native kernels for torch {torch.__version__} (first use only; cached in {build_dir})",

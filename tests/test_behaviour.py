@@ -4,6 +4,7 @@ import io
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -295,3 +296,18 @@ def test_every_instruction_set_gives_the_same_numbers(tmp_path):
                 torch.testing.assert_close(a, b, msg=str(key))
             else:  # bitwise, NaNs included
                 assert torch.equal(a.view(torch.uint8), b.view(torch.uint8)), key
+
+
+def test_a_stale_build_lock_is_removed_and_a_fresh_one_kept(tmp_path, capsys):
+    """A compile killed half way leaves torch's `lock` file; an old one is removed (with a message) so that
+    the next import does not wait forever, a fresh one (a compile in progress) is waited for."""
+    from gradfused import _native
+
+    lock = tmp_path / "lock"
+    lock.touch()
+    _native._clear_stale_lock(str(tmp_path))
+    assert lock.exists() and "waiting for another process" in capsys.readouterr().err
+    old = time.time() - _native.STALE_LOCK_SECONDS - 60
+    os.utime(lock, (old, old))
+    _native._clear_stale_lock(str(tmp_path))
+    assert not lock.exists() and "removing a stale build lock" in capsys.readouterr().err
