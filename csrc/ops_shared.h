@@ -36,6 +36,16 @@ inline void check_nonneg(const char* op, const char* name, double v) {
   TORCH_CHECK(std::isfinite(v) && v >= 0, op, ": invalid ", name, "=", v, " (expected a finite value >= 0)");
 }
 
+inline DType dtype_of(const Tensor& t) {
+  switch (t.scalar_type()) {
+    case at::kFloat: return DType::Float32;
+    case at::kDouble: return DType::Float64;
+    case at::kBFloat16: return DType::BFloat16;
+    case at::kHalf: return DType::Float16;
+    default: TORCH_CHECK(false, "unreachable: dtype checked in check_lists");
+  }
+}
+
 inline bool is_half(const Tensor& t) { return t.scalar_type() == at::kBFloat16 || t.scalar_type() == at::kHalf; }
 
 // One list checked against the parameters it belongs to. With `fp32_ok` a list of 16-bit parameters may

@@ -9,6 +9,9 @@ namespace gf {
 
 enum class WeightDecay : int { None = 0, L2 = 1, Decoupled = 2 };
 
+// The element type of a call's tensors, as both engines' kernels take it.
+enum class DType : int { Float32 = 0, Float64 = 1, BFloat16 = 2, Float16 = 3 };
+
 // Pipeline steps 1-4 and 9 of ALGORITHMS.md §1, per call.
 template <class S>
 struct PipelineScalars {

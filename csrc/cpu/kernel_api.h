@@ -8,8 +8,6 @@
 namespace gf {
 namespace cpu {
 
-enum class DType : int { Float32 = 0, Float64 = 1, BFloat16 = 2, Float16 = 3 };
-
 // param, grad and up to three state tensors, in the order of the rule's state array
 constexpr int kMaxLists = 5;
 

@@ -23,16 +23,6 @@ using namespace gf::ops;
 // alignment statistics are summed in the same order whatever the number of threads.
 constexpr int64_t kChunkSize = int64_t(1) << 15;
 
-DType dtype_of(const Tensor& t) {
-  switch (t.scalar_type()) {
-    case at::kFloat: return DType::Float32;
-    case at::kDouble: return DType::Float64;
-    case at::kBFloat16: return DType::BFloat16;
-    case at::kHalf: return DType::Float16;
-    default: TORCH_CHECK(false, "unreachable: dtype checked in check_lists");
-  }
-}
-
 double lr_value(double lr) { return lr; }
 double lr_value(const Tensor& lr) { return lr.item<double>(); }
 

@@ -107,7 +107,7 @@ void launch_alignment_sums(const AlignCall& call) {
     using T = decltype(tag);
     auto kernel = call.grad_scale.ptr || call.grad_scale.value != 1.0 ? &alignment_partials_kernel<T, true>
                                                                       : &alignment_partials_kernel<T, false>;
-    for_each_batch<320, 1024>(call.tensors, call.num_tensors, [&](const AlignMeta& meta, int blocks) {
+    for_each_batch<AlignMeta>(call.tensors, call.num_tensors, [&](const AlignMeta& meta, int blocks) {
       kernel<<<blocks, kBlockSize, 0, call.stream>>>(meta, call);
       check_launch("alignment statistics");
     });
@@ -119,7 +119,7 @@ void launch_alignment_sums(const AlignCall& call) {
 void launch_lookahead(const LookaheadCall& call) {
   dtype_switch(call.dtype, [&](auto tag) {
     using T = decltype(tag);
-    for_each_batch<640, 1024>(call.tensors, call.num_tensors, [&](const LookaheadMeta& meta, int blocks) {
+    for_each_batch<LookaheadMeta>(call.tensors, call.num_tensors, [&](const LookaheadMeta& meta, int blocks) {
       lookahead_kernel<T><<<blocks, kBlockSize, 0, call.stream>>>(meta, call.alpha);
       check_launch("lookahead");
     });

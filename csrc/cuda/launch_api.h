@@ -10,8 +10,6 @@ typedef struct CUstream_st* cudaStream_t;
 namespace gf {
 namespace cuda {
 
-enum class DType : int { Float32 = 0, Float64 = 1, BFloat16 = 2, Float16 = 3 };
-
 // A scalar the kernel reads on the device (a tensor's data) or, with ptr == nullptr, a value from the
 // host. NOTE: [no host synchronisation]: lr, grad_scale and found_inf may live on the GPU; the host never
 // reads them.
@@ -50,7 +48,6 @@ struct UpdateCall {
   DType param_dtype, state_dtype;
   bool grad_fp32;  // float32 gradients of 16-bit parameters (torch's param.grad_dtype), read as such
   ParamStore store;
-  int num_states;
   WeightDecay weight_decay_mode;
   int rule_variant;
   DeviceScalar lr, grad_scale, found_inf;

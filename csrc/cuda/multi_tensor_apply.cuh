@@ -25,13 +25,15 @@ constexpr int64_t kChunkSize = 65536;
 // tensors takes tens of launches rather than hundreds. A launch goes out when either table is full; a
 // tensor cut there continues in the next launch. Chunk offsets are 64-bit, so a tensor of more than
 // 2^31 elements is addressed correctly.
-template <class Info, int kMaxTensors, int kMaxBlocks>
+template <class Info, int kTensors, int kBlocks>
 struct ChunkMeta {
-  Info tensor[kMaxTensors];
-  uint16_t block_tensor[kMaxBlocks];
-  int32_t block_chunk[kMaxBlocks];
+  static_assert(kTensors <= 65535, "block_tensor is 16-bit");
+  using TensorInfo = Info;
+  static constexpr int kMaxTensors = kTensors, kMaxBlocks = kBlocks;
+  Info tensor[kTensors];
+  uint16_t block_tensor[kBlocks];
+  int32_t block_chunk[kBlocks];
 };
-static_assert(sizeof(ChunkMeta<UpdateTensor, 192, 1024>) < 23 * 1024, "kernel argument budget");
 
 inline void check_launch(const char* what) {
   const cudaError_t e = cudaGetLastError();
@@ -53,11 +55,12 @@ __device__ __forceinline__ ChunkSlice chunk_slice(int64_t chunk, int64_t numel, 
   return {begin, end};
 }
 
-// Calls launch(meta, num_blocks) for each batch of chunks of `tensors` (empty tensors own none).
-template <int kMaxTensors, int kMaxBlocks, class Info, class Launch>
-void for_each_batch(const Info* tensors, int64_t n, Launch&& launch) {
-  static_assert(kMaxTensors <= 65535, "block_tensor is 16-bit");
-  ChunkMeta<Info, kMaxTensors, kMaxBlocks> meta;
+// Calls launch(meta, num_blocks) for each batch of chunks of `tensors` (empty tensors own none), in
+// batches of the sizes of Meta (a ChunkMeta).
+template <class Meta, class Launch>
+void for_each_batch(const typename Meta::TensorInfo* tensors, int64_t n, Launch&& launch) {
+  constexpr int kMaxTensors = Meta::kMaxTensors, kMaxBlocks = Meta::kMaxBlocks;
+  Meta meta;
   int num_tensors = 0, num_blocks = 0;
   for (int64_t i = 0; i < n; ++i) {
     const int64_t chunks = (tensors[i].numel + kChunkSize - 1) / kChunkSize;
@@ -83,12 +86,6 @@ void for_each_batch(const Info* tensors, int64_t n, Launch&& launch) {
 }
 
 // ---- element types ----
-template <DType D> struct StorageOf;
-template <> struct StorageOf<DType::Float32> { using type = float; };
-template <> struct StorageOf<DType::Float64> { using type = double; };
-template <> struct StorageOf<DType::BFloat16> { using type = __nv_bfloat16; };
-template <> struct StorageOf<DType::Float16> { using type = __half; };
-
 // The compute type: float, or double for float64 (as the CPU engine).
 template <class T> struct ComputeOf { using type = float; };
 template <> struct ComputeOf<double> { using type = double; };

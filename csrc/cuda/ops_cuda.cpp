@@ -20,16 +20,6 @@ namespace {
 
 using namespace gf::ops;
 
-DType dtype_of(const Tensor& t) {
-  switch (t.scalar_type()) {
-    case at::kFloat: return DType::Float32;
-    case at::kDouble: return DType::Float64;
-    case at::kBFloat16: return DType::BFloat16;
-    case at::kHalf: return DType::Float16;
-    default: TORCH_CHECK(false, "unreachable: dtype checked in check_lists");
-  }
-}
-
 // A host value, or a device pointer to a float32/float64 scalar (other dtypes are converted on the
 // device and kept alive in `keep`). A CPU tensor is read on the host, which costs no device sync.
 DeviceScalar device_scalar(const OptTensor& t, double absent, std::vector<Tensor>& keep) {
@@ -97,7 +87,6 @@ struct CudaBackend {
     call.store = !pipeline.master_weights.empty() ? ParamStore::Master
                  : pipeline.stochastic_rounding   ? ParamStore::Stochastic
                                                   : ParamStore::Nearest;
-    call.num_states = int(a.states.size());
     call.weight_decay_mode = a.weight_decay_mode();
     call.rule_variant = a.rule_variant;
     call.lr = device_scalar(a.lr, 0.0, keep);

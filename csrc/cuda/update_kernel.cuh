@@ -11,6 +11,7 @@ namespace gf {
 namespace cuda {
 
 using UpdateMeta = ChunkMeta<UpdateTensor, 192, 1024>;
+static_assert(sizeof(UpdateMeta) < 23 * 1024, "kernel argument budget (NOTE: [chunk metadata in the kernel argument])");
 
 // NOTE: [step lives on the device]
 // With CUDA tensors the step counts (and NAdam's mu_product) stay on the GPU. The update kernel reads
@@ -180,7 +181,7 @@ void launch_update(const UpdateCall<H>& call) {
       using T = decltype(param_tag);
       using ST = decltype(state_tag);
       auto kernel = random ? &update_kernel<Rule, Scalars, true, T, ST, H> : &update_kernel<Rule, Scalars, false, T, ST, H>;
-      for_each_batch<192, 1024>(call.tensors, call.num_tensors, [&](const UpdateMeta& meta, int blocks) {
+      for_each_batch<UpdateMeta>(call.tensors, call.num_tensors, [&](const UpdateMeta& meta, int blocks) {
         kernel<<<blocks * call.blocks_per_chunk, kBlockSize, 0, call.stream>>>(meta, call);
         check_launch("update");
       });

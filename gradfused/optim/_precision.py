@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..reference.philox import philox4x32_10
+from ..reference.philox import stochastic_rounding_bits
 from ._dtensor import local
 
 DEFAULTS = dict(state_dtype=None, master_weights=False, stochastic_rounding=False)  # `seed`: _randomness.py
@@ -74,11 +74,8 @@ def stochastic_round_(dst: Tensor, src: Tensor, key: tuple[int, int, int]) -> No
     cut off. Unbiased for finite values; inf and NaN stay as they are. key = (seed, step t, parameter
     index): the bits are the CUDA kernels' (NOTE: [stochastic rounding bits] in csrc/common/philox.h)."""
     seed, step, index = key
-    seed &= (1 << 64) - 1
-    element = torch.arange(src.numel(), dtype=torch.int64, device=src.device)
-    words = philox4x32_10((element & 0xFFFFFFFF, (element >> 32) | 0x80000000, index, step),
-                          (seed & 0xFFFFFFFF, seed >> 32))
-    noise = (words[0] & 0xFFFF).to(torch.int32).view(src.shape)
+    noise = stochastic_rounding_bits(src.numel(), seed=seed, param_index=index, step=step,
+                                     device=src.device).view(src.shape)
     bits = src.contiguous().view(torch.int32)
     rounded = ((bits + noise) & ~0xFFFF).view(torch.float32)
     dst.copy_(torch.where(torch.isfinite(src), rounded, src))

@@ -39,10 +39,23 @@ def uniform_open01(x: Tensor) -> Tensor:
     return (x.double() + 0.5) * 2.0**-32
 
 
+def _element_words(numel: int, seed: int, param_index: int, step: int, stream_bit: int, device=None):
+    """Each element's four words under (seed; element, parameter index, step); `stream_bit` is or-ed into
+    the counter's second word to pick a stream apart."""
+    element = torch.arange(numel, dtype=torch.int64, device=device)
+    seed &= (1 << 64) - 1  # the kernels take the seed's 64 bits
+    return philox4x32_10((element & _M32, (element >> 32) | stream_bit, param_index, step), (seed & _M32, seed >> 32))
+
+
 def element_draws(numel: int, *, seed: int, param_index: int, step: int) -> tuple[Tensor, Tensor, Tensor]:
     """(standard normal, gradient-dropout uniform, lr-dropout uniform) per element, float64, flat."""
-    element = torch.arange(numel, dtype=torch.int64)
-    seed &= (1 << 64) - 1  # the kernels take the seed's 64 bits
-    words = philox4x32_10((element & _M32, element >> 32, param_index, step), (seed & _M32, seed >> 32))
+    words = _element_words(numel, seed, param_index, step, 0)
     normal = torch.sqrt(-2.0 * torch.log(uniform_open01(words[0]))) * torch.cos(2 * math.pi * uniform_open01(words[1]))
     return normal, uniform_open01(words[2]), uniform_open01(words[3])
+
+
+def stochastic_rounding_bits(numel: int, *, seed: int, param_index: int, step: int, device=None) -> Tensor:
+    """The 16 random bits per element of stochastic rounding, int32, flat (NOTE: [stochastic rounding bits]
+    in csrc/common/philox.h: the counter's second word has its top bit set)."""
+    words = _element_words(numel, seed, param_index, step, 0x80000000, device)
+    return (words[0] & 0xFFFF).to(torch.int32)
