@@ -42,9 +42,12 @@ TORCH_LIBRARY(gradfused, m) {
   // NOTE: [the op owns the step increment]
   // Every update op increments `state_steps` itself, after the update and only when found_inf is
   // unset, so a skipped AMP step leaves parameters, states and steps exactly as they were.
+  // momentum_buffers may be [] when decay = 0 (plain SGD, no state). With buffer_starts_at_grad the first
+  // step sets the buffer to the gradient, as torch.optim.SGD does; otherwise it starts at zero.
   def_update_op(m, "persistent_sgd_",
                 "Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, Tensor(c!)[] state_steps",
-                "float decay, float dampening, float weight_decay, bool decoupled_weight_decay, bool nesterov");
+                "float decay, float dampening, float weight_decay, bool decoupled_weight_decay, bool nesterov, "
+                "bool buffer_starts_at_grad=False");
   def_update_op(m, "adam_",
                 "Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
                 "Tensor(d!)[] max_exp_avg_sqs, Tensor(e!)[] state_steps",

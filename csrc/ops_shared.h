@@ -270,14 +270,20 @@ class FlatViews {
 template <class Backend, class Lr>
 void persistent_sgd_op(TensorList params, TensorList grads, TensorList momentum_buffers, TensorList state_steps, Lr lr,
                        double decay, double dampening, double weight_decay, bool decoupled_weight_decay, bool nesterov,
-                       GF_PIPELINE_PARAMS) {
+                       bool buffer_starts_at_grad, GF_PIPELINE_PARAMS) {
   const char* op = "gradfused.persistent_sgd_";
   check_nonneg(op, "decay", decay);
   check_range(op, "dampening", dampening, 0.0, 1.0, true);
   TORCH_CHECK(!nesterov || (decay > 0 && dampening == 0), op, ": nesterov requires decay > 0 and dampening = 0");
+  // No buffers at all: plain SGD (torch.optim.SGD with momentum 0), which keeps no state.
+  const bool no_buffer = momentum_buffers.empty() && !params.empty();
+  TORCH_CHECK(!no_buffer || decay == 0, op, ": momentum_buffers is empty, which only decay = 0 allows (got decay=",
+              decay, ")");
+  std::vector<NamedList> states;
+  if (!no_buffer) states.push_back({"momentum_buffers", momentum_buffers});
   Backend::template update<Rule::PersistentSgd>(UpdateArgs<SgdHyper<double>, Lr>{
-      op, params, grads, {{"momentum_buffers", momentum_buffers}}, {}, state_steps, lr, weight_decay,
-      decoupled_weight_decay, int(nesterov), GF_PIPELINE_ARGS, {decay, 1.0 - dampening}});
+      op, params, grads, states, {}, state_steps, lr, weight_decay, decoupled_weight_decay,
+      int(nesterov) | (no_buffer ? 2 : 0), GF_PIPELINE_ARGS, {decay, 1.0 - dampening, buffer_starts_at_grad}});
 }
 
 // The Adam family's hyperparameters, checked, with 1 - beta formed once in double.

@@ -4,9 +4,9 @@ __version__ = "0.1.0"
 from . import ops, reference  # noqa: E402  (ops loads the native kernels)
 from .in_backward import sequential, step_in_backward  # noqa: E402
 from .optim import (AdEMA, Adam, AdamW, GradientAlignment, GradientAscent, Lookahead, NAdam,  # noqa: E402
-                    PersistentSGD, RAdam, RAdamW, RMSprop)
+                    PersistentSGD, RAdam, RAdamW, RMSprop, SGD)
 
-__all__ = ["PersistentSGD", "Adam", "AdamW", "RAdam", "RAdamW", "AdEMA", "NAdam", "RMSprop", "GradientAscent",
+__all__ = ["SGD", "PersistentSGD", "Adam", "AdamW", "RAdam", "RAdamW", "AdEMA", "NAdam", "RMSprop", "GradientAscent",
            "GradientAlignment", "Lookahead",
            "sequential", "step_in_backward", "ops", "reference",
            "__version__"]

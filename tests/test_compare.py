@@ -138,7 +138,7 @@ def test_parse_rejects_bad_specs(spec, message):
     (["--optimizers", "adamx"], "unknown optimizer 'adamx'"),
     (["--dataset", "mnist"], "unknown dataset 'mnist'"),
     (["--optimizers", "adamw:lr=1e-3,betas"], "malformed hyperparameter 'betas'"),
-    (["--optimizers", "adamw:lr=-1"], "invalid lr=-1"),
+    (["--optimizers", "adamw:lr=-1"], "Invalid learning rate: -1"),
     (["--model", "resnet"], "unknown model 'resnet'"),
     (["--preset", "nope"], "unknown preset 'nope'"),
     (["--epochs", "0"], "--epochs must be a whole number >= 1"),

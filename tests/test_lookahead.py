@@ -101,8 +101,8 @@ def test_lr_scheduler_drives_the_base():
     assert opt.base.param_groups[0]["lr"] == 0.5
 
 
-@pytest.mark.parametrize("kwargs, message", [(dict(k=0), "invalid k=0"), (dict(k=2.5), "invalid k=2.5"),
-                                             (dict(alpha=1.5), "invalid alpha=1.5"), (dict(fused="yes"), "invalid fused")])
+@pytest.mark.parametrize("kwargs, message", [(dict(k=0), "Invalid k value: 0"), (dict(k=2.5), "Invalid k value: 2.5"),
+                                             (dict(alpha=1.5), "Invalid alpha value: 1.5"), (dict(fused="yes"), "Invalid fused value")])
 def test_bad_hyperparameters_are_named(kwargs, message):
     with pytest.raises(ValueError, match=f"gradfused.Lookahead: {message}"):
         gf.Lookahead(gf.AdamW([torch.zeros(2, requires_grad=True)]), **kwargs)

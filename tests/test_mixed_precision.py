@@ -242,13 +242,13 @@ def test_found_inf_leaves_master_weights_and_parameters_unchanged():
 
 
 @pytest.mark.parametrize("kwargs, dtype, message", [
-    (dict(state_dtype=torch.int32), torch.bfloat16, "invalid state_dtype=torch.int32"),
+    (dict(state_dtype=torch.int32), torch.bfloat16, "Invalid state_dtype value: torch.int32"),
     (dict(state_dtype=torch.float16), torch.bfloat16, "state_dtype=torch.float16 does not fit params[0]"),
     (dict(master_weights=True, state_dtype=torch.bfloat16), torch.bfloat16, "master_weights=True keeps fp32 states"),
     (dict(master_weights=True, stochastic_rounding=True), torch.bfloat16, "choose one of"),
     (dict(stochastic_rounding=True), torch.float16, "stochastic_rounding=True needs bfloat16 parameters"),
-    (dict(master_weights="yes"), torch.bfloat16, "invalid master_weights='yes'"),
-    (dict(seed=-1), torch.bfloat16, "invalid seed=-1"),
+    (dict(master_weights="yes"), torch.bfloat16, "Invalid master_weights value: 'yes'"),
+    (dict(seed=-1), torch.bfloat16, "Invalid seed value: -1"),
 ])
 def test_bad_options_are_named(kwargs, dtype, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("[", r"\[")):

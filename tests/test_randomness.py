@@ -134,10 +134,10 @@ def test_seed_none_is_drawn_from_torch_and_stored():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(grad_noise=(0.1,)), "invalid grad_noise"), (dict(grad_noise=(-1.0, 0.5)), "invalid grad_noise"),
-    (dict(grad_noise=(math.nan, 0.5)), "invalid grad_noise"), (dict(grad_dropout=1.0), "invalid grad_dropout"),
-    (dict(lr_dropout=-0.1), "invalid lr_dropout"), (dict(seed=2**64), "invalid seed"),
-    (dict(seed=1.5), "invalid seed"),
+    (dict(grad_noise=(0.1,)), "Invalid grad_noise value"), (dict(grad_noise=(-1.0, 0.5)), "Invalid grad_noise value"),
+    (dict(grad_noise=(math.nan, 0.5)), "Invalid grad_noise value"), (dict(grad_dropout=1.0), "Invalid grad_dropout value"),
+    (dict(lr_dropout=-0.1), "Invalid lr_dropout value"), (dict(seed=2**64), "Invalid seed value"),
+    (dict(seed=1.5), "Invalid seed value"),
 ])
 def test_bad_random_options_are_named(kwargs, message):
     with pytest.raises(ValueError, match=f"gradfused.AdamW: {message}"):

@@ -37,13 +37,22 @@ struct RandomKey {
   uint32_t step;         // t, after the increment
 };
 
-// ---- PersistentSGD -------------------------------------------------------------------------------
+// ---- PersistentSGD / SGD ---------------------------------------------------------------------------
 template <class S>
 struct SgdHyper {
   S decay;
   S one_minus_dampening;
+  bool buffer_starts_at_grad;  // torch.optim.SGD: the first step sets the buffer to g (PersistentSGD: to 0, then updates it)
   template <class T>
-  GF_HD SgdHyper<T> cast() const { return {T(decay), T(one_minus_dampening)}; }
+  GF_HD SgdHyper<T> cast() const { return {T(decay), T(one_minus_dampening), buffer_starts_at_grad}; }
+};
+// The buffer's update buf = buffer_decay·buf + grad_coef·g at this tensor's step: (decay, 1-dampening),
+// or (0, 1) on torch's first step, which makes buf exactly g.
+template <class S>
+struct SgdTensorScalars {
+  S buffer_decay, grad_coef;
+  template <class T>
+  GF_HD SgdTensorScalars<T> cast() const { return {T(buffer_decay), T(grad_coef)}; }
 };
 template <class S>
 struct NoTensorScalars {  // a rule without per-tensor scalars

@@ -14,25 +14,39 @@
 
 GF_CODE_BEGIN
 
-// ---- PersistentSGD ---------------------------------------------------------------------------------
-// buf = decay·buf + (1-dampening)·g;  d = g + decay·buf (nesterov) or buf.
+// The length of an array of a rule's states: C++ has no zero-length arrays, and SGD without momentum
+// has no state.
+template <class Rule>
+constexpr int kStateArrayLength = Rule::kNumStates > 0 ? Rule::kNumStates : 1;
+
+// ---- PersistentSGD / SGD ---------------------------------------------------------------------------
+// buf = decay·buf + (1-dampening)·g (torch's SGD: buf = g at t = 1);  d = g + decay·buf (nesterov) or buf.
+// Without a buffer (SGD with momentum 0): d = g, and the rule keeps no state.
 template <int kVariant>
 struct PersistentSgdRule {
-  static constexpr int kNumVariants = 2;
+  static constexpr int kNumVariants = 4;
   static constexpr bool kNesterov = kVariant & 1;
-  static constexpr int kNumStates = 1;
+  static constexpr bool kNoBuffer = kVariant & 2;
+  static constexpr int kNumStates = kNoBuffer ? 0 : 1;
   template <class S> using Hyper = SgdHyper<S>;
-  template <class S> using TensorScalars = NoTensorScalars<S>;
+  template <class S> using TensorScalars = SgdTensorScalars<S>;
 
   template <class V, class S>
-  GF_HD static V direction(V g, V* state, const SgdHyper<S>& h, const NoTensorScalars<S>&) {
-    V& buf = state[0];
-    buf = h.decay * buf + h.one_minus_dampening * g;
-    if constexpr (kNesterov) return g + h.decay * buf;
-    return buf;
+  GF_HD static V direction(V g, V* state, const SgdHyper<S>& h, const SgdTensorScalars<S>& t) {
+    if constexpr (kNoBuffer) {
+      return g;
+    } else {
+      V& buf = state[0];
+      buf = t.buffer_decay * buf + t.grad_coef * g;
+      if constexpr (kNesterov) return g + h.decay * buf;
+      return buf;
+    }
   }
 };
-GF_HD NoTensorScalars<double> sgd_tensor_scalars(double /*t*/, const SgdHyper<double>&) { return {}; }
+GF_HD SgdTensorScalars<double> sgd_tensor_scalars(double t, const SgdHyper<double>& h) {
+  if (h.buffer_starts_at_grad && t == 1.0) return {0.0, 1.0};
+  return {h.decay, h.one_minus_dampening};
+}
 
 // m = β1 m + (1-β1) g;  v = β2 v + (1-β2) g², shared by the Adam family (NOTE: [the kernels round as
 // the reference does]).

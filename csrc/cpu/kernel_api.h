@@ -36,7 +36,7 @@ struct UpdateLaunch {
   Hyper hyper;
 };
 
-using SgdLaunch = UpdateLaunch<SgdHyper<double>, NoTensorScalars<double>>;
+using SgdLaunch = UpdateLaunch<SgdHyper<double>, SgdTensorScalars<double>>;
 using AdamLaunch = UpdateLaunch<AdamHyper<double>, AdamTensorScalars<double>>;
 using RAdamLaunch = UpdateLaunch<AdamHyper<double>, RAdamTensorScalars<double>>;
 using AdemaLaunch = UpdateLaunch<AdemaHyper<double>, AdemaTensorScalars<double>>;

@@ -93,6 +93,7 @@ GF_HD void update_chunk(const SlotT& slot, int64_t begin, int64_t end, const Lau
   using S = typename Compute<T>::S;
   using V = typename Compute<T>::V;
   constexpr int kStates = Rule::kNumStates;
+  constexpr int kArray = kStateArrayLength<Rule>;
   constexpr int kW = kLanes<T>;
   const auto ps = L.pipeline.template cast<S>();
   const auto hyper = L.hyper.template cast<S>();
@@ -100,14 +101,14 @@ GF_HD void update_chunk(const SlotT& slot, int64_t begin, int64_t end, const Lau
   const S grad_mul = S(slot.grad_mul);
   T* __restrict p = static_cast<T*>(slot.ptr[0]);
   const T* __restrict g = static_cast<const T*>(slot.ptr[1]);
-  T* st[kStates];
+  T* st[kArray];
   for (int j = 0; j < kStates; ++j) st[j] = static_cast<T*>(slot.ptr[2 + j]);
 
   int64_t i = begin;
   StepDraws<V> draws{};
   for (; i + kW <= end; i += kW) {
     V pv = load(p + i);
-    V sv[kStates];
+    V sv[kArray];
     for (int j = 0; j < kStates; ++j) sv[j] = load(st[j] + i);
     if constexpr (kRandom) draw_lanes<V, S>(draws, L.random, slot.random_key, slot.noise_std, i);
     pipeline_step<Rule, kRandom, kWd>(pv, load(g + i), sv, grad_mul, ps, hyper, ts, L.random, draws);
@@ -117,7 +118,7 @@ GF_HD void update_chunk(const SlotT& slot, int64_t begin, int64_t end, const Lau
   StepDraws<S> scalar_draws{};
   for (; i < end; ++i) {
     S pv = to_compute(p[i]);
-    S sv[kStates];
+    S sv[kArray];
     for (int j = 0; j < kStates; ++j) sv[j] = to_compute(st[j][i]);
     if constexpr (kRandom) scalar_draws = element_draws<S>(L.random, slot.random_key, slot.noise_std, uint64_t(i));
     pipeline_step<Rule, kRandom, kWd>(pv, to_compute(g[i]), sv, grad_mul, ps, hyper, ts, L.random, scalar_draws);

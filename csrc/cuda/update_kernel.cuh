@@ -46,6 +46,7 @@ __global__ void __launch_bounds__(kBlockSize)
     update_kernel(const __grid_constant__ UpdateMeta meta, const __grid_constant__ UpdateCall<H> call) {
   using S = S_of<T>;
   constexpr int kStates = Rule::kNumStates;
+  constexpr int kArray = kStateArrayLength<Rule>;
   if (step_is_skipped(call.found_inf)) return;
   const int entry = blockIdx.x / call.blocks_per_chunk;  // NOTE: [blocks per chunk]
   const UpdateTensor& tensor = meta.tensor[meta.block_tensor[entry]];
@@ -69,7 +70,7 @@ __global__ void __launch_bounds__(kBlockSize)
 
   T* p = static_cast<T*>(tensor.ptr[0]);
   const T* g = static_cast<const T*>(tensor.ptr[1]);
-  ST* st[kStates];
+  ST* st[kArray];
 #pragma unroll
   for (int j = 0; j < kStates; ++j) st[j] = static_cast<ST*>(tensor.ptr[2 + j]);
   float* master = static_cast<float*>(tensor.ptr[kMasterList]);
@@ -83,7 +84,7 @@ __global__ void __launch_bounds__(kBlockSize)
   for (int j = 0; j < kStates; ++j) aligned = aligned && is_aligned<ST>(st[j]);
 
   for_each_ilp(begin, end, aligned, [&](int64_t base, int64_t stride, bool vector) {
-    S pv[kIlp], gv[kIlp], sv[kStates][kIlp];
+    S pv[kIlp], gv[kIlp], sv[kArray][kIlp];
     if (use_master) load_ilp(pv, master, base, stride, end, vector);
     else load_ilp(pv, p, base, stride, end, vector);
     if (grad_fp32) load_ilp(gv, g32, base, stride, end, vector);
@@ -92,7 +93,7 @@ __global__ void __launch_bounds__(kBlockSize)
     for (int k = 0; k < kStates; ++k) load_ilp(sv[k], st[k], base, stride, end, vector);
 #pragma unroll
     for (int j = 0; j < kIlp; ++j) {
-      S s[kStates];
+      S s[kArray];
 #pragma unroll
       for (int k = 0; k < kStates; ++k) s[k] = sv[k][j];
       StepDraws<S> draws{};

@@ -8,6 +8,7 @@ from .nadam import NAdam
 from .persistent_sgd import PersistentSGD
 from .radam import RAdam, RAdamW
 from .rmsprop import RMSprop
+from .sgd import SGD
 
-__all__ = ["FusedOptimizer", "PersistentSGD", "Adam", "AdamW", "RAdam", "RAdamW", "AdEMA", "NAdam", "RMSprop",
+__all__ = ["FusedOptimizer", "SGD", "PersistentSGD", "Adam", "AdamW", "RAdam", "RAdamW", "AdEMA", "NAdam", "RMSprop",
            "GradientAscent", "GradientAlignment", "Lookahead"]

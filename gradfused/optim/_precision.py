@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from ..reference.philox import stochastic_rounding_bits
+from . import _validation as V
 from ._dtensor import local
 
 DEFAULTS = dict(state_dtype=None, master_weights=False, stochastic_rounding=False)  # `seed`: _randomness.py
@@ -30,10 +31,9 @@ HALF = (torch.bfloat16, torch.float16)
 def check(owner: str, group: dict) -> None:
     state_dtype = group["state_dtype"]
     if state_dtype not in (None, torch.float32, torch.float64, torch.bfloat16, torch.float16):
-        raise ValueError(f"{owner}: invalid state_dtype={state_dtype!r} (expected None or a floating torch.dtype)")
+        raise V.invalid(owner, "state_dtype", state_dtype, "None or a floating torch.dtype")
     for name in ("master_weights", "stochastic_rounding"):
-        if not isinstance(group[name], bool):
-            raise ValueError(f"{owner}: invalid {name}={group[name]!r} (expected True or False)")
+        V.check_bool(owner, name, group[name])
     if group["master_weights"] and state_dtype not in (None, torch.float32):
         raise ValueError(f"{owner}: master_weights=True keeps fp32 states; state_dtype must be None or torch.float32, "
                          f"got {state_dtype}")

@@ -13,30 +13,26 @@ is bitwise reproducible for any number of threads. Options that are off cost not
 """
 from __future__ import annotations
 
-import math
 
 import torch
 
+from . import _validation as V
+
 DEFAULTS = dict(grad_noise=None, grad_dropout=0.0, lr_dropout=0.0, seed=None)
-
-
-def _is_number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def check(owner: str, group: dict) -> None:
     noise = group["grad_noise"]
     if noise is not None and not (isinstance(noise, (tuple, list)) and len(noise) == 2
-                                  and all(_is_number(x) and x >= 0 for x in noise)):
-        raise ValueError(f"{owner}: invalid grad_noise={noise!r} (expected None or (eta, gamma), two finite "
-                         "numbers >= 0)")
+                                  and all(V.is_finite_number(x) and x >= 0 for x in noise)):
+        raise V.invalid(owner, "grad_noise", noise, "None or (eta, gamma), two finite numbers >= 0")
     for name in ("grad_dropout", "lr_dropout"):
         q = group[name]
-        if not (_is_number(q) and 0 <= q < 1):
-            raise ValueError(f"{owner}: invalid {name}={q!r} (expected a probability in [0, 1))")
+        if not (V.is_finite_number(q) and 0 <= q < 1):
+            raise V.invalid(owner, name, q, "a probability in [0, 1)")
     seed = group["seed"]
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64):
-        raise ValueError(f"{owner}: invalid seed={seed!r} (expected None or a whole number in [0, 2^64))")
+        raise V.invalid(owner, "seed", seed, "None or a whole number in [0, 2^64)")
 
 
 def is_random(group: dict) -> bool:

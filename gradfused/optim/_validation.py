@@ -31,38 +31,54 @@ def _value(x):
     return x
 
 
+# torch.optim's wording where it has one, so that torch's own error tests (common_optimizers) match ours.
+_TORCH_PHRASES = {"lr": "Invalid learning rate", "eps": "Invalid epsilon value"}
+
+
+def _shown(value) -> str:
+    return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else repr(value)
+
+
+def invalid(owner: str, name: str, value, expected: str, *, phrase: str | None = None) -> ValueError:
+    """The error for a bad argument, in one format: torch's phrase, the value, and what was expected."""
+    phrase = phrase or _TORCH_PHRASES.get(name, f"Invalid {name} value")
+    return ValueError(f"{owner}: {phrase}: {_shown(value)} (expected {name} to be {expected})")
+
+
+def is_finite_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def check_nonneg(owner: str, name: str, value) -> None:
     v = _value(value)
-    if v is _SKIP:
-        return
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-        raise ValueError(f"{owner}: invalid {name}={value!r} (expected a finite number >= 0)")
+    if v is not _SKIP and not (is_finite_number(v) and v >= 0):
+        raise invalid(owner, name, value, "a finite number >= 0")
 
 
-def check_unit_interval(owner: str, name: str, value, *, closed: bool = False) -> None:
+def check_unit_interval(owner: str, name: str, value, *, closed: bool = False, phrase: str | None = None) -> None:
     """[0, 1) by default; [0, 1] when closed."""
     v = _value(value)
-    if v is _SKIP:
-        return
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0 <= v
-    ok = ok and (v <= 1 if closed else v < 1)
-    if not ok:
-        raise ValueError(f"{owner}: invalid {name}={value!r} (expected a finite number in [0, 1{']' if closed else ')'})")
+    if v is not _SKIP and not (is_finite_number(v) and 0 <= v and (v <= 1 if closed else v < 1)):
+        raise invalid(owner, name, value, f"a finite number in [0, 1{']' if closed else ')'}", phrase=phrase)
 
 
 def check_betas(owner: str, betas, count: int) -> None:
     if not isinstance(betas, (tuple, list)) or len(betas) != count:
-        raise ValueError(f"{owner}: invalid betas={betas!r} (expected a tuple of {count} numbers in [0, 1))")
+        raise invalid(owner, "betas", betas, f"a tuple of {count} numbers in [0, 1)")
+    if len({isinstance(b, torch.Tensor) for b in betas}) > 1:
+        raise ValueError(f"{owner}: betas must be either both floats or both Tensors, got {betas!r}")
     for k, b in enumerate(betas):
-        check_unit_interval(owner, f"betas[{k}]", b)
+        if isinstance(b, torch.Tensor) and b.numel() != 1:
+            raise invalid(owner, f"betas[{k}]", b, "a number or a one-element tensor")
+        check_unit_interval(owner, f"betas[{k}]", b, phrase=f"Invalid beta parameter at index {k}")
 
 
 def check_bool(owner: str, name: str, value) -> None:
     if not isinstance(value, bool):
-        raise ValueError(f"{owner}: invalid {name}={value!r} (expected True or False)")
+        raise invalid(owner, name, value, "True or False")
 
 
 def check_lr(owner: str, lr) -> None:
     if isinstance(lr, torch.Tensor) and lr.numel() != 1:
-        raise ValueError(f"{owner}: invalid lr (a tensor lr must have one element, got shape {tuple(lr.shape)})")
+        raise ValueError(f"{owner}: Tensor lr must be 1-element, got shape {tuple(lr.shape)}")
     check_nonneg(owner, "lr", lr)

@@ -39,7 +39,7 @@ class AdEMA(FusedOptimizer):
         V.check_nonneg(self._name, "eps", group["eps"])
         T = group["t_alpha_beta3"]
         if T is not None and (isinstance(T, bool) or not isinstance(T, (int, float)) or not math.isfinite(T) or T <= 0):
-            raise ValueError(f"{self._name}: invalid t_alpha_beta3={T!r} (expected None or a number > 0)")
+            raise V.invalid(self._name, "t_alpha_beta3", T, "None or a number > 0")
         if T is not None and 0.0 in (group["betas"][0], group["betas"][2]):  # the warm-up takes ln β1 and ln β3
             raise ValueError(f"{self._name}: t_alpha_beta3 needs beta1 > 0 and beta3 > 0, got betas={group['betas']!r}")
 

@@ -48,7 +48,7 @@ class GradientAlignment(WrappingOptimizer):
         V.check_unit_interval(name, "beta", beta)
         V.check_nonneg(name, "eps", eps)
         if fused not in (None, True, False):
-            raise ValueError(f"{name}: invalid fused={fused!r} (expected None, True or False)")
+            raise V.invalid(name, "fused", fused, "None, True or False")
         self.beta, self.eps, self.fused = float(beta), float(eps), fused
 
     def __repr__(self) -> str:

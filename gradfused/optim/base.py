@@ -16,8 +16,16 @@ from . import _validation as V
 from ._dtensor import is_dtensor, local_shards
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+# NOTE: [implementation switches]
+# torch.optim's switches, accepted by every optimizer with torch's meaning so that code written for torch
+# runs unchanged. `foreach` is ignored: every step is one fused kernel per (device, dtype) bucket, and
+# foreach=True or False would give the same numbers. `capturable` needs nothing: on CUDA the step never
+# reads a device value on the host (NOTE: [no host synchronisation]), so every step can be captured in a
+# CUDA graph, and on the CPU it means nothing. `differentiable=True` is refused: the kernels update in
+# place, outside autograd.
+SWITCH_DEFAULTS = dict(foreach=None, capturable=False, differentiable=False)
 # This optimizer's choices, kept when a checkpoint is loaded: the implementation and the precision scheme.
-_IMPLEMENTATION_KEYS = ("fused", "state_dtype", "master_weights", "stochastic_rounding")
+_IMPLEMENTATION_KEYS = ("fused", *SWITCH_DEFAULTS, "state_dtype", "master_weights", "stochastic_rounding")
 _MAX_PLANS = 256  # NOTE: [the step plan]
 
 
@@ -54,10 +62,11 @@ class FusedOptimizer(Optimizer):
 
     def __init__(self, params, defaults: dict[str, Any], options: dict[str, Any] | None = None):
         """`options`: the shared keyword options (mixed precision, randomness) a subclass was given."""
-        unknown = set(options or {}) - set(P.DEFAULTS) - set(R.DEFAULTS)
+        unknown = set(options or {}) - set(SWITCH_DEFAULTS) - set(P.DEFAULTS) - set(R.DEFAULTS)
         if unknown:
             raise TypeError(f"gradfused.{type(self).__name__}: unexpected keyword argument {sorted(unknown)[0]!r}")
-        defaults = {**defaults, **P.DEFAULTS, **R.DEFAULTS, **(options or {})}
+        defaults = {**defaults, **SWITCH_DEFAULTS, **P.DEFAULTS, **R.DEFAULTS, **(options or {})}
+        self._check_hyperparameters(defaults)  # before `params` is looked at, as torch.optim does
         self._plans: dict[tuple, tuple] = {}  # NOTE: [the step plan] (add_param_group, called below, clears it)
         self._fp32_grads: dict[int, tuple] = {}  # per group: ids of 16-bit parameters with float32 gradients
         self._step_called = [False]  # NOTE: [LR schedulers and torch.compile]
@@ -82,6 +91,11 @@ class FusedOptimizer(Optimizer):
         passed to the op after the state lists."""
         return []
 
+    def _keeps_state(self, group: dict) -> bool:
+        """False where a step needs no state at all (gradfused.SGD without momentum): the op then gets
+        scratch step counts that are not saved (NOTE: [the step plan])."""
+        return True
+
     def _scalar_state_keys(self, group: dict) -> list[str]:
         """The keys of `_scalar_state_specs`, without `step`."""
         return [key for key, _ in self._scalar_state_specs(group)]
@@ -101,6 +115,8 @@ class FusedOptimizer(Optimizer):
         params = param_group["params"]
         params = [params] if isinstance(params, Tensor) else list(params)
         for i, p in enumerate(params):
+            if isinstance(p, tuple) and len(p) == 2:  # a named parameter, (name, tensor)
+                p = p[1]
             if isinstance(p, Tensor):
                 self._check_param(p, f"params[{i}]")
                 P.check_param(self._name, merged, p, f"params[{i}]")
@@ -147,6 +163,8 @@ class FusedOptimizer(Optimizer):
                     self.state.get(p, {}).pop("master_weight", None)
         scalar_keys = {"step"}.union(*(self._scalar_state_keys(group) for group in self.param_groups))
         for p, st in self.state.items():  # `step` and the like live with their parameter, as float32
+            if st and "step" not in st:  # torch.optim.SGD keeps no step count: its state is past step 1
+                st["step"] = 1.0
             for key in scalar_keys & set(st):
                 if isinstance(st[key], Tensor):
                     st[key] = st[key].to(device=p.device, dtype=torch.float32)
@@ -314,7 +332,8 @@ class FusedOptimizer(Optimizer):
     # tensor, every step, for a result that only changes when the set of parameters with gradients does.
     # The plan caches, per group and set of parameters stepped, the buckets and each parameter's state
     # *dict* (the dicts, not the tensors: a state tensor replaced by hand is still seen). It is rebuilt when
-    # the state keys in use or the state itself (load_state_dict, clear) change. Per-layer steps
+    # the state keys in use or the state itself (load_state_dict, clear) change. A group that keeps no
+    # state (_keeps_state) gets scratch step counts, held by the plan alone: its rule reads no t. Per-layer steps
     # (step_parameters) keep one plan per layer beside the whole step's; _MAX_PLANS bounds the cache
     # when the set of parameters with gradients changes from step to step.
     def _plan(self, group: dict, params: list[Tensor]) -> list[tuple[list[Tensor], list[dict], list[int]]]:
@@ -322,15 +341,18 @@ class FusedOptimizer(Optimizer):
         state created as needed. The indices key the random streams."""
         specs = self._state_specs(group)
         which = (id(group), tuple(map(id, params)), self._fp32_grads.get(id(group), ()))
-        key = (tuple(used for _, used in specs), id(self.state), len(self.state))
+        stateful = self._keeps_state(group)
+        key = (tuple(used for _, used in specs), stateful, id(self.state), len(self.state))
         cached = self._plans.get(which)
         if cached is not None and cached[0] == key:
             return cached[1]
         plan = []
         for idx in self._buckets(params, by_grad_dtype=True):
             bucket = [params[i] for i in idx]
-            plan.append((bucket, [self._init_state(p, group, specs) for p in bucket], self._param_indices(bucket)))
-        key = key[:2] + (len(self.state),)  # state creation above may have grown it
+            states = ([self._init_state(p, group, specs) for p in bucket] if stateful else
+                      [{"step": torch.zeros((), dtype=torch.float32, device=p.device)} for p in bucket])
+            plan.append((bucket, states, self._param_indices(bucket)))
+        key = key[:3] + (len(self.state),)  # state creation above may have grown it
         if len(self._plans) >= _MAX_PLANS:
             self._plans.clear()
         self._plans[which] = (key, plan)
@@ -346,7 +368,9 @@ class FusedOptimizer(Optimizer):
         scalar_keys = self._scalar_state_keys(group)
         backend = reference if group.get("fused") is False else ops
         op = getattr(backend, self.op_name)
-        hyper = self._op_hyperparameters(group)
+        # Tensor betas, say, as torch.optim allows: the op takes numbers, and the reference would broadcast
+        # a tensor of shape [1, 1, 1] into the states' shape
+        hyper = {k: v.item() if isinstance(v, Tensor) else v for k, v in self._op_hyperparameters(group).items()}
         random = R.op_kwargs(group)
         for b, (bucket, states, indices) in enumerate(self._plan(group, params)):
             device = bucket[0].device
@@ -387,8 +411,14 @@ class FusedOptimizer(Optimizer):
         V.check_lr(self._name, group["lr"])
         V.check_nonneg(self._name, "weight_decay", group.get("weight_decay", 0.0))  # GradientAscent has none
         V.check_bool(self._name, "maximize", group["maximize"])
-        if group.get("fused") not in (None, True, False):
-            raise ValueError(f"{self._name}: invalid fused={group['fused']!r} (expected None, True or False)")
+        for name in ("fused", "foreach"):  # 1 and 0 are not switches: they would be stored as ints
+            if not (group.get(name) is None or isinstance(group.get(name), bool)):
+                raise V.invalid(self._name, name, group[name], "None, True or False")
+        V.check_bool(self._name, "capturable", group["capturable"])
+        V.check_bool(self._name, "differentiable", group["differentiable"])
+        if group["differentiable"]:
+            raise NotImplementedError(f"{self._name}: differentiable=True is not supported: the fused kernels update "
+                                      "in place, outside autograd (use torch.optim for a differentiable step)")
         P.check(self._name, group)
         R.check(self._name, group)
 

@@ -48,10 +48,10 @@ class GradientAscent(FusedOptimizer):
             x = group[name]
             if x is not None and (isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x)
                                   or x <= 0):
-                raise ValueError(f"{self._name}: invalid {name}={x!r} (expected None or a finite number > 0)")
+                raise V.invalid(self._name, name, x, "None or a finite number > 0")
         w = group["warmup_steps"]
         if isinstance(w, bool) or not isinstance(w, int) or w < 0:
-            raise ValueError(f"{self._name}: invalid warmup_steps={w!r} (expected a whole number >= 0)")
+            raise V.invalid(self._name, "warmup_steps", w, "a whole number >= 0")
 
     def _state_specs(self, group):
         return [("momentum_buffer", True), ("square_avg", True)]

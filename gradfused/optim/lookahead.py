@@ -35,10 +35,10 @@ class Lookahead(WrappingOptimizer):
     def __init__(self, base_optimizer: Optimizer, k: int = 5, alpha: float = 0.5, *, fused=None):
         self._wrap(_NAME, base_optimizer)
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"{_NAME}: invalid k={k!r} (expected a whole number >= 1)")
+            raise V.invalid(_NAME, "k", k, "a whole number >= 1")
         V.check_unit_interval(_NAME, "alpha", alpha, closed=True)
         if fused not in (None, True, False):
-            raise ValueError(f"{_NAME}: invalid fused={fused!r} (expected None, True or False)")
+            raise V.invalid(_NAME, "fused", fused, "None, True or False")
         self.k, self.alpha, self.fused = k, float(alpha), fused
         self.base_steps = 0
 

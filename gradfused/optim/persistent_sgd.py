@@ -14,8 +14,12 @@ class PersistentSGD(FusedOptimizer):
 
     with the gradient first unscaled (AMP), negated (``maximize``) and, for L2 weight decay, given
     ``weight_decay * p``; decoupled weight decay multiplies ``p`` by ``1 - lr * weight_decay`` instead.
-    The buffer starts at zero. With ``dampening=0`` this is ``torch.optim.SGD(momentum=decay)``;
-    ``decay=0`` is plain SGD. ``decay`` is a param-group value and can be scheduled like ``lr``.
+    The buffer starts at zero, where torch's SGD (and :class:`gradfused.SGD`) sets it to the first gradient:
+    with ``dampening=0`` the two are the same, ``torch.optim.SGD(momentum=decay)``. ``decay=0`` is plain
+    SGD. ``decay`` lies in [0, 1] (beyond 1 the buffer grows without bound) and is a param-group value that
+    can be scheduled like ``lr``. Its state_dict also carries ``momentum`` (= decay) in every group, so that
+    ``torch.optim.SGD`` loads it and continues with the same numbers as long as ``decoupled_weight_decay``
+    is off (torch's SGD has no decoupled decay).
 
     State: ``momentum_buffer``, ``step``.
     """
@@ -30,7 +34,7 @@ class PersistentSGD(FusedOptimizer):
 
     def _check_hyperparameters(self, group):
         self._check_common(group)
-        V.check_nonneg(self._name, "decay", group["decay"])
+        V.check_unit_interval(self._name, "decay", group["decay"], closed=True)
         V.check_unit_interval(self._name, "dampening", group["dampening"], closed=True)
         V.check_bool(self._name, "nesterov", group["nesterov"])
         V.check_bool(self._name, "decoupled_weight_decay", group["decoupled_weight_decay"])
@@ -38,8 +42,15 @@ class PersistentSGD(FusedOptimizer):
             raise ValueError(f"{self._name}: nesterov=True requires decay > 0 and dampening = 0")
 
     def _upgrade_group(self, group):
-        if "decay" not in group and "momentum" in group:  # a torch.optim.SGD checkpoint
-            group["decay"] = group["momentum"]
+        momentum = group.pop("momentum", None)  # torch.optim.SGD's name (in its checkpoints and in ours)
+        if "decay" not in group and momentum is not None:
+            group["decay"] = momentum
+
+    def state_dict(self):
+        state = super().state_dict()
+        for group in state["param_groups"]:  # what torch.optim.SGD reads
+            group["momentum"] = group["decay"]
+        return state
 
     def _state_specs(self, group):
         return [("momentum_buffer", True)]

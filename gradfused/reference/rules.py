@@ -10,14 +10,23 @@ from .pipeline import run_pipeline, sqrt
 
 # Each function's `**pipeline` are the keyword arguments of run_pipeline (maximize, grad_scale, ...).
 def persistent_sgd_(params, grads, momentum_buffers, state_steps, *, lr, decay, dampening, weight_decay,
-                    decoupled_weight_decay, nesterov, **pipeline):
+                    decoupled_weight_decay, nesterov, buffer_starts_at_grad=False, **pipeline):
+    if not momentum_buffers and params and decay != 0:
+        raise RuntimeError(f"gradfused.persistent_sgd_: momentum_buffers is empty, which only decay = 0 allows "
+                           f"(got decay={decay})")
+
     def rule(g, st, t, i):
+        if not momentum_buffers:  # plain SGD, no state
+            return g
         buf = st[0]
-        buf.copy_(decay * buf + (1 - dampening) * g)
+        if buffer_starts_at_grad and t == 1:  # torch.optim.SGD's first step
+            buf.copy_(g)
+        else:
+            buf.copy_(decay * buf + (1 - dampening) * g)
         return g + decay * buf if nesterov else buf
 
-    run_pipeline(params, grads, [momentum_buffers], state_steps, rule, lr=lr, weight_decay=weight_decay,
-                 decoupled_weight_decay=decoupled_weight_decay, **pipeline)
+    run_pipeline(params, grads, [momentum_buffers] if momentum_buffers else [], state_steps, rule, lr=lr,
+                 weight_decay=weight_decay, decoupled_weight_decay=decoupled_weight_decay, **pipeline)
 
 
 def _adam_moments(g, m, v, beta1, beta2):
