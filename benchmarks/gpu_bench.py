@@ -45,6 +45,8 @@ class BlocksPerChunk:
 
 # name -> (factory(params, options), fp32 bytes per element) ; torch's fused kernels beside ours
 PROVIDERS = {
+    "gradfused.SGD(momentum)": (lambda p, o: gf.SGD(p, lr=1e-2, momentum=0.9, **o), 20),
+    "gradfused.SGD(plain)": (lambda p, o: gf.SGD(p, lr=1e-2, **o), 12),
     "gradfused.PersistentSGD": (lambda p, o: gf.PersistentSGD(p, decay=0.9, **o), 20),
     "gradfused.AdamW": (lambda p, o: gf.AdamW(p, **o), 28),
     "gradfused.AdamW[1 block/chunk]": (lambda p, o: BlocksPerChunk(gf.AdamW(p, **o), 1), 28),
@@ -58,6 +60,7 @@ PROVIDERS = {
     "gradfused.Align(AdamW)": (lambda p, o: gf.GradientAlignment(gf.AdamW(p, **o)), 40),
     "torch.AdamW(fused)": (lambda p, o: torch.optim.AdamW(p, fused=True), 28),
     "torch.SGD(fused,momentum)": (lambda p, o: torch.optim.SGD(p, lr=1e-2, momentum=0.9, fused=True), 20),
+    "torch.SGD(fused,plain)": (lambda p, o: torch.optim.SGD(p, lr=1e-2, fused=True), 12),
 }
 
 
@@ -138,6 +141,8 @@ def bench_case(case: str, providers: list[str], rounds: int, steps: int) -> dict
 
     out["ratios"] = {k: v for k, v in {
         "torch.AdamW(fused) / gradfused.AdamW": ratios("torch.AdamW(fused)", "gradfused.AdamW"),
+        "torch.SGD(fused,momentum) / gradfused.SGD(momentum)": ratios("torch.SGD(fused,momentum)", "gradfused.SGD(momentum)"),
+        "torch.SGD(fused,plain) / gradfused.SGD(plain)": ratios("torch.SGD(fused,plain)", "gradfused.SGD(plain)"),
         "torch.SGD(fused,momentum) / gradfused.PersistentSGD": ratios("torch.SGD(fused,momentum)", "gradfused.PersistentSGD"),
         "gradfused.Align(AdamW) / gradfused.AdamW": ratios("gradfused.Align(AdamW)", "gradfused.AdamW"),
         "gradfused.AdamW[1 block/chunk] / gradfused.AdamW": ratios("gradfused.AdamW[1 block/chunk]", "gradfused.AdamW"),

@@ -43,11 +43,18 @@ CASES: dict[str, tuple[Callable[[bool], list[tuple[int, ...]]], torch.dtype]] = 
 }
 
 # fp32 bytes moved per element per step (DESIGN.md); 16-bit tensors move half as many.
-BYTES_PER_ELEMENT = {"PersistentSGD": 20, "AdamW": 28, "RAdam": 28, "AdEMA": 36, "NAdam": 28, "RMSprop": 20,
+BYTES_PER_ELEMENT = {"SGD": 20, "PersistentSGD": 20, "AdamW": 28, "RAdam": 28, "AdEMA": 36, "NAdam": 28, "RMSprop": 20,
                      "GradientAscent": 28, "Align(AdamW)": 40}
 
 # optimizer -> provider -> factory(params); a provider is absent where it has no such optimizer
 PROVIDERS: dict[str, dict[str, Callable]] = {
+    "SGD": {  # torch's SGD exactly (momentum 0.9)
+        "reference_forloop": lambda p: gf.SGD(p, lr=1e-2, momentum=0.9, fused=False),
+        "torch_forloop": lambda p: torch.optim.SGD(p, lr=1e-2, momentum=0.9, foreach=False),
+        "torch_foreach": lambda p: torch.optim.SGD(p, lr=1e-2, momentum=0.9, foreach=True),
+        "torch_fused": lambda p: torch.optim.SGD(p, lr=1e-2, momentum=0.9, fused=True),
+        "gradfused": lambda p: gf.SGD(p, lr=1e-2, momentum=0.9),
+    },
     "PersistentSGD": {
         "reference_forloop": lambda p: gf.PersistentSGD(p, decay=0.9, fused=False),
         "torch_forloop": lambda p: torch.optim.SGD(p, lr=1e-2, momentum=0.9, foreach=False),

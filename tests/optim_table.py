@@ -50,6 +50,10 @@ CASES: list[Case] = (
         {}, {"decay": 0.9, "dampening": 0.1}, {"decay": 0.9, "nesterov": True}, {"weight_decay": 0.1},
         {"weight_decay": 0.1, "decoupled_weight_decay": True}, {"maximize": True}, {"decay": 0.0},
     ])
+    + _cases(gf.SGD, [
+        {"lr": 1e-2}, {"lr": 1e-2, "momentum": 0.9, "dampening": 0.5}, {"lr": 1e-2, "momentum": 0.9, "nesterov": True},
+        {"lr": 1e-2, "momentum": 0.9, "weight_decay": 0.1, "maximize": True}, {"lr": 1e-2, "lr_dropout": 0.3, "seed": 2},
+    ])
     + _cases(gf.Adam, [
         {"lr": 1e-2}, {"lr": 1e-2, "weight_decay": 0.1}, {"lr": 1e-2, "amsgrad": True},
         {"lr": 1e-2, "weight_decay": 0.1, "decoupled_weight_decay": True}, {"lr": 1e-2, "maximize": True, "amsgrad": True},
