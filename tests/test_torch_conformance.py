@@ -48,10 +48,13 @@ def _id(case):
     return f"{name}-{k}-{oi.desc.replace(' ', '_')}"
 
 
-CASES = [pytest.param(device, case, id=f"{device if isinstance(device, str) else 'cuda'}-{_id(case)}",
-                      marks=getattr(device, "marks", ()))
-         for device in DEVICES
-         for case in optim_inputs(device if isinstance(device, str) else "cuda")]
+def _devices():
+    """(device name, marks) of tests/devices.py's DEVICES, whose CUDA entry is a pytest.param."""
+    return [(d, ()) if isinstance(d, str) else (d.values[0], d.marks) for d in DEVICES]
+
+
+CASES = [pytest.param(device, case, id=f"{device}-{_id(case)}", marks=marks)
+         for device, marks in _devices() for case in optim_inputs(device)]
 
 
 def _make_pair(name, kwargs, device, dtype, fused):
@@ -113,9 +116,8 @@ def test_torch_optim_input_gives_torch_numbers(device, case, scenario, dtype, fu
 
 
 def error_cases():
-    return [pytest.param(device, name, id=f"{device if isinstance(device, str) else 'cuda'}-{name}",
-                         marks=getattr(device, "marks", ()))
-            for device in DEVICES for name in INFOS]
+    return [pytest.param(device, name, id=f"{device}-{name}", marks=marks) for device, marks in _devices()
+            for name in INFOS]
 
 
 @pytest.mark.parametrize("device, name", error_cases())
