@@ -59,6 +59,10 @@ CASES = [pytest.param(device, case, id=f"{device}-{_id(case)}", marks=marks)
 
 def _make_pair(name, kwargs, device, dtype, fused):
     """The same parameters in two groups (the second inheriting the defaults) for torch and for us."""
+    if dtype == torch.float64 and isinstance(kwargs.get("lr"), torch.Tensor) and kwargs.get("weight_decay"):
+        # torch's for-loop and foreach implementations form 1 - lr·wd in the dtype of a tensor lr: float32
+        # beside float64 parameters, 1e-7 off; gradfused forms it in float64 (README: documented differences)
+        kwargs = {**kwargs, "lr": kwargs["lr"].to(torch.float64)}
     shapes = [(5, 3), (3,), (4, 2, 2)]
     start = [torch.randn(s, device=device, dtype=dtype) for s in shapes]
     theirs = [p.clone().requires_grad_() for p in start]
@@ -115,14 +119,12 @@ def test_torch_optim_input_gives_torch_numbers(device, case, scenario, dtype, fu
         assert float(group_g["lr"]) == pytest.approx(float(group_t["lr"]))
 
 
-def error_cases():
-    return [pytest.param(device, name, id=f"{device}-{name}", marks=marks) for device, marks in _devices()
-            for name in INFOS]
-
-
-@pytest.mark.parametrize("device, name", error_cases())
-def test_torch_error_inputs_raise_as_torch(device, name):
+# torch defines these error inputs for the CPU only (its CUDA lists are empty for these optimizers): they
+# are construction errors, the same on every device.
+@pytest.mark.parametrize("name", list(INFOS))
+def test_torch_error_inputs_raise_as_torch(name):
     """Each input checked; the failures are collected so that one run lists them all."""
+    device = "cpu"
     failures, checked = [], 0
     for err in INFOS[name].optim_error_inputs_func(device=device, dtype=torch.float32):
         oi = err.optimizer_error_input

@@ -173,9 +173,12 @@ struct NAdamRule {
 GF_HD double nadam_mu(double t, const NAdamHyper<double>& h) {
   return h.beta1 * (1.0 - 0.5 * ::pow(0.96, t * h.momentum_decay));
 }
-// Πμ up to and including μt, from the product up to μt-1 (the state `mu_product` before step t).
-GF_HD double nadam_mu_product(double t, double previous, const NAdamHyper<double>& h) {
-  return previous * nadam_mu(t, h);
+// Πμ up to and including μt, from the product up to μt-1 (the state `mu_product` before step t). As
+// torch.optim.NAdam's `mu_product *= mu`, the product is taken in the state's dtype: with a float32 state,
+// μt is rounded to float32 first (the product of two floats is exact in double; the caller rounds it).
+GF_HD double nadam_mu_product(double t, double previous, const NAdamHyper<double>& h, bool float32_state) {
+  const double mu = nadam_mu(t, h);
+  return previous * (float32_state ? double(float(mu)) : mu);
 }
 // mu_product: Πμ up to and including μt.
 GF_HD NAdamTensorScalars<double> nadam_tensor_scalars(double t, double mu_product, const NAdamHyper<double>& h) {

@@ -86,8 +86,9 @@ auto tensor_scalars_fn(const UpdateArgs<Hyper, Lr>& a, std::vector<double>& prod
   if constexpr (R == Rule::NAdam) {
     products.resize(a.params.size());
     return [&a, &products](size_t i, double t) {
-      products[i] = nadam_mu_product(t, read_scalar(a.products[i]), a.hyper);
-      const double stored = a.products[i].scalar_type() == at::kFloat ? double(float(products[i])) : products[i];
+      const bool float32_state = a.products[i].scalar_type() == at::kFloat;
+      products[i] = nadam_mu_product(t, read_scalar(a.products[i]), a.hyper, float32_state);
+      const double stored = float32_state ? double(float(products[i])) : products[i];
       return nadam_tensor_scalars(t, stored, a.hyper);  // from the value as stored, as torch.optim.NAdam
     };
   } else {

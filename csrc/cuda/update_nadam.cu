@@ -8,7 +8,7 @@ namespace {
 struct Scalars {
   static constexpr bool kHasProduct = true;
   __device__ static double product(double t, double previous, const NAdamHyper<double>& h) {
-    return nadam_mu_product(t, previous, h);
+    return nadam_mu_product(t, previous, h, /*float32_state=*/true);
   }
   __device__ static NAdamTensorScalars<double> at(double t, double product, const NAdamHyper<double>& h) {
     return nadam_tensor_scalars(t, product, h);

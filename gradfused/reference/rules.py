@@ -114,7 +114,9 @@ def nadam_(params, grads, exp_avgs, exp_avg_sqs, mu_products, state_steps, *, lr
     def rule(g, st, t, i):
         m, v = st
         _adam_moments(g, m, v, beta1, beta2)
-        product = mu_products[i].item() * nadam_mu(t, beta1, momentum_decay)
+        # mu_product *= mu in the state's dtype, as torch.optim.NAdam (NOTE in csrc/common/rules.h)
+        mu = torch.tensor(nadam_mu(t, beta1, momentum_decay), dtype=mu_products[i].dtype).item()
+        product = mu_products[i].item() * mu
         products[i] = product
         product = torch.tensor(product, dtype=mu_products[i].dtype).item()  # as stored, as torch.optim.NAdam
         mu_next = nadam_mu(t + 1, beta1, momentum_decay)
