@@ -4,6 +4,7 @@ as pure Python and compiles its kernels on first use (gradfused/_native.py)."""
 import importlib.util
 import os
 import shutil
+import subprocess
 
 from setuptools import setup
 from setuptools.command.build_py import build_py
@@ -15,13 +16,22 @@ _spec.loader.exec_module(build_config)
 
 
 class BuildPyWithSources(build_py):
-    """Ships csrc/ inside the package (gradfused/_csrc) for the just-in-time build."""
+    """Ships csrc/ inside the package (gradfused/_csrc) for the just-in-time build, and the commit it was
+    built from (gradfused/_commit.txt, read by gradfused/environment.py), which an installed copy cannot
+    ask git for."""
 
     def run(self):
         super().run()
         target = os.path.join(self.build_lib, "gradfused", "_csrc")
         shutil.rmtree(target, ignore_errors=True)
         shutil.copytree(os.path.join(HERE, "csrc"), target)
+        try:
+            commit = subprocess.run(["git", "-C", HERE, "describe", "--always", "--dirty"], capture_output=True,
+                                    text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            commit = ""
+        with open(os.path.join(self.build_lib, "gradfused", "_commit.txt"), "w") as f:
+            f.write(commit or "unknown")
 
 
 cmdclass = {"build_py": BuildPyWithSources}

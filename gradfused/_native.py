@@ -1,5 +1,8 @@
 """Loads the native extension: the ahead-of-time build (gradfused._C) when it is there and matches the
-installed torch, else a just-in-time build of the shipped sources, compiled once and cached."""
+installed torch, else a just-in-time build of the shipped sources, compiled once and cached.
+
+Nothing loads at `import gradfused`: the first native optimizer (or op call, or `gradfused info`) does,
+so that the CLI's --help and argument errors never wait for a compile."""
 from __future__ import annotations
 
 import contextlib
@@ -13,6 +16,23 @@ from . import _build
 
 BUILD_KIND: str | None = None  # "ahead-of-time" or "just-in-time" once loaded
 LOAD_ERROR: BaseException | None = None
+_ON_LOAD: list = []  # called once the ops are registered (ops.py registers their fake implementations)
+
+
+def on_load(fn) -> None:
+    """Calls `fn()` once the native ops are registered: now, if they already are."""
+    if BUILD_KIND is not None:
+        fn()
+    else:
+        _ON_LOAD.append(fn)
+
+
+def _loaded(kind: str) -> None:
+    global BUILD_KIND
+    BUILD_KIND = kind
+    for fn in _ON_LOAD:
+        fn()
+    _ON_LOAD.clear()
 
 
 def _source_dir() -> str:
@@ -79,22 +99,23 @@ def _jit_build() -> None:
 
 def load() -> None:
     """Registers torch.ops.gradfused.*; idempotent. On failure LOAD_ERROR says why."""
-    global BUILD_KIND, LOAD_ERROR
-    if BUILD_KIND is not None:
+    global LOAD_ERROR
+    if BUILD_KIND is not None or LOAD_ERROR is not None:
         return
     try:
         from . import _C  # noqa: F401  (importing it registers the ops)
 
-        BUILD_KIND = "ahead-of-time"
+        _loaded("ahead-of-time")
         return
     except ImportError as e:  # not built, or built against another torch
         aot_error = e
     try:
         _jit_build()
-        BUILD_KIND = "just-in-time"
     except Exception as e:  # noqa: BLE001  (kept and reported by require())
         LOAD_ERROR = e
         LOAD_ERROR.__context__ = aot_error
+        return
+    _loaded("just-in-time")
 
 
 def require() -> None:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 import torch
 
 from . import benchmarking as B
+from .environment import describe
 from .errors import CommandError
 
 
@@ -37,20 +39,40 @@ def run(args: argparse.Namespace) -> int:
     unknown = set(args.providers or ()) - known
     if unknown:
         raise CommandError(f"unknown provider {', '.join(sorted(unknown))} (expected some of: {', '.join(sorted(known))})")
+    for flag, path in (("--json", args.json), ("--plot", args.plot)):  # before minutes of measuring
+        if path:
+            check_writable(flag, path)
     combos = B.combinations(args.optimizers, args.cases, args.providers, args.small)
+    meta = dict(describe(args.device), small=args.small, rounds=args.rounds)
     rows = []
     for k, (optimizer, case, provider) in enumerate(combos, 1):
         print(f"[{k}/{len(combos)}] {optimizer} / {case} / {provider} ...", file=sys.stderr, flush=True)
         rows.append(B.measure(optimizer, case, provider, rounds=args.rounds, small=args.small, device=args.device))
+        if args.json:  # after every measurement: a run cut short keeps what it measured
+            write_json(args.json, dict(meta=meta, complete=k == len(combos), rows=rows))
     print(format_tables(rows))
-    if args.json:
-        meta = dict(torch=torch.__version__, device=args.device, threads=torch.get_num_threads(),
-                    simd=torch.ops.gradfused.cpu_isa(), small=args.small)
-        with open(args.json, "w") as f:
-            json.dump(dict(meta=meta, rows=rows), f, indent=1)
     if args.plot:
         plot(rows, args.plot)
     return 0
+
+
+def check_writable(flag: str, path: str) -> None:
+    """A clear error now, rather than a traceback after the run, for an output path that cannot be written."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise CommandError(f"{flag} {path!r} is a folder; expected a file path")
+    if not os.path.isdir(folder):
+        raise CommandError(f"{flag} {path!r}: the folder {folder!r} does not exist")
+    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise CommandError(f"{flag} {path!r} is not writable")
+
+
+def write_json(path: str, data: dict) -> None:
+    """Written whole, then renamed: a reader (or a killed run) never sees half a file."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(tmp, path)
 
 
 def format_tables(rows: list[dict]) -> str:

@@ -63,5 +63,4 @@ def _register_fakes() -> None:
             )
 
 
-if _native.available():
-    _register_fakes()
+_native.on_load(_register_fakes)

@@ -311,3 +311,24 @@ def test_a_stale_build_lock_is_removed_and_a_fresh_one_kept(tmp_path, capsys):
     os.utime(lock, (old, old))
     _native._clear_stale_lock(str(tmp_path))
     assert not lock.exists() and "removing a stale build lock" in capsys.readouterr().err
+
+
+_IMPORT_SCRIPT = """
+import gradfused, gradfused._native as native
+from gradfused.cli import main
+for argv in (["--help"], ["compare", "--epochs", "x"], ["bench", "--rounds", "0"]):
+    try:
+        main(argv)
+    except SystemExit:
+        pass
+print("loaded:", native.BUILD_KIND)
+"""
+
+
+def test_import_help_and_argument_errors_do_not_load_the_kernels(tmp_path):
+    """On a cold cache loading means a compile of minutes: `import gradfused`, --help and a bad argument
+    must not wait for it (issue #17)."""
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(gf.__file__)))
+    out = subprocess.run([sys.executable, "-c", _IMPORT_SCRIPT], env=dict(os.environ, PYTHONPATH=package_root),
+                         cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert out.stdout.strip().endswith("loaded: None"), out.stdout + out.stderr

@@ -28,6 +28,8 @@ def test_tiny_end_to_end_run_writes_everything(tmp_path, capsys):
     report = json.loads((out / "results.json").read_text())
     assert report["config"]["epochs"] == 1 and report["config"]["optimizers"] == specs
     assert report["versions"]["torch"] == torch.__version__
+    for key in ("commit", "build", "simd", "threads", "cpu"):  # what reading the timings needs
+        assert report["versions"][key] not in (None, "", "unknown"), key
     assert [r["spec"] for r in report["results"]] == specs
     for r in report["results"]:
         (run,) = r["runs"]
@@ -39,6 +41,7 @@ def test_tiny_end_to_end_run_writes_everything(tmp_path, capsys):
     assert report["results"][2]["summary"]["step_ms_reference"] is None  # torch.optim has no reference
     rows = (out / "results.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + len(specs)
+    assert rows[0].split(",") == ["optimizer", "spec", "seed", "epoch", "train_loss", "train_acc", "val_loss", "val_acc"]
     assert (out / "loss_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -185,15 +188,24 @@ def test_bench_small_run_writes_json_and_plot(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "AdamW, c-1M-in-200" in out and "gradfused speedup" in out
     report = json.loads(json_path.read_text())
+    assert report["complete"] is True
+    for key in ("commit", "build", "simd", "threads", "cpu", "torch"):
+        assert report["meta"][key] not in (None, "", "unknown"), key
     assert [r["provider"] for r in report["rows"]] == ["torch_fused", "gradfused"]
     for r in report["rows"]:
         assert r["step_ms"] > 0 and r["gbps"] > 0 and r["yardstick_gbps"] > 0 and r["state_mib"] > 0
     assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_bench_bad_arguments(capsys):
+def test_bench_bad_arguments(capsys, tmp_path):
     assert main(["bench", "--small", "--rounds", "0"]) == 2
     assert "--rounds must be >= 1" in capsys.readouterr().err
+    # an unwritable output is refused before anything is measured, not with a traceback at the end
+    assert main(["bench", "--small", "--json", str(tmp_path / "missing" / "b.json")]) == 2
+    err = capsys.readouterr().err
+    assert "--json" in err and "does not exist" in err and "[1/" not in err
+    assert main(["bench", "--small", "--plot", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
     assert main(["bench", "--small", "--providers", "numpy"]) == 2
     assert "unknown provider numpy" in capsys.readouterr().err
 

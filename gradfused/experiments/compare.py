@@ -6,7 +6,6 @@ import csv
 import dataclasses
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -20,6 +19,7 @@ import gradfused
 
 from . import datasets, models
 from . import optimizers as optim_specs
+from ..environment import describe
 from ..errors import CommandError
 from .presets import DEFAULT, PRESETS
 
@@ -169,11 +169,12 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def versions() -> dict[str, str]:
+def versions(device: str = "cpu") -> dict[str, str]:
+    """The environment (commit, build kind, SIMD level, threads, CPU model: gradfused/environment.py) and
+    the versions of the packages a run uses."""
     import importlib.metadata as md
 
-    v = {"gradfused": gradfused.__version__, "torch": torch.__version__, "python": platform.python_version(),
-         "platform": platform.platform()}
+    v = describe(device)
     for dist in ("numpy", "mnist1d", "scikit-learn", "matplotlib", "optuna"):
         try:
             v[dist] = md.version(dist)
@@ -206,7 +207,7 @@ def run(config: CompareConfig, *, quiet: bool = False) -> dict[str, Any]:
             summary.update(step_ms_native=native_ms, step_ms_reference=reference_ms)
             results.append(dict(spec=spec.text, label=spec.label, hyperparameters=spec.hyper, alignment=spec.align,
                                 runs=runs, summary=summary))
-    report = dict(config=dataclasses.asdict(config), versions=versions(), tuning=tuning, results=results)
+    report = dict(config=dataclasses.asdict(config), versions=versions(config.device), tuning=tuning, results=results)
     write_outputs(config.out, report)
     return report
 
@@ -230,12 +231,13 @@ def write_outputs(out: str, report: dict[str, Any], plot=None) -> None:
         json.dump(report, f, indent=1)
     with open(os.path.join(out, "results.csv"), "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["optimizer", "seed", "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "step_ms"])
+        # one row per epoch; each run's step time is in results.json (it is per run, not per epoch)
+        writer.writerow(["optimizer", "spec", "seed", "epoch", "train_loss", "train_acc", "val_loss", "val_acc"])
         for r in report["results"]:
             for run_ in r["runs"]:
                 for e in run_["epochs"]:
-                    writer.writerow([r["label"], run_["seed"], e["epoch"], e["train_loss"], e["train_acc"],
-                                     e["val_loss"], e["val_acc"], run_["step_ms"]])
+                    writer.writerow([r["label"], r.get("spec", ""), run_["seed"], e["epoch"], e["train_loss"], e["train_acc"],
+                                     e["val_loss"], e["val_acc"]])
     if plot is None:
         from .plots import loss_curves as plot
     plot(report, os.path.join(out, "loss_curves.png"))

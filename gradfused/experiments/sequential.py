@@ -168,7 +168,7 @@ def run(config: SequentialConfig, *, quiet: bool = False) -> dict[str, Any]:
                     progress.update(1)
                 results.append(dict(label=f"{method}, batch {batch_size}, lr {lr:g}", method=method,
                                     batch_size=batch_size, lr=lr, runs=runs, summary=summarize(runs)))
-    report = dict(config=dataclasses.asdict(config), versions=versions(), loss="MSE", results=results)
+    report = dict(config=dataclasses.asdict(config), versions=versions(config.device), loss="MSE", results=results)
     write_outputs(config.out, report, plot=method_curves)
     return report
 

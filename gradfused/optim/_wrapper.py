@@ -7,6 +7,8 @@ from typing import Any
 from torch import Tensor
 from torch.optim import Optimizer
 
+from .. import _native
+from . import _validation as V
 from .base import _step_was_called
 
 
@@ -17,9 +19,17 @@ class WrappingOptimizer(Optimizer):
 
     _opt_called = property(_step_was_called)  # NOTE: [LR schedulers and torch.compile]
 
-    def _wrap(self, name: str, base_optimizer: Optimizer) -> None:
+    def _wrap(self, name: str, base_optimizer: Optimizer, fused) -> None:
         if not isinstance(base_optimizer, Optimizer):
             raise TypeError(f"{name}: base_optimizer must be a torch.optim.Optimizer, got {type(base_optimizer)!r}")
+        if isinstance(base_optimizer, type(self)):
+            raise ValueError(f"{name}: base_optimizer is already a {type(self).__name__}; wrapping it twice would "
+                             "apply it twice per step")
+        if not (fused is None or isinstance(fused, bool)):
+            raise V.invalid(name, "fused", fused, "None, True or False")
+        if fused is not False:
+            _native.load()  # eagerly, not inside a step that torch.compile traces
+        self.fused = fused
         self.base = base_optimizer
         self._step_called = [False]  # NOTE: [LR schedulers and torch.compile]
         # Deliberately not Optimizer.__init__: param_groups and defaults are the base's (properties below).

@@ -44,12 +44,10 @@ class GradientAlignment(WrappingOptimizer):
 
     def __init__(self, base_optimizer: Optimizer, beta: float = 0.9, eps: float = 1e-8, *, fused=None):
         name = "gradfused.GradientAlignment"
-        self._wrap(name, base_optimizer)
+        self._wrap(name, base_optimizer, fused)
         V.check_unit_interval(name, "beta", beta)
         V.check_nonneg(name, "eps", eps)
-        if fused not in (None, True, False):
-            raise V.invalid(name, "fused", fused, "None, True or False")
-        self.beta, self.eps, self.fused = float(beta), float(eps), fused
+        self.beta, self.eps = float(beta), float(eps)
 
     def __repr__(self) -> str:
         return f"GradientAlignment(beta={self.beta}, eps={self.eps}, base={self.base!r})"

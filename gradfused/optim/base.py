@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from .. import ops, reference
+from .. import _native, ops, reference
 from . import _precision as P
 from . import _randomness as R
 from . import _validation as V
@@ -67,6 +67,8 @@ class FusedOptimizer(Optimizer):
             raise TypeError(f"gradfused.{type(self).__name__}: unexpected keyword argument {sorted(unknown)[0]!r}")
         defaults = {**defaults, **SWITCH_DEFAULTS, **P.DEFAULTS, **R.DEFAULTS, **(options or {})}
         self._check_hyperparameters(defaults)  # before `params` is looked at, as torch.optim does
+        if defaults["fused"] is not False:
+            _native.load()  # here, eagerly: not inside a step that torch.compile traces
         self._plans: dict[tuple, tuple] = {}  # NOTE: [the step plan] (add_param_group, called below, clears it)
         self._fp32_grads: dict[int, tuple] = {}  # per group: ids of 16-bit parameters with float32 gradients
         self._step_called = [False]  # NOTE: [LR schedulers and torch.compile]

@@ -33,13 +33,11 @@ class Lookahead(WrappingOptimizer):
     """
 
     def __init__(self, base_optimizer: Optimizer, k: int = 5, alpha: float = 0.5, *, fused=None):
-        self._wrap(_NAME, base_optimizer)
+        self._wrap(_NAME, base_optimizer, fused)
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise V.invalid(_NAME, "k", k, "a whole number >= 1")
         V.check_unit_interval(_NAME, "alpha", alpha, closed=True)
-        if fused not in (None, True, False):
-            raise V.invalid(_NAME, "fused", fused, "None, True or False")
-        self.k, self.alpha, self.fused = k, float(alpha), fused
+        self.k, self.alpha = k, float(alpha)
         self.base_steps = 0
 
     def __repr__(self) -> str:
