@@ -38,17 +38,30 @@ def _int_list(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {text!r}") from None
 
 
-def _compare(args: argparse.Namespace) -> int:
-    from .experiments.compare import config_from_json, format_table, resolve, run
+_SETTINGS = ("dataset", "model", "widths", "activation", "optimizers", "epochs", "seeds", "batch_size", "device",
+             "backend", "out", "tune")
+_OTHER_PRESETS = ("sequential", "ascent")  # presets with their own runners (not compare's model training)
 
+
+def _compare(args: argparse.Namespace) -> int:
+    from .errors import CommandError
+    from .experiments.compare import config_from_json, format_table, refuse_overwrite, resolve, run
+    from .experiments.presets import PRESETS
+
+    overrides = {k: getattr(args, k) for k in _SETTINGS}
+    if args.preset is not None and args.preset not in (*PRESETS, *_OTHER_PRESETS):
+        raise CommandError(f"unknown preset {args.preset!r} (expected one of: {', '.join((*PRESETS, *_OTHER_PRESETS))})")
+    refuse_overwrite(overrides["out"] or "compare-results", args.overwrite)
     if args.config:
+        given = [k for k, v in overrides.items() if v is not None and k != "out"] + (["preset"] if args.preset else [])
+        if given:  # they would be silently ignored: the recorded configuration is rerun as it was
+            raise CommandError(f"--config reruns a recorded configuration and takes no --{given[0].replace('_', '-')} "
+                               "(only --out); edit the JSON's config instead")
         config = config_from_json(args.config)
         if args.out:
             config.out = args.out
+        refuse_overwrite(config.out, args.overwrite)
     else:
-        overrides = {k: getattr(args, k) for k in ("dataset", "model", "widths", "activation", "optimizers",
-                                                   "epochs", "seeds", "batch_size", "device", "backend", "out",
-                                                   "tune")}
         if args.preset == "sequential":
             return _compare_sequential(args, overrides)
         if args.preset == "ascent":
@@ -94,26 +107,32 @@ def _compare_ascent(args: argparse.Namespace, overrides: dict) -> int:
 
 
 def _add_compare(sub) -> None:
+    from .experiments.presets import DEFAULT, PRESETS
+
     p = sub.add_parser("compare", help="train a model with several optimizers over several seeds and compare",
                        description="Trains the same model from the same initial weights with each optimizer and "
-                                   "reports losses, accuracy and step time. Needs no network.")
-    p.add_argument("--preset", help="a research comparison: grn, gao, nnopt, sequential or ascent (explicit options "
-                        "override it)")
-    p.add_argument("--dataset", help="mnist1d (default) or digits")
-    p.add_argument("--model", help="mlp (default) or cnn (MNIST-1D)")
-    p.add_argument("--widths", type=_int_list, help="hidden widths of the MLP, e.g. 128,128")
-    p.add_argument("--activation", help="relu (default), tanh, sigmoid or gelu")
+                                   "reports losses, accuracy and step time. Needs no network. Without --preset "
+                                   "the defaults below apply; a preset sets its own, and explicit options "
+                                   "override both.")
+    p.add_argument("--preset", help=f"a research comparison: {', '.join((*PRESETS, *_OTHER_PRESETS))}")
+    p.add_argument("--dataset", help=f"mnist1d or digits (default: {DEFAULT['dataset']})")
+    p.add_argument("--model", help=f"mlp or cnn (MNIST-1D) (default: {DEFAULT['model']})")
+    p.add_argument("--widths", type=_int_list,
+                   help=f"hidden widths of the MLP (default: {','.join(map(str, DEFAULT['widths']))})")
+    p.add_argument("--activation", help=f"relu, tanh, sigmoid or gelu (default: {DEFAULT['activation']})")
     p.add_argument("--optimizers", nargs="+", metavar="SPEC",
                    help="e.g. adamw:lr=1e-3 persistent_sgd:lr=0.01,decay=0.99 align:adam:lr=8.5e-3,beta=0.99 "
-                        "torch.sgd:lr=0.1,momentum=0.9 (tuples with '/': betas=0.9/0.999)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--seeds", type=int, help="how many seeds (0, 1, ...)")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--device", help="cpu (default) or cuda")
-    p.add_argument("--backend", help="native (default) or reference: which implementation trains")
+                        "lookahead:adamw:lr=1e-3,k=5 torch.sgd:lr=0.1,momentum=0.9 (tuples with '/': "
+                        f"betas=0.9/0.999) (default: {' '.join(DEFAULT['optimizers'])})")
+    p.add_argument("--epochs", type=int, help=f"(default: {DEFAULT['epochs']})")
+    p.add_argument("--seeds", type=int, help=f"how many seeds, 0, 1, ... (default: {DEFAULT['seeds']})")
+    p.add_argument("--batch-size", type=int, help=f"(default: {DEFAULT['batch_size']})")
+    p.add_argument("--device", help="cpu or cuda (default: cpu)")
+    p.add_argument("--backend", help="native or reference: which implementation trains (default: native)")
     p.add_argument("--out", help="output folder (default: compare-results)")
-    p.add_argument("--tune", type=int, help="optuna trials per optimizer before the run (needs optuna)")
-    p.add_argument("--config", help="rerun the configuration recorded in a results.json")
+    p.add_argument("--overwrite", action="store_true", help="replace the results already in --out")
+    p.add_argument("--tune", type=int, help="optuna trials per optimizer before the run (needs optuna) (default: 0)")
+    p.add_argument("--config", help="rerun the configuration recorded in a results.json (takes only --out)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_compare)
 

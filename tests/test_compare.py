@@ -61,7 +61,7 @@ def test_nnopt_preset_runs_the_variant_family(tmp_path, capsys):
     out = tmp_path / "nnopt"
     assert main(["compare", "--preset", "nnopt", *TINY, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    for label in ("NAdam(lr=0.001)", "RMSprop(lr=0.001)", "grad_noise=(0.01, 0.55)", "lr_dropout=0.5",
+    for label in ("NAdam(lr=0.001)", "RMSprop(lr=0.001)", "grad_noise=0.01/0.55", "lr_dropout=0.5",
                   "Lookahead[k=5, alpha=0.5](AdamW"):
         assert label in printed
     assert len(json.loads((out / "results.json").read_text())["results"]) == 13
@@ -143,7 +143,15 @@ def test_parse_rejects_bad_specs(spec, message):
     (["--optimizers", "adamw:lr=1e-3,betas"], "malformed hyperparameter 'betas'"),
     (["--optimizers", "adamw:lr=-1"], "Invalid learning rate: -1"),
     (["--model", "resnet"], "unknown model 'resnet'"),
-    (["--preset", "nope"], "unknown preset 'nope'"),
+    (["--preset", "nope"], "expected one of: grn, gao, nnopt, sequential, ascent"),
+    (["--optimizers", "adamx"], "align:<base>, lookahead:<base>"),
+    (["--optimizers", "adamw:lr=1e-3,"], "empty hyperparameter (a trailing or doubled comma)"),
+    (["--optimizers", "adamw:lr=1e-3,,eps=1e-8"], "empty hyperparameter"),
+    (["--optimizers", "adamw:lr=1e-3,lr=1e-2"], "sets 'lr' twice"),
+    (["--optimizers", "adamw:lr=1e-3", "adamw:lr=1e-3"], "optimizer 'adamw:lr=1e-3' is given twice"),
+    # a bad value in the last spec fails before the first one trains
+    (["--optimizers", "adamw:lr=1e-3", "adamw:lr=-1"], "Invalid learning rate: -1"),
+    (["--optimizers", "persistent_sgd:decay=1.5"], "Invalid decay value: 1.5"),
     (["--epochs", "0"], "--epochs must be a whole number >= 1"),
     (["--backend", "fast"], "--backend must be native or reference"),
     (["--preset", "sequential", "--optimizers", "adamw"], "--preset sequential does not take --optimizers"),
@@ -153,6 +161,19 @@ def test_bad_arguments_give_one_line_and_exit_2(args, message, tmp_path, capsys)
     assert main(["compare", *TINY, "--out", str(tmp_path / "o"), *args]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()  # nothing trained, no empty output folder left behind
+
+
+def test_existing_results_are_kept_and_config_takes_no_other_settings(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["compare", *TINY, "--out", str(out), "--optimizers", "sgd:lr=0.002693883"]) == 0
+    assert "SGD(lr=0.002694)" in capsys.readouterr().out  # 4 significant digits in labels
+    before = (out / "results.json").read_text()
+    assert main(["compare", *TINY, "--out", str(out), "--optimizers", "adamw"]) == 2
+    assert "already holds results" in capsys.readouterr().err and (out / "results.json").read_text() == before
+    assert main(["compare", "--config", str(out / "results.json"), "--epochs", "5"]) == 2
+    assert "--config reruns a recorded configuration and takes no --epochs" in capsys.readouterr().err
+    assert main(["compare", "--config", str(out / "results.json"), "--overwrite", "--quiet"]) == 0
 
 
 def test_unwritable_output_folder(tmp_path, capsys):

@@ -184,9 +184,10 @@ def versions(device: str = "cpu") -> dict[str, str]:
 
 
 def run(config: CompareConfig, *, quiet: bool = False) -> dict[str, Any]:
-    _check_out_dir(config.out)
-    specs = [optim_specs.parse(s) for s in config.optimizers]
+    specs = optim_specs.parse_all(config.optimizers, fused=config.backend == "native")
     data = datasets.load(config.dataset).to(config.device)
+    _build_model(config, data)  # a bad --model or --widths fails here
+    _check_out_dir(config.out)  # made only once everything else is known to be valid
     tuning = None
     if config.tune:
         from .tune import tune_all
@@ -210,6 +211,13 @@ def run(config: CompareConfig, *, quiet: bool = False) -> dict[str, Any]:
     report = dict(config=dataclasses.asdict(config), versions=versions(config.device), tuning=tuning, results=results)
     write_outputs(config.out, report)
     return report
+
+
+def refuse_overwrite(out: str, overwrite: bool) -> None:
+    """A folder that already holds results is kept unless --overwrite says otherwise."""
+    if not overwrite and os.path.exists(os.path.join(out, "results.json")):
+        raise CommandError(f"--out {out!r} already holds results (results.json); pass --overwrite to replace them, "
+                           "or choose another --out")
 
 
 def _check_out_dir(out: str) -> None:

@@ -14,7 +14,7 @@ from gradfused.optim import _precision, _randomness
 
 from ..errors import CommandError
 
-GRADFUSED = {"persistent_sgd": gf.PersistentSGD, "adam": gf.Adam, "adamw": gf.AdamW, "radam": gf.RAdam,
+GRADFUSED = {"sgd": gf.SGD, "persistent_sgd": gf.PersistentSGD, "adam": gf.Adam, "adamw": gf.AdamW, "radam": gf.RAdam,
              "radamw": gf.RAdamW, "adema": gf.AdEMA, "nadam": gf.NAdam, "rmsprop": gf.RMSprop,
              "gradient_ascent": gf.GradientAscent}
 TORCH = {"torch.sgd": torch.optim.SGD, "torch.adam": torch.optim.Adam, "torch.adamw": torch.optim.AdamW,
@@ -45,12 +45,25 @@ def _parse_value(text: str):
 
 def _parse_hyper(text: str, spec: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for item in filter(None, text.split(",")):
+    for item in text.split(",") if text else []:
         key, sep, value = item.partition("=")
+        if not item.strip():
+            raise CommandError(f"{spec!r} has an empty hyperparameter (a trailing or doubled comma)")
         if not sep or not key.strip():
             raise CommandError(f"malformed hyperparameter {item!r} in {spec!r} (expected key=value)")
+        if key.strip() in out:
+            raise CommandError(f"{spec!r} sets {key.strip()!r} twice")
         out[key.strip()] = _parse_value(value.strip())
     return out
+
+
+def _show(value) -> str:
+    """A hyperparameter in a label: floats to 4 significant digits (a tuned lr is 0.002694, not 17 digits)."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, tuple):
+        return "/".join(map(_show, value))
+    return str(value)
 
 
 @dataclass(frozen=True)
@@ -68,11 +81,11 @@ class OptimizerSpec:
     @property
     def label(self) -> str:
         cls = GRADFUSED.get(self.name) or TORCH[self.name]
-        inner = ", ".join(f"{k}={v}" for k, v in self.hyper.items())
+        inner = ", ".join(f"{k}={_show(v)}" for k, v in self.hyper.items())
         label = f"{'torch.' if self.name in TORCH else ''}{cls.__name__}({inner})"
         for wrapper, hyper in (("Align", self.align), ("Lookahead", self.lookahead)):
             if hyper is not None:
-                own = f"[{', '.join(f'{k}={v}' for k, v in hyper.items())}]" if hyper else ""
+                own = f"[{', '.join(f'{k}={_show(v)}' for k, v in hyper.items())}]" if hyper else ""
                 label = f"{wrapper}{own}({label})"
         return label
 
@@ -95,6 +108,20 @@ class OptimizerSpec:
             raise CommandError(f"optimizer {self.text!r}: {e}") from None
 
 
+def parse_all(texts: list[str], *, fused: bool = True) -> list[OptimizerSpec]:
+    """Every spec parsed and built once on a dummy parameter, before any training starts: a bad value in
+    the last spec fails the command at once, not after the others have trained."""
+    seen = set()
+    for text in texts:
+        if text in seen:
+            raise CommandError(f"optimizer {text!r} is given twice")
+        seen.add(text)
+    specs = [parse(text) for text in texts]
+    for spec in specs:
+        spec.build([torch.zeros(1, requires_grad=True)], fused=fused)
+    return specs
+
+
 def parse(spec: str) -> OptimizerSpec:
     if spec.startswith("lookahead:"):
         inner, _, hyper_text = spec[len("lookahead:"):].rpartition(":")
@@ -102,7 +129,7 @@ def parse(spec: str) -> OptimizerSpec:
             inner, hyper_text = spec[len("lookahead:"):], ""
         if not inner:
             raise CommandError(f"{spec!r}: lookahead needs a base optimizer, e.g. lookahead:adamw:lr=1e-3,k=5")
-        items = [item for item in filter(None, hyper_text.split(","))]
+        items = hyper_text.split(",") if hyper_text else []
         own = [item for item in items if item.partition("=")[0].strip() in LOOKAHEAD_KEYS]
         rest = [item for item in items if item not in own]
         base = parse(inner + (":" + ",".join(rest) if rest else ""))
@@ -117,7 +144,7 @@ def parse(spec: str) -> OptimizerSpec:
         name, hyper_text = parts[0], parts[1] if len(parts) > 1 else ""
     cls = GRADFUSED.get(name) or TORCH.get(name)
     if cls is None:
-        known = ", ".join(list(GRADFUSED) + list(TORCH) + ["align:<base>"])
+        known = ", ".join(list(GRADFUSED) + list(TORCH) + ["align:<base>", "lookahead:<base>"])
         raise CommandError(f"unknown optimizer {name!r} in {spec!r} (expected one of: {known})")
     hyper = _parse_hyper(hyper_text, spec)
     if parts[0] == "align":

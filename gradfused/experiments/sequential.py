@@ -151,8 +151,8 @@ def run(config: SequentialConfig, *, quiet: bool = False) -> dict[str, Any]:
     from .compare import _check_out_dir, summarize, versions, write_outputs
     from .plots import method_curves
 
-    _check_out_dir(config.out)
     data = datasets.load(config.dataset).to(config.device)
+    _check_out_dir(config.out)
     inits = []
     for seed in range(config.seeds):
         torch.manual_seed(seed)
