@@ -66,6 +66,15 @@ def _clear_stale_lock(build_dir: str) -> None:
               "compile is running)", file=sys.stderr, flush=True)
 
 
+def jit_name(src: str) -> str:
+    """The just-in-time build's name, which names its cache folder. It carries the torch build (an
+    extension only runs against the torch it was built with) and the sources' location: the source tree and
+    an installed copy each keep their own cache, where one shared folder made ninja rebuild everything at
+    every switch between them."""
+    where = hashlib.sha1(os.path.realpath(src).encode()).hexdigest()[:8]
+    return "gradfused_C_torch" + torch.__version__.replace(".", "_").replace("+", "_") + "_" + where
+
+
 def _jit_build() -> None:
     from torch.utils import cpp_extension
 
@@ -75,11 +84,7 @@ def _jit_build() -> None:
     defines = _build.DEFINES_CUDA if with_cuda else []
     if with_cuda and not torch.cuda.is_available():
         _build.set_default_arch_list()
-    # The name carries the torch build (an extension only runs against the torch it was built with) and
-    # the sources' location: the source tree and an installed copy each keep their own cache, where one
-    # shared folder made ninja rebuild everything at every switch between them.
-    where = hashlib.sha1(os.path.realpath(src).encode()).hexdigest()[:8]
-    name = "gradfused_C_torch" + torch.__version__.replace(".", "_").replace("+", "_") + "_" + where
+    name = jit_name(src)
     build_dir = cpp_extension._get_build_directory(name, verbose=False)
     _clear_stale_lock(build_dir)
     if not os.path.exists(os.path.join(build_dir, name + ".so")):

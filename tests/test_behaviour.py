@@ -332,3 +332,12 @@ def test_import_help_and_argument_errors_do_not_load_the_kernels(tmp_path):
     out = subprocess.run([sys.executable, "-c", _IMPORT_SCRIPT], env=dict(os.environ, PYTHONPATH=package_root),
                          cwd=tmp_path, capture_output=True, text=True, check=True)
     assert out.stdout.strip().endswith("loaded: None"), out.stdout + out.stderr
+
+
+def test_source_tree_and_installed_copy_keep_separate_build_caches(tmp_path):
+    from gradfused._native import jit_name
+
+    tree, installed = tmp_path / "repo" / "csrc", tmp_path / "site-packages" / "gradfused" / "_csrc"
+    assert jit_name(str(tree)) == jit_name(str(tree))  # one cache per location, reused
+    assert jit_name(str(tree)) != jit_name(str(installed))  # never each other's (issue #17)
+    assert torch.__version__.replace(".", "_").replace("+", "_") in jit_name(str(tree))
