@@ -81,10 +81,15 @@ def format_tables(rows: list[dict]) -> str:
         for case in dict.fromkeys(r["case"] for r in rows if r["optimizer"] == optimizer):
             group = [r for r in rows if r["optimizer"] == optimizer and r["case"] == case]
             ours = next((r for r in group if r["provider"] == "gradfused"), None)
-            lines = [("provider", "ms/step", "GB/s", "% yardstick", "gradfused speedup", "step peak MiB")]
+            lines = [("provider", "ms/step [IQR]", "GB/s", "% yardstick", "gradfused speedup [range]",
+                      "step peak MiB")]
             for r in sorted(group, key=lambda r: r["step_ms"]):
-                speedup = f"{r['step_ms'] / ours['step_ms']:.2f}x" if ours and r is not ours else ""
-                lines.append((r["provider"], f"{r['step_ms']:.3f}", f"{r['gbps']:.1f}",
+                speedup = ""
+                if ours and r is not ours:  # the range pairs the quartiles: the slowest against the fastest
+                    (lo, hi), (our_lo, our_hi) = r["step_ms_iqr"], ours["step_ms_iqr"]
+                    speedup = f"{r['step_ms'] / ours['step_ms']:.2f}x [{lo / our_hi:.2f}-{hi / our_lo:.2f}]"
+                iqr = r["step_ms_iqr"]
+                lines.append((r["provider"], f"{r['step_ms']:.3f} [{iqr[0]:.3f}-{iqr[1]:.3f}]", f"{r['gbps']:.1f}",
                               f"{r['pct_of_yardstick']:.0f} % of {r['yardstick_gbps']:.0f}", speedup,
                               f"{r['step_peak_mib']:.2f}"))
             widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]

@@ -218,9 +218,11 @@ def measure(optimizer: str, case: str, provider: str, *, rounds: int, small: boo
         steps.append(timed(opt.step, device))
         yards.append(timed(yard, device))
     step_s, yard_s = statistics.median(steps), statistics.median(yards)
+    step_q1, step_q3 = (statistics.quantiles(steps, n=4, method="inclusive")[k] for k in (0, 2)) if rounds > 1 \
+        else (step_s, step_s)
     gbps = step_bytes(optimizer, shapes, dtype) / step_s / 1e9
     yard_gbps = yard.bytes / yard_s / 1e9
     return dict(optimizer=optimizer, case=case, provider=provider, device=str(device), rounds=rounds,
-                step_ms=1e3 * step_s, gbps=gbps, yardstick_gbps=yard_gbps, pct_of_yardstick=100 * gbps / yard_gbps,
+                step_ms=1e3 * step_s, step_ms_iqr=[1e3 * step_q1, 1e3 * step_q3], gbps=gbps, yardstick_gbps=yard_gbps, pct_of_yardstick=100 * gbps / yard_gbps,
                 state_mib=state_bytes(opt) / 2**20, step_peak_mib=step_peak_bytes(opt.step, device) / 2**20,
                 params=sum(math.prod(s) for s in shapes), tensors=len(shapes), threads=torch.get_num_threads())

@@ -34,14 +34,15 @@ def test_tiny_end_to_end_run_writes_everything(tmp_path, capsys):
     for r in report["results"]:
         (run,) = r["runs"]
         (epoch,) = run["epochs"]
-        assert set(epoch) == {"epoch", "train_loss", "train_acc", "val_loss", "val_acc"}
+        assert set(epoch) == {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc"}
         assert 0 < epoch["val_loss"] < 10 and 0 <= epoch["val_acc"] <= 1 and run["step_ms"] > 0
         assert r["summary"]["step_ms_native"] > 0
     assert report["results"][0]["summary"]["step_ms_reference"] > 0  # gradfused: both backends timed
     assert report["results"][2]["summary"]["step_ms_reference"] is None  # torch.optim has no reference
     rows = (out / "results.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + len(specs)
-    assert rows[0].split(",") == ["optimizer", "spec", "seed", "epoch", "train_loss", "train_acc", "val_loss", "val_acc"]
+    assert rows[0].split(",") == ["optimizer", "spec", "seed", "epoch", "train_loss", "train_acc", "val_loss", "val_acc",
+                                  "test_loss", "test_acc"]
     assert (out / "loss_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -81,7 +82,7 @@ def test_rerun_from_results_json_gives_the_same_numbers(tmp_path):
     assert a["results"][0]["runs"][0]["epochs"] == b["results"][0]["runs"][0]["epochs"]
 
 
-@pytest.mark.parametrize("name, shapes", [("mnist1d", (4000, 40, 1000)), ("digits", (1437, 64, 360))])
+@pytest.mark.parametrize("name, shapes", [("mnist1d", (3200, 40, 1000)), ("digits", (1150, 64, 360))])  # train less validation
 def test_datasets_are_generated_offline_deterministically_and_cached(name, shapes, tmp_path, monkeypatch):
     monkeypatch.setenv("GRADFUSED_CACHE", str(tmp_path / "one"))
     first = datasets.load(name)
@@ -91,9 +92,10 @@ def test_datasets_are_generated_offline_deterministically_and_cached(name, shape
     regenerated = datasets.load(name)
     assert tuple(first.x_train.shape) == shapes[:2] and len(first.y_test) == shapes[2]
     assert first.num_classes == 10
-    for a, b, c in zip((first.x_train, first.y_train, first.x_test, first.y_test),
-                       (cached.x_train, cached.y_train, cached.x_test, cached.y_test),
-                       (regenerated.x_train, regenerated.y_train, regenerated.x_test, regenerated.y_test)):
+    for a, b, c in zip((first.x_train, first.y_train, first.x_val, first.x_test, first.y_test),
+                       (cached.x_train, cached.y_train, cached.x_val, cached.x_test, cached.y_test),
+                       (regenerated.x_train, regenerated.y_train, regenerated.x_val, regenerated.x_test,
+                        regenerated.y_test)):
         assert torch.equal(a, b) and torch.equal(a, c)
 
 
@@ -244,3 +246,25 @@ def test_a_closed_pipe_ends_the_command_without_a_traceback(monkeypatch, tmp_pat
         monkeypatch.setattr(sys, "stdout", sink)
         monkeypatch.setattr(cli, "_info", write_into_closed_pipe)
         assert cli.main(["info"]) == 1
+
+
+def test_validation_is_split_from_train_and_never_overlaps_test():
+    from gradfused.experiments import datasets
+
+    for name in ("digits", "mnist1d"):
+        d = datasets.load(name)
+        total = len(d.y_train) + len(d.y_val)
+        assert len(d.y_val) == int(datasets.VALIDATION_FRACTION * total) > 0
+        seen = {tuple(row.tolist()) for row in d.x_test}
+        assert not any(tuple(row.tolist()) in seen for row in d.x_val[:200])
+
+
+def test_best_epoch_is_selected_on_validation_and_test_is_read_there():
+    from gradfused.experiments.compare import summarize
+
+    epochs = [dict(epoch=1, train_loss=1.0, val_loss=0.9, test_loss=0.5, test_acc=0.9),
+              dict(epoch=2, train_loss=0.5, val_loss=0.7, test_loss=0.8, test_acc=0.6),  # best on validation
+              dict(epoch=3, train_loss=0.1, val_loss=0.8, test_loss=0.4, test_acc=0.95)]  # best on test: not chosen
+    s = summarize([dict(seed=0, epochs=epochs, step_ms=1.0)])
+    assert (s["best_val_loss_mean"], s["best_epoch_mean"]) == (0.7, 2)
+    assert (s["test_loss_mean"], s["test_acc_mean"], s["final_train_loss_mean"]) == (0.8, 0.6, 0.1)

@@ -23,7 +23,7 @@ from ..environment import describe
 from ..errors import CommandError
 from .presets import DEFAULT, PRESETS
 
-TIMING_STEPS = 30  # steps of the timing probe of the other backend
+TIMING_STEPS = 40  # timed steps per backend in the side-by-side probe (time_backends)
 
 
 @dataclass
@@ -88,6 +88,17 @@ def _evaluate(model, x, y) -> tuple[float, float]:
     return loss, acc
 
 
+def _evaluate_splits(model, data: datasets.Dataset, evaluate=None) -> dict[str, float]:
+    """Loss and accuracy on the train, validation and test splits (the test split is only reported, at the
+    epoch that validation selects)."""
+    evaluate = evaluate or _evaluate
+    out = {}
+    for split, x, y in (("train", data.x_train, data.y_train), ("val", data.x_val, data.y_val),
+                        ("test", data.x_test, data.y_test)):
+        out[f"{split}_loss"], out[f"{split}_acc"] = evaluate(model, x, y)
+    return out
+
+
 def _build_model(config: CompareConfig, data: datasets.Dataset):
     return models.build(config.model, data.num_features, data.num_classes, config.widths, config.activation)
 
@@ -128,42 +139,64 @@ def train_run(config, spec, data, seed, init, *, progress=None) -> dict[str, Any
             F.cross_entropy(model(data.x_train[idx]), data.y_train[idx]).backward()
             step_seconds += _timed_step(opt, config.device)
             steps += 1
-        train_loss, train_acc = _evaluate(model, data.x_train, data.y_train)
-        val_loss, val_acc = _evaluate(model, data.x_test, data.y_test)
-        epochs.append(dict(epoch=epoch, train_loss=train_loss, train_acc=train_acc, val_loss=val_loss, val_acc=val_acc))
+        epochs.append(dict(epoch=epoch, **_evaluate_splits(model, data)))
         if progress is not None:
             progress.update(1)
-            progress.set_postfix_str(f"{spec.label[:40]} seed {seed} val {val_loss:.3f}")
+            progress.set_postfix_str(f"{spec.label[:40]} seed {seed} val {epochs[-1]['val_loss']:.3f}")
     return dict(seed=seed, epochs=epochs, step_ms=1e3 * step_seconds / max(steps, 1))
 
 
-def time_other_backend(config, spec, data, init) -> float | None:
-    """Mean ms per step of the backend that did not train (reference when training ran native, and vice
-    versa), on the same model and batch; None for torch.optim optimizers, which have no reference."""
-    if not spec.is_gradfused:
-        return None
-    model, opt = _model_and_optimizer(config, spec, data, init, fused=config.backend != "native")
+def _quartiles(values: list[float]) -> tuple[float, float, float]:
+    q1, median, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, median, q3
+
+
+def time_backends(config, spec, data, init) -> dict[str, Any]:
+    """The step time of the native kernels and of the reference (gradfused optimizers only), measured side
+    by side: their steps alternate on the same model and batch, so both see the same machine. Medians
+    with the interquartile range over TIMING_STEPS steps, and the speedup as the median of the per-pair
+    ratios with its own interquartile range (these machines are noisy: one median hides it)."""
     x, y = data.x_train[: config.batch_size], data.y_train[: config.batch_size]
-    total = 0.0
+    backends = {"native": _model_and_optimizer(config, spec, data, init, fused=True)}
+    if spec.is_gradfused:
+        backends["reference"] = _model_and_optimizer(config, spec, data, init, fused=False)
+    times: dict[str, list[float]] = {name: [] for name in backends}
     for i in range(TIMING_STEPS + 3):
-        opt.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
-        seconds = _timed_step(opt, config.device)
-        if i >= 3:  # warm-up: state creation
-            total += seconds
-    return 1e3 * total / TIMING_STEPS
+        for name, (model, opt) in backends.items():
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+            ms = 1e3 * _timed_step(opt, config.device)
+            if i >= 3:  # warm-up: state creation
+                times[name].append(ms)
+    out: dict[str, Any] = {"step_ms_reference": None, "step_ms_reference_iqr": None, "speedup": None,
+                           "speedup_iqr": None}
+    for name, values in times.items():
+        q1, median, q3 = _quartiles(values)
+        out[f"step_ms_{name}"], out[f"step_ms_{name}_iqr"] = median, [q1, q3]
+    if "reference" in times:
+        q1, median, q3 = _quartiles([r / n for n, r in zip(times["native"], times["reference"])])
+        out["speedup"], out["speedup_iqr"] = median, [q1, q3]
+    return out
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def selected_epoch(run: dict[str, Any]) -> dict[str, Any]:
+    """The epoch with the lowest validation loss: what a practitioner would keep. Test numbers are read
+    there, never selected on."""
+    return min(run["epochs"], key=lambda e: e["val_loss"])
+
+
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    final_train = [r["epochs"][-1]["train_loss"] for r in runs]
-    best_val = [min(e["val_loss"] for e in r["epochs"]) for r in runs]
-    final_acc = [r["epochs"][-1]["val_acc"] for r in runs]
+    selected = [selected_epoch(r) for r in runs]
     out = {}
-    for key, values in (("final_train_loss", final_train), ("best_val_loss", best_val), ("final_val_acc", final_acc)):
+    for key, values in (("final_train_loss", [r["epochs"][-1]["train_loss"] for r in runs]),
+                        ("best_val_loss", [e["val_loss"] for e in selected]),
+                        ("best_epoch", [e["epoch"] for e in selected]),
+                        ("test_loss", [e["test_loss"] for e in selected]),
+                        ("test_acc", [e["test_acc"] for e in selected])):
         out[key + "_mean"], out[key + "_std"] = _mean_std(values)
     out["step_ms_mean"] = statistics.fmean(r["step_ms"] for r in runs)
     return out
@@ -201,11 +234,8 @@ def run(config: CompareConfig, *, quiet: bool = False) -> dict[str, Any]:
               dynamic_ncols=True) as progress:
         for spec in specs:
             runs = [train_run(config, spec, data, seed, inits[seed], progress=progress) for seed in range(config.seeds)]
-            other = time_other_backend(config, spec, data, inits[0])
             summary = summarize(runs)
-            native_ms = summary["step_ms_mean"] if config.backend == "native" else other
-            reference_ms = other if config.backend == "native" else summary["step_ms_mean"]
-            summary.update(step_ms_native=native_ms, step_ms_reference=reference_ms)
+            summary.update(time_backends(config, spec, data, inits[0]))
             results.append(dict(spec=spec.text, label=spec.label, hyperparameters=spec.hyper, alignment=spec.align,
                                 runs=runs, summary=summary))
     report = dict(config=dataclasses.asdict(config), versions=versions(config.device), tuning=tuning, results=results)
@@ -240,12 +270,12 @@ def write_outputs(out: str, report: dict[str, Any], plot=None) -> None:
     with open(os.path.join(out, "results.csv"), "w", newline="") as f:
         writer = csv.writer(f)
         # one row per epoch; each run's step time is in results.json (it is per run, not per epoch)
-        writer.writerow(["optimizer", "spec", "seed", "epoch", "train_loss", "train_acc", "val_loss", "val_acc"])
+        metrics = ["train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc"]
+        writer.writerow(["optimizer", "spec", "seed", "epoch", *metrics])
         for r in report["results"]:
             for run_ in r["runs"]:
                 for e in run_["epochs"]:
-                    writer.writerow([r["label"], r.get("spec", ""), run_["seed"], e["epoch"], e["train_loss"], e["train_acc"],
-                                     e["val_loss"], e["val_acc"]])
+                    writer.writerow([r["label"], r.get("spec", ""), run_["seed"], e["epoch"], *(e[m] for m in metrics)])
     if plot is None:
         from .plots import loss_curves as plot
     plot(report, os.path.join(out, "loss_curves.png"))
@@ -255,11 +285,17 @@ def _fmt(mean: float, std: float, digits: int = 4) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def summary_cells(s: dict[str, Any]) -> tuple[str, str, str]:
-    """Final train loss, best validation loss and validation accuracy (%), each as mean ± std."""
+SUMMARY_HEADER = ("final train loss", "best val loss", "at epoch", "test loss", "test acc %")
+
+
+def summary_cells(s: dict[str, Any]) -> tuple[str, ...]:
+    """Final train loss; the best validation loss and its epoch; test loss and accuracy (%) at that epoch;
+    each as mean ± std over seeds (the columns of SUMMARY_HEADER)."""
     return (_fmt(s["final_train_loss_mean"], s["final_train_loss_std"]),
             _fmt(s["best_val_loss_mean"], s["best_val_loss_std"]),
-            _fmt(100 * s["final_val_acc_mean"], 100 * s["final_val_acc_std"], 1))
+            _fmt(s["best_epoch_mean"], s["best_epoch_std"], 0),
+            _fmt(s["test_loss_mean"], s["test_loss_std"]),
+            _fmt(100 * s["test_acc_mean"], 100 * s["test_acc_std"], 1))
 
 
 def aligned_table(rows: list[tuple[str, ...]]) -> str:
@@ -271,19 +307,23 @@ def aligned_table(rows: list[tuple[str, ...]]) -> str:
 
 
 def format_table(report: dict[str, Any]) -> str:
-    rows = [("optimizer", "final train loss", "best val loss", "val acc %", "step ms native", "step ms reference",
-             "speedup")]
+    rows = [("optimizer", *SUMMARY_HEADER, "step ms native [IQR]",
+             "step ms reference [IQR]", "speedup [IQR]")]
+
+    def with_iqr(value, iqr, fmt: str) -> str:
+        return "-" if value is None else f"{value:{fmt}} [{iqr[0]:{fmt}}-{iqr[1]:{fmt}}]"
+
     for r in report["results"]:
         s = r["summary"]
-        native, ref = s["step_ms_native"], s["step_ms_reference"]
         rows.append((
-            r["label"], *summary_cells(s),
-            f"{native:.3f}" if native is not None else "-", f"{ref:.3f}" if ref is not None else "-",
-            f"{ref / native:.1f}x" if native and ref else "-",
+            r["label"], *summary_cells(s), with_iqr(s["step_ms_native"], s["step_ms_native_iqr"], ".3f"),
+            with_iqr(s["step_ms_reference"], s["step_ms_reference_iqr"], ".3f"),
+            "-" if s["speedup"] is None else with_iqr(s["speedup"], s["speedup_iqr"], ".1f").replace(" [", "x ["),
         ))
     c = report["config"]
     head = (f"{c['dataset']}, {c['model']} {'-'.join(map(str, c['widths']))} {c['activation']}, batch {c['batch_size']}, "
-            f"{c['epochs']} epochs, {c['seeds']} seeds (mean ± std), backend {c['backend']}")
+            f"{c['epochs']} epochs, {c['seeds']} seeds (mean ± std), backend {c['backend']}; the best epoch is "
+            "selected on validation, test is read there")
     return head + "\n" + aligned_table(rows)
 
 

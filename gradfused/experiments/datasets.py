@@ -11,11 +11,18 @@ import torch
 from ..errors import CommandError
 
 
+# The share of each dataset's training split held out for validation: compare selects the best epoch
+# (and --tune its hyperparameters) on it, and reports the test split only at the selected epoch.
+VALIDATION_FRACTION = 0.2
+
+
 @dataclass
 class Dataset:
     name: str
     x_train: torch.Tensor
     y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
 
@@ -28,7 +35,8 @@ class Dataset:
         return int(self.y_train.max()) + 1
 
     def to(self, device) -> "Dataset":
-        return Dataset(self.name, *(t.to(device) for t in (self.x_train, self.y_train, self.x_test, self.y_test)))
+        return Dataset(self.name, *(t.to(device) for t in (self.x_train, self.y_train, self.x_val, self.y_val,
+                                                             self.x_test, self.y_test)))
 
 
 def cache_dir() -> str:
@@ -76,10 +84,11 @@ def load(name: str) -> Dataset:
         tmp = path + f".{os.getpid()}.tmp.npz"
         np.savez(tmp, **arrays)
         os.replace(tmp, path)  # atomic: a concurrent run never reads half a file
+    x, y = (torch.as_tensor(arrays["x_train"], dtype=torch.float32),
+            torch.as_tensor(arrays["y_train"], dtype=torch.long))
+    split = len(y) - int(VALIDATION_FRACTION * len(y))  # the last fifth: both generators already shuffle
     return Dataset(
-        name,
-        torch.as_tensor(arrays["x_train"], dtype=torch.float32),
-        torch.as_tensor(arrays["y_train"], dtype=torch.long),
+        name, x[:split], y[:split], x[split:], y[split:],
         torch.as_tensor(arrays["x_test"], dtype=torch.float32),
         torch.as_tensor(arrays["y_test"], dtype=torch.long),
     )

@@ -1,4 +1,5 @@
-"""loss_curves.png: train and validation loss per epoch, mean with a ±std band over seeds."""
+"""The pictures of compare: loss_curves.png (train and validation loss, validation accuracy) and the
+sequential preset's method_curves."""
 from __future__ import annotations
 
 from typing import Any
@@ -7,33 +8,46 @@ import numpy as np
 
 
 def loss_curves(report: dict[str, Any], path: str) -> None:
+    """Train loss (log scale), validation loss (linear, clipped so one diverging run cannot flatten the
+    others) and validation accuracy, mean with a ±std band over seeds; a dot marks each optimizer's
+    selected epoch (lowest mean validation loss)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+    panels = (("train_loss", 1.0), ("val_loss", 1.0), ("val_acc", 100.0))
+    best_val = []
     for r in report["results"]:
-        for ax, key in zip(axes, ("train_loss", "val_loss")):
-            curves = np.array([[e[key] for e in run["epochs"]] for run in r["runs"]])
+        color = None
+        for ax, (key, scale) in zip(axes, panels):
+            curves = scale * np.array([[e[key] for e in run["epochs"]] for run in r["runs"]])
             epochs = np.arange(1, curves.shape[1] + 1)
             mean, std = curves.mean(0), curves.std(0)
-            (line,) = ax.plot(epochs, mean, label=r["label"], lw=1.6)
-            # On a log axis mean - std can reach zero or below; the band then stops at the best seed.
-            lower = np.maximum(mean - std, curves.min(0))
-            ax.fill_between(epochs, lower, mean + std, color=line.get_color(), alpha=0.2)
-    c = report["config"]
-    for ax, title in zip(axes, ("train loss", "validation loss")):
-        ax.set_yscale("log")
+            (line,) = ax.plot(epochs, mean, label=r["label"], lw=1.5, color=color)
+            color = line.get_color()
+            # On the log axis mean - std can reach zero or below; the band then stops at the best seed.
+            ax.fill_between(epochs, np.maximum(mean - std, curves.min(0)), mean + std, color=color, alpha=0.18)
+            if key == "val_loss":
+                best = int(mean.argmin())
+                best_val.append(mean[best])
+                ax.plot(epochs[best], mean[best], "o", color=color, ms=5)
+    low, typical = min(best_val), float(np.median(best_val))
+    axes[1].set_ylim(0.9 * low, low + 3 * (typical - low) + 0.5 * typical)
+    titles = ("train loss", "validation loss (clipped above; dot: selected epoch)", "validation accuracy %")
+    for ax, title in zip(axes, titles):
         ax.set_xlabel("epoch")
-        ax.set_title(title)
+        ax.set_title(title, fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_yscale("log")
     axes[0].set_ylabel(f"{report.get('loss', 'cross-entropy')}, mean ± std over seeds")
-    axes[1].legend(fontsize=7, loc="best")
+    axes[2].legend(fontsize=7, loc="lower right")
+    c = report["config"]
     fig.suptitle(f"{c['dataset']}, {c['model']} {'-'.join(map(str, c['widths']))}, {c['seeds']} seeds"
                  + (f", preset {c['preset']}" if c.get("preset") else ""))
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 

@@ -26,6 +26,7 @@ from torch import nn
 import gradfused
 
 from . import datasets
+from .compare import _evaluate_splits
 from ..errors import CommandError
 
 METHODS = ("autograd", "simultaneous", "sequential")
@@ -139,9 +140,7 @@ def train_run(config: SequentialConfig, method: str, batch_size: int, lr: float,
                         opt.step()
                 steps += 1
         seconds += time.perf_counter() - t0
-        train_loss, train_acc = _evaluate(model, data.x_train, data.y_train, classes)
-        val_loss, val_acc = _evaluate(model, data.x_test, data.y_test, classes)
-        epochs.append(dict(epoch=epoch, train_loss=train_loss, train_acc=train_acc, val_loss=val_loss, val_acc=val_acc))
+        epochs.append(dict(epoch=epoch, **_evaluate_splits(model, data, lambda m, x, y: _evaluate(m, x, y, classes))))
     return dict(seed=seed, epochs=epochs, step_ms=1e3 * seconds / max(steps, 1))
 
 
@@ -174,9 +173,9 @@ def run(config: SequentialConfig, *, quiet: bool = False) -> dict[str, Any]:
 
 
 def format_table(report: dict[str, Any]) -> str:
-    from .compare import aligned_table, summary_cells
+    from .compare import SUMMARY_HEADER, aligned_table, summary_cells
 
-    rows = [("method", "final train MSE", "best val MSE", "val acc %", "ms per training step")]
+    rows = [("method", *(h.replace("loss", "MSE") for h in SUMMARY_HEADER), "ms per training step")]
     rows += [(r["label"], *summary_cells(r["summary"]), f"{r['summary']['step_ms_mean']:.3f}")
              for r in report["results"]]
     c = report["config"]
