@@ -101,7 +101,9 @@ def format_tables(rows: list[dict]) -> str:
 
 
 def plot(rows: list[dict], path: str) -> None:
-    """One panel per optimizer: achieved GB/s per case and provider, with the median yardstick."""
+    """One panel per optimizer: achieved GB/s per case and provider, with the median yardstick. The axis
+    is logarithmic, so the small-tensor cases, where the differences are largest, stay readable; each case
+    is labelled with the size it ran at (--small runs are 100x smaller than the names say)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -122,8 +124,11 @@ def plot(rows: list[dict], path: str) -> None:
             ax.bar(np.arange(len(cases)) + k * width, values, width, label=provider, color=colors[provider])
         ax.axhline(yard, color="k", ls="--", lw=1, label=f"yardstick (median {yard:.0f} GB/s)")
         ax.set_xticks(np.arange(len(cases)) + 0.4 - width / 2)
-        ax.set_xticklabels(cases, fontsize=8)
-        ax.set_ylabel("GB/s")
+        sizes = {r["case"]: (r["params"], r["tensors"]) for r in rows}
+        ax.set_xticklabels([f"({c.split('-')[0]}{' bf16' if 'bf16' in c else ''}) {sizes[c][0]:,} in {sizes[c][1]}"
+                            for c in cases], fontsize=8)
+        ax.set_yscale("log")
+        ax.set_ylabel("GB/s (log)")
         ax.set_title(optimizer, fontsize=9, loc="left")
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.97), ncol=len(labels), fontsize=7)

@@ -62,10 +62,10 @@ def test_nnopt_preset_runs_the_variant_family(tmp_path, capsys):
     out = tmp_path / "nnopt"
     assert main(["compare", "--preset", "nnopt", *TINY, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    for label in ("NAdam(lr=0.001)", "RMSprop(lr=0.001)", "grad_noise=0.01/0.55", "lr_dropout=0.5",
-                  "Lookahead[k=5, alpha=0.5](AdamW"):
+    for label in ("NAdam(lr=0.001)", "RMSprop(lr=0.001)", "Adam(lr=0.001, betas=0/0.9)", "grad_noise=0.3/0.55",
+                  "lr_dropout=0.5", "Lookahead[k=5, alpha=0.5](SGD", "AdamW(lr=0.001, weight_decay=0.1)"):
         assert label in printed
-    assert len(json.loads((out / "results.json").read_text())["results"]) == 13
+    assert len(json.loads((out / "results.json").read_text())["results"]) == 21
 
 
 def test_ascent_preset_rejects_training_options(capsys):
