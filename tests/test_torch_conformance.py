@@ -73,6 +73,15 @@ def _make_pair(name, kwargs, device, dtype, fused):
     return t, theirs, g, ours
 
 
+def _step_both(t, theirs, g, ours):
+    """One step of each optimizer on the same fresh gradients."""
+    for p, q in zip(theirs, ours):
+        p.grad = torch.randn_like(p)
+        q.grad = p.grad.clone()
+    t.step()
+    g.step()
+
+
 def _assert_same(t, theirs, g, ours, where):
     torch_keys = None if not isinstance(t, torch.optim.SGD) else {"momentum_buffer"}  # not the `step` we gave it
     for p, q in zip(theirs, ours):
@@ -100,11 +109,7 @@ def test_torch_optim_input_gives_torch_numbers(device, case, scenario, dtype, fu
         make = INFOS[name].scheduler_inputs[k % len(INFOS[name].scheduler_inputs)]
         schedulers = [(f(t), f(g)) for f in make]
     for step in range(1, STEPS + 1):
-        for p, q in zip(theirs, ours):
-            p.grad = torch.randn_like(p)
-            q.grad = p.grad.clone()
-        t.step()
-        g.step()
+        _step_both(t, theirs, g, ours)
         for s_t, s_g in schedulers:
             args = (1.0,) if isinstance(s_t, ReduceLROnPlateau) else ()  # a flat metric: the plateau cuts lr
             s_t.step(*args)
@@ -196,11 +201,7 @@ def test_tensor_betas_of_any_shape_give_torch_numbers(name, fused):
     kwargs = dict(lr=torch.tensor(0.01), betas=(torch.tensor([[[0.9]]]), torch.tensor([[0.99]])))
     t, theirs, g, ours = _make_pair(name, kwargs, "cpu", torch.float32, fused)
     for step in range(STEPS):
-        for p, q in zip(theirs, ours):
-            p.grad = torch.randn_like(p)
-            q.grad = p.grad.clone()
-        t.step()
-        g.step()
+        _step_both(t, theirs, g, ours)
         _assert_same(t, theirs, g, ours, f"step {step}")
 
 
@@ -245,11 +246,7 @@ def test_persistent_sgd_state_dict_loads_into_torch_sgd(decoupled):
             q.copy_(p)
     t.load_state_dict(copy.deepcopy(g.state_dict()))  # used to load, then fail at step() with KeyError: 'momentum'
     assert t.param_groups[0]["momentum"] == 0.9
-    for p, q in zip(ours, theirs):
-        p.grad = torch.randn_like(p)
-        q.grad = p.grad.clone()
-    g.step()
-    t.step()
+    _step_both(t, theirs, g, ours)
     if not decoupled:  # torch's SGD has no decoupled weight decay (documented in the class)
         for p, q in zip(ours, theirs):
             torch.testing.assert_close(q, p)
