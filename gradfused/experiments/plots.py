@@ -16,17 +16,19 @@ def loss_curves(report: dict[str, Any], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+    results = report["results"]
+    legend_rows = -(-len(results) // 3)  # the legend goes below the panels, three labels a row
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6 + 0.22 * legend_rows))
     panels = (("train_loss", 1.0), ("val_loss", 1.0), ("val_acc", 100.0))
+    palette = plt.cm.tab10.colors if len(results) <= 10 else plt.cm.tab20.colors  # one color per optimizer
     best_val = []
-    for r in report["results"]:
-        color = None
+    for i, r in enumerate(results):
+        color, style = palette[i % len(palette)], "-" if i < len(palette) else "--"
         for ax, (key, scale) in zip(axes, panels):
             curves = scale * np.array([[e[key] for e in run["epochs"]] for run in r["runs"]])
             epochs = np.arange(1, curves.shape[1] + 1)
             mean, std = curves.mean(0), curves.std(0)
-            (line,) = ax.plot(epochs, mean, label=r["label"], lw=1.5, color=color)
-            color = line.get_color()
+            ax.plot(epochs, mean, style, label=r["label"], lw=1.5, color=color)
             # On the log axis mean - std can reach zero or below; the band then stops at the best seed.
             ax.fill_between(epochs, np.maximum(mean - std, curves.min(0)), mean + std, color=color, alpha=0.18)
             if key == "val_loss":
@@ -42,11 +44,13 @@ def loss_curves(report: dict[str, Any], path: str) -> None:
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_yscale("log")
     axes[0].set_ylabel(f"{report.get('loss', 'cross-entropy')}, mean ± std over seeds")
-    axes[2].legend(fontsize=7, loc="lower right")
+    handles, labels = axes[0].get_legend_handles_labels()
+    legend_height = (0.22 * legend_rows + 0.2) / fig.get_figheight()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=7, frameon=False)
     c = report["config"]
     fig.suptitle(f"{c['dataset']}, {c['model']} {'-'.join(map(str, c['widths']))}, {c['seeds']} seeds"
                  + (f", preset {c['preset']}" if c.get("preset") else ""))
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, legend_height, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 DEFAULT = dict(
-    dataset="mnist1d", model="mlp", widths=(128, 128), activation="relu", batch_size=64, epochs=30, seeds=3,
+    dataset="mnist1d", model="mlp", widths=(128, 128), activation="relu", batch_size=64, epochs=50, seeds=3,
     optimizers=["adamw:lr=3e-3", "persistent_sgd:lr=0.01,decay=0.9", "adema:lr=1e-3", "radam:lr=3e-3",
                 "align:adam:lr=3e-3,beta=0.9"],
 )
