@@ -210,3 +210,19 @@ def test_op_checks_name_the_argument(mutate, message):
 def test_op_rejects_bad_hyperparameters(name, value):
     with pytest.raises(RuntimeError, match=f"invalid {name}"):
         call_adam(adam_args(), **{name: value})
+
+
+@pytest.mark.parametrize("wrapper", [gf.GradientAlignment, gf.Lookahead], ids=lambda c: c.__name__)
+def test_wrappers_refuse_wrapping_themselves_and_non_bool_fused(wrapper):
+    inner = wrapper(gf.AdamW([torch.randn(3, requires_grad=True)]))
+    with pytest.raises(ValueError, match=f"already a {wrapper.__name__}"):
+        wrapper(inner)
+    for fused in (1, 0, "yes"):
+        with pytest.raises(ValueError, match="Invalid fused value"):
+            wrapper(gf.AdamW([torch.randn(3, requires_grad=True)]), fused=fused)
+
+
+def test_persistent_sgd_decay_above_one_is_refused():
+    with pytest.raises(ValueError, match=r"Invalid decay value: 1.5 \(expected decay to be a finite number in \[0, 1\]\)"):
+        gf.PersistentSGD([torch.randn(3, requires_grad=True)], decay=1.5)
+    gf.PersistentSGD([torch.randn(3, requires_grad=True)], decay=1.0)  # pure accumulation stays allowed
