@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from gradfused import benchmarking as B
+from gradfused import ops as gf_ops
 
 SMALL = os.environ.get("GRADFUSED_BENCH_SMALL") == "1"
 ROUNDS = int(os.environ.get("GRADFUSED_BENCH_ROUNDS", 3 if SMALL else 15))  # more rounds on a noisy machine
@@ -32,5 +33,5 @@ def bench_step(benchmark, optimizer, case, provider):
         gbps=round(gbps, 2), yardstick_gbps=round(yard_gbps, 2), pct_of_yardstick=round(100 * gbps / yard_gbps, 1),
         state_mib=round(B.state_bytes(opt) / 2**20, 1),
         step_peak_mib=round(B.step_peak_bytes(opt.step, torch.device("cpu")) / 2**20, 3), threads=torch.get_num_threads(),
-        simd=torch.ops.gradfused.cpu_isa(),
+        simd=gf_ops.cpu_isa(),
     )

@@ -20,14 +20,14 @@ def _info(args: argparse.Namespace) -> int:
     if _native.BUILD_KIND is None:
         print(f"native    not available: {_native.LOAD_ERROR}")
         return 1
-    archs = torch.ops.gradfused.cuda_architectures()
+    archs = gradfused.ops.cuda_architectures()
     backends = "CPU+CUDA" if archs else "CPU"
     print(f"native    {_native.BUILD_KIND} build, {backends}")
     if archs:  # nvcc's list, e.g. "800,900": sm_80 and sm_90
         gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU visible"
         print(f"cuda      compiled for sm_{', sm_'.join(str(int(a) // 10) for a in archs.split(','))} "
               f"(torch CUDA {torch.version.cuda}; {gpu})")
-    print(f"cpu simd  {torch.ops.gradfused.cpu_isa()} ({torch.get_num_threads()} threads)")
+    print(f"cpu simd  {gradfused.ops.cpu_isa()} ({torch.get_num_threads()} threads)")
     return 0
 
 

@@ -52,7 +52,7 @@ def describe(device: str = "cpu") -> dict:
         "gradfused": gradfused.__version__,
         "commit": commit(),
         "build": _native.BUILD_KIND or f"unavailable ({_native.LOAD_ERROR})",
-        "simd": torch.ops.gradfused.cpu_isa() if native else None,
+        "simd": gradfused.ops.cpu_isa() if native else None,
         "threads": torch.get_num_threads(),
         "cpu": cpu_model(),
         "torch": torch.__version__,

@@ -49,6 +49,18 @@ def lookahead_(params, slow_weights, *, alpha) -> None:
     torch.ops.gradfused.lookahead_(params, slow_weights, alpha=alpha)
 
 
+def cpu_isa() -> str:
+    """The instruction set the CPU kernels run with: "avx512", "avx2" or "generic"."""
+    _native.require()
+    return torch.ops.gradfused.cpu_isa()
+
+
+def cuda_architectures() -> str:
+    """The sm list the CUDA engine was compiled for (nvcc's, e.g. "800,900"); empty without it."""
+    _native.require()
+    return torch.ops.gradfused.cuda_architectures()
+
+
 def _fake_in_place(*args, **kwargs) -> None:
     # Every gradfused op mutates its arguments in place and returns nothing: shapes never change.
     return None

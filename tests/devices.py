@@ -8,9 +8,9 @@ import torch
 def cuda_ready() -> bool:
     if not torch.cuda.is_available():
         return False
-    import gradfused._native as native
+    import gradfused
 
-    return native.available() and bool(torch.ops.gradfused.cuda_architectures())
+    return gradfused._native.available() and bool(gradfused.ops.cuda_architectures())
 
 
 CUDA_SKIP = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

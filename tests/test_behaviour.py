@@ -271,7 +271,7 @@ for dtype in (torch.bfloat16, torch.float16):  # inf, NaN, overflow and subnorma
     p.grad = torch.tensor(special[::-1]).to(dtype)
     gf.PersistentSGD([p], lr=1.0, decay=0.5).step()
     out[("special", str(dtype))] = [p.detach().clone()]
-out["isa"] = torch.ops.gradfused.cpu_isa()
+out["isa"] = gf.ops.cpu_isa()
 torch.save(out, sys.argv[1])
 """
 
