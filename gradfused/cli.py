@@ -45,13 +45,12 @@ _OTHER_PRESETS = ("sequential", "ascent")  # presets with their own runners (not
 
 def _compare(args: argparse.Namespace) -> int:
     from .errors import CommandError
-    from .experiments.compare import config_from_json, format_table, refuse_overwrite, resolve, run
+    from .experiments.compare import DEFAULT_OUT, config_from_json, format_table, refuse_overwrite, resolve, run
     from .experiments.presets import PRESETS
 
     overrides = {k: getattr(args, k) for k in _SETTINGS}
     if args.preset is not None and args.preset not in (*PRESETS, *_OTHER_PRESETS):
         raise CommandError(f"unknown preset {args.preset!r} (expected one of: {', '.join((*PRESETS, *_OTHER_PRESETS))})")
-    refuse_overwrite(overrides["out"] or "compare-results", args.overwrite)
     if args.config:
         given = [k for k, v in overrides.items() if v is not None and k != "out"] + (["preset"] if args.preset else [])
         if given:  # they would be silently ignored: the recorded configuration is rerun as it was
@@ -62,6 +61,7 @@ def _compare(args: argparse.Namespace) -> int:
             config.out = args.out
         refuse_overwrite(config.out, args.overwrite)
     else:
+        refuse_overwrite(overrides["out"] or DEFAULT_OUT, args.overwrite)
         if args.preset == "sequential":
             return _compare_sequential(args, overrides)
         if args.preset == "ascent":
@@ -94,12 +94,13 @@ def _compare_ascent(args: argparse.Namespace, overrides: dict) -> int:
     """The ascent preset runs the gradient-ascent package's ten maximisation problems; it trains no model."""
     from .errors import CommandError
     from .experiments import ascent
+    from .experiments.compare import DEFAULT_OUT
 
     unused = [k for k, v in overrides.items() if v is not None and k != "out"]
     if unused:
         raise CommandError(f"--preset ascent does not take --{unused[0].replace('_', '-')} (it runs fixed "
                            "maximisation problems)")
-    out = overrides["out"] or "compare-results"
+    out = overrides["out"] or DEFAULT_OUT
     report = ascent.run(out, quiet=args.quiet)
     print(ascent.format_table(report))
     print(f"wrote {out}/results.json and ascent_curves.png")

@@ -268,3 +268,19 @@ def test_best_epoch_is_selected_on_validation_and_test_is_read_there():
     s = summarize([dict(seed=0, epochs=epochs, step_ms=1.0)])
     assert (s["best_val_loss_mean"], s["best_epoch_mean"]) == (0.7, 2)
     assert (s["test_loss_mean"], s["test_acc_mean"], s["final_train_loss_mean"]) == (0.8, 0.6, 0.1)
+
+
+def test_config_rerun_checks_the_recorded_out_folder_not_the_default(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "run"
+    assert main(["compare", *TINY, "--out", str(out), "--optimizers", "sgd:lr=0.01"]) == 0
+    assert main(["compare", *TINY, "--optimizers", "sgd:lr=0.01", "--quiet"]) == 0  # fills ./compare-results
+    capsys.readouterr()
+    # the recorded folder holds results: refused; ./compare-results holding results is no reason to refuse
+    assert main(["compare", "--config", str(out / "results.json")]) == 2
+    assert f"--out {str(out)!r} already holds results" in capsys.readouterr().err
+    recorded = json.loads((out / "results.json").read_text())
+    recorded["config"]["out"] = str(tmp_path / "fresh")  # a configuration whose own folder is empty
+    (tmp_path / "fresh.json").write_text(json.dumps(recorded))
+    assert main(["compare", "--config", str(tmp_path / "fresh.json"), "--quiet"]) == 0
+    assert (tmp_path / "fresh" / "results.json").exists()

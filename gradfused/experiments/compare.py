@@ -23,6 +23,7 @@ from ..environment import describe
 from ..errors import CommandError
 from .presets import DEFAULT, PRESETS
 
+DEFAULT_OUT = "compare-results"  # every preset's output folder unless --out says otherwise
 TIMING_STEPS = 40  # timed steps per backend in the side-by-side probe (time_backends)
 
 
@@ -38,7 +39,7 @@ class CompareConfig:
     batch_size: int = DEFAULT["batch_size"]
     device: str = "cpu"
     backend: str = "native"
-    out: str = "compare-results"
+    out: str = DEFAULT_OUT
     preset: str | None = None
     tune: int = 0
 

@@ -26,7 +26,8 @@ from torch import nn
 import gradfused
 
 from . import datasets
-from .compare import _evaluate_splits
+from .compare import (DEFAULT_OUT, SUMMARY_HEADER, _check_out_dir, _evaluate_splits, aligned_table, summarize,
+                      summary_cells, versions, write_outputs)
 from ..errors import CommandError
 
 METHODS = ("autograd", "simultaneous", "sequential")
@@ -42,7 +43,7 @@ class SequentialConfig:
     # simultaneous updates still train well (the loss is a batch mean)
     settings: tuple[tuple[int, float], ...] = ((1, 0.1), (1, 0.5), (64, 1.0), (64, 2.0))
     device: str = "cpu"
-    out: str = "compare-results"
+    out: str = DEFAULT_OUT
     preset: str = "sequential"
     model: str = "mlp"  # always a sigmoid MLP; named for the plots and the table
 
@@ -147,7 +148,6 @@ def train_run(config: SequentialConfig, method: str, batch_size: int, lr: float,
 def run(config: SequentialConfig, *, quiet: bool = False) -> dict[str, Any]:
     from tqdm import tqdm
 
-    from .compare import _check_out_dir, summarize, versions, write_outputs
     from .plots import method_curves
 
     data = datasets.load(config.dataset).to(config.device)
@@ -173,8 +173,6 @@ def run(config: SequentialConfig, *, quiet: bool = False) -> dict[str, Any]:
 
 
 def format_table(report: dict[str, Any]) -> str:
-    from .compare import SUMMARY_HEADER, aligned_table, summary_cells
-
     rows = [("method", *(h.replace("loss", "MSE") for h in SUMMARY_HEADER), "ms per training step")]
     rows += [(r["label"], *summary_cells(r["summary"]), f"{r['summary']['step_ms_mean']:.3f}")
              for r in report["results"]]
