@@ -126,6 +126,14 @@ def combinations(optimizers=None, cases=None, providers=None, small=False) -> li
     return out
 
 
+def quartiles(values: list[float]) -> tuple[float, float, float]:
+    """(first quartile, median, third quartile); one value is all three."""
+    if len(values) == 1:
+        return values[0], values[0], values[0]
+    q1, median, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, median, q3
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -217,9 +225,7 @@ def measure(optimizer: str, case: str, provider: str, *, rounds: int, small: boo
     for _ in range(rounds):
         steps.append(timed(opt.step, device))
         yards.append(timed(yard, device))
-    step_s, yard_s = statistics.median(steps), statistics.median(yards)
-    step_q1, step_q3 = (statistics.quantiles(steps, n=4, method="inclusive")[k] for k in (0, 2)) if rounds > 1 \
-        else (step_s, step_s)
+    (step_q1, step_s, step_q3), yard_s = quartiles(steps), statistics.median(yards)
     gbps = step_bytes(optimizer, shapes, dtype) / step_s / 1e9
     yard_gbps = yard.bytes / yard_s / 1e9
     return dict(optimizer=optimizer, case=case, provider=provider, device=str(device), rounds=rounds,

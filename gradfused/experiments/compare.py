@@ -19,6 +19,7 @@ import gradfused
 
 from . import datasets, models
 from . import optimizers as optim_specs
+from ..benchmarking import quartiles
 from ..environment import describe
 from ..errors import CommandError
 from .presets import DEFAULT, PRESETS
@@ -147,11 +148,6 @@ def train_run(config, spec, data, seed, init, *, progress=None) -> dict[str, Any
     return dict(seed=seed, epochs=epochs, step_ms=1e3 * step_seconds / max(steps, 1))
 
 
-def _quartiles(values: list[float]) -> tuple[float, float, float]:
-    q1, median, q3 = statistics.quantiles(values, n=4, method="inclusive")
-    return q1, median, q3
-
-
 def time_backends(config, spec, data, init) -> dict[str, Any]:
     """The step time of the native kernels and of the reference (gradfused optimizers only), measured side
     by side: their steps alternate on the same model and batch, so both see the same machine. Medians
@@ -172,10 +168,10 @@ def time_backends(config, spec, data, init) -> dict[str, Any]:
     out: dict[str, Any] = {"step_ms_reference": None, "step_ms_reference_iqr": None, "speedup": None,
                            "speedup_iqr": None}
     for name, values in times.items():
-        q1, median, q3 = _quartiles(values)
+        q1, median, q3 = quartiles(values)
         out[f"step_ms_{name}"], out[f"step_ms_{name}_iqr"] = median, [q1, q3]
     if "reference" in times:
-        q1, median, q3 = _quartiles([r / n for n, r in zip(times["native"], times["reference"])])
+        q1, median, q3 = quartiles([r / n for n, r in zip(times["native"], times["reference"])])
         out["speedup"], out["speedup_iqr"] = median, [q1, q3]
     return out
 

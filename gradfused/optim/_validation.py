@@ -78,6 +78,13 @@ def check_bool(owner: str, name: str, value) -> None:
         raise invalid(owner, name, value, "True or False")
 
 
+def check_switch(owner: str, name: str, value) -> None:
+    """A torch.optim implementation switch (`fused`, `foreach`): None, True or False. 1 and 0 are refused:
+    they would be stored as ints."""
+    if not (value is None or isinstance(value, bool)):
+        raise invalid(owner, name, value, "None, True or False")
+
+
 def check_lr(owner: str, lr) -> None:
     if isinstance(lr, torch.Tensor) and lr.numel() != 1:
         raise ValueError(f"{owner}: Tensor lr must be 1-element, got shape {tuple(lr.shape)}")

@@ -25,8 +25,7 @@ class WrappingOptimizer(Optimizer):
         if isinstance(base_optimizer, type(self)):
             raise ValueError(f"{name}: base_optimizer is already a {type(self).__name__}; wrapping it twice would "
                              "apply it twice per step")
-        if not (fused is None or isinstance(fused, bool)):
-            raise V.invalid(name, "fused", fused, "None, True or False")
+        V.check_switch(name, "fused", fused)
         if fused is not False:
             _native.load()  # eagerly, not inside a step that torch.compile traces
         self.fused = fused

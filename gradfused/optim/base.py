@@ -413,9 +413,8 @@ class FusedOptimizer(Optimizer):
         V.check_lr(self._name, group["lr"])
         V.check_nonneg(self._name, "weight_decay", group.get("weight_decay", 0.0))  # GradientAscent has none
         V.check_bool(self._name, "maximize", group["maximize"])
-        for name in ("fused", "foreach"):  # 1 and 0 are not switches: they would be stored as ints
-            if not (group.get(name) is None or isinstance(group.get(name), bool)):
-                raise V.invalid(self._name, name, group[name], "None, True or False")
+        V.check_switch(self._name, "fused", group.get("fused"))
+        V.check_switch(self._name, "foreach", group.get("foreach"))
         V.check_bool(self._name, "capturable", group["capturable"])
         V.check_bool(self._name, "differentiable", group["differentiable"])
         if group["differentiable"]:
