@@ -5,6 +5,7 @@
 #include <string>
 #include "cpu/kernel_api.h"
 #include "ops_shared.h"
+#include "step_plan.h"
 #ifdef GRADFUSED_WITH_CUDA
 #include "cuda/launch_api.h"
 #endif
@@ -28,51 +29,86 @@ constexpr const char* kPipelineArgs =
 // NOTE: [lr as a float or a Tensor]
 // As aten::_fused_adam_, each update op has two overloads: the default one takes `float lr`, and
 // `.tensor_lr` takes `Tensor lr` (a scheduler may keep lr in a tensor, on the device, without a sync).
+// Each also has `.plan` and `.plan_tensor_lr`, which take a StepPlan and a bucket in place of the lists
+// (NOTE: [the step plan in C++]); they run the list op, whichever backend implements it.
+struct NoBackend;  // the list ops' signatures do not depend on the backend
+template <class Sig, class Name, bool kTensorLr>
+struct PlanOp {
+  static constexpr const char* name = Name::value;
+  static constexpr const char* overload = kTensorLr ? "tensor_lr" : "";
+  static constexpr auto call = &gf::ops::PlanOverload<Sig, PlanOp>::call;
+};
+
+template <class FloatSig, class TensorSig, class Name>
 void def_update_op(torch::Library& m, const std::string& name, const std::string& lists, const std::string& hyper) {
   for (const char* lr : {"float lr", "Tensor lr"}) {
-    const std::string overload = std::string(lr) == "float lr" ? "" : ".tensor_lr";
-    const std::string schema = name + overload + "(" + lists + ", *, " + lr + ", " + hyper + ", " + kPipelineArgs + ") -> ()";
-    m.def(schema.c_str());
+    const bool tensor_lr = std::string(lr) == "Tensor lr";
+    const std::string tail = std::string(lr) + ", " + hyper + ", " + kPipelineArgs + ") -> ()";
+    m.def((name + (tensor_lr ? ".tensor_lr" : "") + "(" + lists + ", *, " + tail).c_str());
+    const std::string plan = name + (tensor_lr ? ".plan_tensor_lr" : ".plan") +
+                             "(__torch__.torch.classes.gradfused.StepPlan plan, int bucket, *, " + tail;
+    if (tensor_lr) m.def(plan.c_str(), PlanOp<TensorSig, Name, true>::call);
+    else m.def(plan.c_str(), PlanOp<FloatSig, Name, false>::call);
   }
 }
+#define GF_OP_SIGNATURES(fn)                                                                     \
+  std::remove_pointer_t<decltype(&gf::ops::fn<NoBackend, double>)>,                              \
+      std::remove_pointer_t<decltype(&gf::ops::fn<NoBackend, const at::Tensor&>)>
+#define GF_OP_NAME(op)                                                                           \
+  struct Name_##op {                                                                             \
+    static constexpr const char* value = "gradfused::" #op;                                      \
+  }
+GF_OP_NAME(persistent_sgd_);
+GF_OP_NAME(adam_);
+GF_OP_NAME(radam_);
+GF_OP_NAME(adema_);
+GF_OP_NAME(nadam_);
+GF_OP_NAME(rmsprop_);
+GF_OP_NAME(gradient_ascent_);
 
 }  // namespace
 
 TORCH_LIBRARY(gradfused, m) {
+  m.class_<gf::ops::StepPlan>("StepPlan")  // NOTE: [the step plan in C++]
+      .def(torch::init<std::vector<at::Tensor>>())
+      .def("add_bucket", &gf::ops::StepPlan::add_bucket)
+      .def("add_list", &gf::ops::StepPlan::add_list)
+      .def("gather", &gf::ops::StepPlan::gather)
+      .def("num_buckets", &gf::ops::StepPlan::num_buckets);
   // NOTE: [the op owns the step increment]
   // Every update op increments `state_steps` itself, after the update and only when found_inf is
   // unset, so a skipped AMP step leaves parameters, states and steps exactly as they were.
   // momentum_buffers may be [] when decay = 0 (plain SGD, no state). With buffer_starts_at_grad the first
   // step sets the buffer to the gradient, as torch.optim.SGD does; otherwise it starts at zero.
-  def_update_op(m, "persistent_sgd_",
+  def_update_op<GF_OP_SIGNATURES(persistent_sgd_op), Name_persistent_sgd_>(m, "persistent_sgd_",
                 "Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, Tensor(c!)[] state_steps",
                 "float decay, float dampening, float weight_decay, bool decoupled_weight_decay, bool nesterov, "
                 "bool buffer_starts_at_grad=False");
-  def_update_op(m, "adam_",
+  def_update_op<GF_OP_SIGNATURES(adam_op), Name_adam_>(m, "adam_",
                 "Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
                 "Tensor(d!)[] max_exp_avg_sqs, Tensor(e!)[] state_steps",
                 "float beta1, float beta2, float eps, float weight_decay, bool decoupled_weight_decay, bool amsgrad");
-  def_update_op(m, "radam_",
+  def_update_op<GF_OP_SIGNATURES(radam_op), Name_radam_>(m, "radam_",
                 "Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
                 "Tensor(d!)[] state_steps",
                 "float beta1, float beta2, float eps, float weight_decay, bool decoupled_weight_decay");
-  def_update_op(m, "adema_",
+  def_update_op<GF_OP_SIGNATURES(adema_op), Name_adema_>(m, "adema_",
                 "Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
                 "Tensor(d!)[] exp_avg_slows, Tensor(e!)[] state_steps",
                 "float beta1, float beta2, float beta3, float alpha, float eps, float weight_decay, "
                 "float? t_alpha_beta3=None");
   // NAdam's running product of the momentum schedule is a one-element tensor per parameter, like the step.
-  def_update_op(m, "nadam_",
+  def_update_op<GF_OP_SIGNATURES(nadam_op), Name_nadam_>(m, "nadam_",
                 "Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
                 "Tensor(d!)[] mu_products, Tensor(e!)[] state_steps",
                 "float beta1, float beta2, float eps, float weight_decay, bool decoupled_weight_decay, "
                 "float momentum_decay");
   // RMSprop reads momentum_buffers only if momentum > 0 and grad_avgs only if centered (else pass []).
-  def_update_op(m, "rmsprop_",
+  def_update_op<GF_OP_SIGNATURES(rmsprop_op), Name_rmsprop_>(m, "rmsprop_",
                 "Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] square_avgs, Tensor(c!)[] momentum_buffers, "
                 "Tensor(d!)[] grad_avgs, Tensor(e!)[] state_steps",
                 "float alpha, float eps, float weight_decay, float momentum, bool centered");
-  def_update_op(m, "gradient_ascent_",
+  def_update_op<GF_OP_SIGNATURES(gradient_ascent_op), Name_gradient_ascent_>(m, "gradient_ascent_",
                 "Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, Tensor(c!)[] square_avgs, "
                 "Tensor(d!)[] state_steps",
                 "float momentum, float beta, float eps, bool momentum_ema, bool nesterov, float? clip_value=None, "
@@ -95,6 +131,16 @@ TORCH_LIBRARY(gradfused, m) {
     return std::string();
 #endif
   });
+}
+
+// NOTE: [no autograd kernel]
+// The ops update in place outside autograd (the optimizers call them under no_grad), so the Autograd key
+// falls through to the backend. Without this, parameters that require grad send every call through
+// torch's boxed autograd fallback, which converts each list element to an IValue and back: about half
+// of the host time of a step over 1000 small tensors. torch's fused optimizers bump no version counters
+// either.
+TORCH_LIBRARY_IMPL(gradfused, Autograd, m) {
+  for (const char* name : gf::ops::kListOps) m.impl(name, torch::CppFunction::makeFallthrough());
 }
 
 namespace gf {

@@ -427,14 +427,16 @@ inline void check_alignment(const char* op, c10::DeviceType device_type, TensorL
   m.impl("gradient_ascent_", &gf::ops::gradient_ascent_op<Backend, double>);                       \
   m.impl("gradient_ascent_.tensor_lr", &gf::ops::gradient_ascent_op<Backend, const at::Tensor&>)
 
+// Every op that takes tensor lists, with each overload.
+inline constexpr const char* kListOps[] = {
+    "persistent_sgd_", "persistent_sgd_.tensor_lr", "adam_", "adam_.tensor_lr", "radam_", "radam_.tensor_lr",
+    "adema_", "adema_.tensor_lr", "nadam_", "nadam_.tensor_lr", "rmsprop_", "rmsprop_.tensor_lr",
+    "gradient_ascent_", "gradient_ascent_.tensor_lr", "alignment_sums_", "lookahead_"};
+
 // A sparse tensor anywhere in a call dispatches to the Sparse* key instead of the backend: name it.
 void reject_sparse(const c10::OperatorHandle& op, torch::jit::Stack* stack);
-#define GF_REGISTER_SPARSE_REJECTION(m)                                                                   \
-  for (const char* name : {"persistent_sgd_", "persistent_sgd_.tensor_lr", "adam_", "adam_.tensor_lr",     \
-                           "radam_", "radam_.tensor_lr", "adema_", "adema_.tensor_lr", "nadam_",           \
-                           "nadam_.tensor_lr", "rmsprop_", "rmsprop_.tensor_lr", "gradient_ascent_",       \
-                           "gradient_ascent_.tensor_lr", "alignment_sums_", "lookahead_"})                 \
-  m.impl(name, torch::CppFunction::makeFromBoxedFunction<&gf::ops::reject_sparse>())
+#define GF_REGISTER_SPARSE_REJECTION(m) \
+  for (const char* name : gf::ops::kListOps) m.impl(name, torch::CppFunction::makeFromBoxedFunction<&gf::ops::reject_sparse>())
 
 }  // namespace ops
 }  // namespace gf

@@ -27,6 +27,14 @@ def _update_op(name: str):
     return call
 
 
+def run_plan(name: str, plan, bucket: int, *, lr, **hyperparameters) -> None:
+    """Runs update op `name` on bucket `bucket` of a StepPlan, after `plan.gather()` returned True
+    (NOTE: [the step plan in C++] in csrc/step_plan.h)."""
+    packet = getattr(torch.ops.gradfused, name)
+    overload = packet.plan_tensor_lr if isinstance(lr, torch.Tensor) else packet.plan
+    overload(plan, bucket, lr=lr, **hyperparameters)
+
+
 persistent_sgd_ = _update_op("persistent_sgd_")
 adam_ = _update_op("adam_")
 radam_ = _update_op("radam_")
@@ -70,6 +78,8 @@ def _register_fakes() -> None:
     for name in ALL_OPS:
         packet = getattr(torch.ops.gradfused, name)
         for overload in packet.overloads():
+            if overload.startswith("plan"):  # eager only, composite (NOTE: [the step plan in C++])
+                continue
             torch.library.register_fake(f"gradfused::{name}.{overload}" if overload != "default" else f"gradfused::{name}")(
                 _fake_in_place
             )

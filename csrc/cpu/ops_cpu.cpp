@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <limits>
 #include <utility>
 #include <vector>
 
@@ -91,8 +92,15 @@ auto tensor_scalars_fn(const UpdateArgs<Hyper, Lr>& a, std::vector<double>& prod
       const double stored = float32_state ? double(float(products[i])) : products[i];
       return nadam_tensor_scalars(t, stored, a.hyper);  // from the value as stored, as torch.optim.NAdam
     };
-  } else {
-    return [&a](size_t, double t) { return RuleOf<R>::scalars(t, a.hyper); };
+  } else {  // the tensors of a call mostly share t: its pow()s are computed once
+    using Scalars = decltype(RuleOf<R>::scalars(0.0, a.hyper));
+    return [&a, last_t = std::numeric_limits<double>::quiet_NaN(), last = Scalars{}](size_t, double t) mutable {
+      if (t != last_t) {
+        last = RuleOf<R>::scalars(t, a.hyper);
+        last_t = t;
+      }
+      return last;
+    };
   }
 }
 
@@ -114,7 +122,7 @@ struct CpuBackend {
     const double noise_eta = pipeline.noise_eta(), noise_gamma = pipeline.noise_gamma();
     const double lr = lr_value(a.lr);
     std::vector<double> products;
-    const auto tensor_scalars = tensor_scalars_fn<R>(a, products);
+    auto tensor_scalars = tensor_scalars_fn<R>(a, products);
 
     using Launch = UpdateLaunch<Hyper, decltype(tensor_scalars(size_t(0), 0.0))>;
     using SlotT = std::remove_cv_t<std::remove_pointer_t<decltype(Launch::slots)>>;
@@ -132,7 +140,7 @@ struct CpuBackend {
       slot.grad_mul = grad_mul_base * (align ? align[i] : 1.0);
       slot.scalars = tensor_scalars(i, t);
       slot.random_key = {uint64_t(pipeline.seed), pipeline.param_index(i), uint32_t(t)};
-      slot.noise_std = std::sqrt(noise_eta / std::pow(1.0 + t, noise_gamma));
+      slot.noise_std = noise_eta == 0.0 ? 0.0 : std::sqrt(noise_eta / std::pow(1.0 + t, noise_gamma));
       if (slot.numel == 0) continue;
       slot.ptr[0] = views.ptr(p, p, true);
       slot.ptr[1] = views.ptr(a.grads[i], p, false);

@@ -70,6 +70,7 @@ class FusedOptimizer(Optimizer):
         if defaults["fused"] is not False:
             _native.load()  # here, eagerly: not inside a step that torch.compile traces
         self._plans: dict[tuple, tuple] = {}  # NOTE: [the step plan] (add_param_group, called below, clears it)
+        self._native_plans: dict[int, tuple] = {}  # per group: NOTE: [the step plan in C++]
         self._fp32_grads: dict[int, tuple] = {}  # per group: ids of 16-bit parameters with float32 gradients
         self._step_called = [False]  # NOTE: [LR schedulers and torch.compile]
         super().__init__(params, defaults)
@@ -114,6 +115,7 @@ class FusedOptimizer(Optimizer):
         if merged["seed"] is not None:
             param_group["seed"] = merged["seed"]
         self._plans.clear()
+        self._native_plans = {}
         params = param_group["params"]
         params = [params] if isinstance(params, Tensor) else list(params)
         for i, p in enumerate(params):
@@ -136,6 +138,7 @@ class FusedOptimizer(Optimizer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self._plans = {}  # the groups and the state dicts are new objects
+        self._native_plans = {}
         self._step_called = [False]
         for group in self.param_groups:  # checkpoints from older versions or from torch.optim
             self._upgrade_group(group)
@@ -232,7 +235,8 @@ class FusedOptimizer(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        self._step(self._selected(None))
+        if not self._step_through_native_plans():
+            self._step(self._selected(None), build_native_plans=True)
         return loss
 
     @torch.no_grad()
@@ -242,11 +246,77 @@ class FusedOptimizer(Optimizer):
         `gradfused.step_in_backward`. Every parameter must belong to this optimizer."""
         self._step(self._selected(params))
 
-    def _step(self, selected: list[list[Tensor]]) -> None:
+    def _step(self, selected: list[list[Tensor]], build_native_plans: bool = False) -> None:
         grad_scale = getattr(self, "grad_scale", None)  # set by torch.amp.GradScaler
         found_inf = getattr(self, "found_inf", None)
         for group, params in zip(self.param_groups, selected):
             self._update(group, params, grad_scale=grad_scale, found_inf=found_inf)
+            if build_native_plans and not torch.compiler.is_compiling():
+                self._build_native_plan(group, params)
+
+    # NOTE: [the step plan in C++]
+    # A whole-optimizer eager step whose groups each have a live StepPlan (csrc/step_plan.h) crosses into
+    # C++ with O(1) arguments per bucket: the plan reads and checks the gradients itself. Any doubt (a
+    # gradient appeared or went, changed dtype or layout; the state or the hyperparameters that shape the
+    # lists changed; torch.compile is tracing) sends the step down the checked path above, which builds
+    # the plan again once the same parameters have had gradients for two steps running.
+    def _native_plan_key(self, group: dict) -> tuple:
+        return (tuple(used for _, used in self._state_specs(group)), self._keeps_state(group), id(self.state),
+                len(self.state), len(group["params"]))
+
+    def _native_plan_fits(self, group: dict, plan: list) -> bool:
+        """Whether `plan` (from _plan) can run as a StepPlan: the native ops, on each bucket's own tensors."""
+        if group.get("fused") is False or group["master_weights"]:
+            return False
+        for bucket, _, _ in plan:
+            p = bucket[0]
+            if is_dtensor(p) or (p.device.type != "cuda" and (P.uses_fp32_work(group, p.dtype) or p.grad.dtype != p.dtype)):
+                return False
+        return True
+
+    def _build_native_plan(self, group: dict, params: list[Tensor]) -> None:
+        which = tuple(map(id, params))
+        previous = self._native_plans.get(id(group))
+        if previous is None or previous[1] != which:  # not the same parameters two steps running: wait
+            self._native_plans[id(group)] = (None, which, None, None)
+            return
+        if (previous[0] is not None and previous[0] == self._native_plan_key(group)) or not params:
+            return  # the plan is live (or there is nothing to step)
+        plan = self._plan(group, params)
+        if not self._native_plan_fits(group, plan):
+            return
+        native = torch.classes.gradfused.StepPlan(group["params"])
+        position = {id(p): i for i, p in enumerate(group["params"])}
+        specs, scalar_keys = self._state_specs(group), self._scalar_state_keys(group)
+        for b, (bucket, states, _) in enumerate(plan):
+            native.add_bucket([position[id(p)] for p in bucket], bucket[0].grad.dtype)
+            for key, used in specs:
+                native.add_list(b, [st[key] for st in states] if used else [])
+            for key in [*scalar_keys, "step"]:
+                native.add_list(b, [st[key] for st in states])
+        buckets = [(bucket[0].device, indices) for bucket, _, indices in plan]
+        self._native_plans[id(group)] = (self._native_plan_key(group), which, native, buckets)
+
+    def _step_through_native_plans(self) -> bool:
+        """Steps every group through its StepPlan; False, having written nothing, where one cannot."""
+        if torch.compiler.is_compiling() or len(self._native_plans) != len(self.param_groups):
+            return False
+        plans = []
+        for group in self.param_groups:
+            key, _, native, buckets = self._native_plans.get(id(group), (None,) * 4)
+            if native is None or key != self._native_plan_key(group) or group.get("fused") is False:
+                return False
+            with V.without_device_reads():  # NOTE: [no host synchronisation]
+                self._check_hyperparameters(group)
+            if not native.gather():
+                return False
+            plans.append((group, native, buckets))
+        grad_scale = getattr(self, "grad_scale", None)
+        found_inf = getattr(self, "found_inf", None)
+        for group, native, buckets in plans:
+            for b, (device, indices) in enumerate(buckets):
+                ops.run_plan(self.op_name, native, b, **self._op_kwargs(group, device, indices, grad_scale, found_inf))
+        return True
 
     def _selected(self, only) -> list[list[Tensor]]:
         """Per group, the parameters to step: those with a gradient, restricted to `only` unless it is None.
@@ -370,10 +440,6 @@ class FusedOptimizer(Optimizer):
         scalar_keys = self._scalar_state_keys(group)
         backend = reference if group.get("fused") is False else ops
         op = getattr(backend, self.op_name)
-        # Tensor betas, say, as torch.optim allows: the op takes numbers, and the reference would broadcast
-        # a tensor of shape [1, 1, 1] into the states' shape
-        hyper = {k: v.item() if isinstance(v, Tensor) else v for k, v in self._op_hyperparameters(group).items()}
-        random = R.op_kwargs(group)
         for b, (bucket, states, indices) in enumerate(self._plan(group, params)):
             device = bucket[0].device
             tensors = [bucket, [p.grad for p in bucket], *[[st[key] for st in states] if used else []
@@ -391,18 +457,24 @@ class FusedOptimizer(Optimizer):
                 *tensors,
                 *[[st[key] for st in states] for key in scalar_keys],
                 [st["step"] for st in states],
-                lr=group["lr"],
-                **hyper,
-                **random,
-                param_indices=indices,
-                maximize=group["maximize"],
-                grad_scale=None if grad_scale is None else grad_scale.to(device),
-                found_inf=None if found_inf is None else found_inf.to(device),
-                alignment_scales=None if alignment_scales is None else alignment_scales[b],
+                **self._op_kwargs(group, device, indices, grad_scale, found_inf,
+                                  None if alignment_scales is None else alignment_scales[b]),
                 **fused_precision,
             )
             if work is not None:
                 work.write_back(indices if group["stochastic_rounding"] else [])
+
+    def _op_kwargs(self, group: dict, device: torch.device, indices: list[int], grad_scale: Tensor | None,
+                   found_inf: Tensor | None, alignment_scales: Tensor | None = None) -> dict[str, Any]:
+        """The op's keyword arguments for one bucket: lr, the hyperparameters and the pipeline options."""
+        # Tensor betas, say, as torch.optim allows: the op takes numbers, and the reference would broadcast
+        # a tensor of shape [1, 1, 1] into the states' shape
+        hyper = {k: v.item() if isinstance(v, Tensor) else v for k, v in self._op_hyperparameters(group).items()}
+        keyed = R.is_random(group) or group["stochastic_rounding"]  # else the indices key nothing
+        return dict(lr=group["lr"], **hyper, **R.op_kwargs(group), param_indices=indices if keyed else None,
+                    maximize=group["maximize"],
+                    grad_scale=None if grad_scale is None else grad_scale.to(device),
+                    found_inf=None if found_inf is None else found_inf.to(device), alignment_scales=alignment_scales)
 
     def _param_indices(self, params: list[Tensor]) -> list[int]:
         """Each parameter's position in the optimizer (over all groups): a stable key for random streams."""
