@@ -20,7 +20,7 @@ ALL = B.combinations(small=SMALL)
 @pytest.mark.parametrize("optimizer, case, provider", ALL, ids=["/".join(x) for x in ALL])
 def bench_step(benchmark, optimizer, case, provider):
     shapes, dtype = B.case_shapes(case, SMALL)
-    opt = B.PROVIDERS[optimizer][provider](B.make_params(shapes, dtype))
+    opt = B.make_optimizer(optimizer, case, provider, B.make_params(shapes, dtype))
     opt.step()  # creates the state outside the timed region
     benchmark.group = f"{optimizer}/{case}"
     yard = B.yardstick(SMALL)
@@ -28,7 +28,7 @@ def bench_step(benchmark, optimizer, case, provider):
     benchmark.pedantic(opt.step, rounds=ROUNDS, iterations=1, warmup_rounds=1)
     yard_after = statistics.median(B.timed(yard, torch.device("cpu")) for _ in range(5))
     yard_gbps = 2 * yard.bytes / (yard_before + yard_after) / 1e9  # around the timed steps, same run
-    gbps = B.step_bytes(optimizer, shapes, dtype) / benchmark.stats.stats.median / 1e9
+    gbps = B.step_bytes(optimizer, shapes, dtype, B.case_options(case)) / benchmark.stats.stats.median / 1e9
     benchmark.extra_info.update(
         gbps=round(gbps, 2), yardstick_gbps=round(yard_gbps, 2), pct_of_yardstick=round(100 * gbps / yard_gbps, 1),
         state_mib=round(B.state_bytes(opt) / 2**20, 1),

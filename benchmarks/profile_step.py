@@ -24,7 +24,7 @@ def main() -> None:
     p.add_argument("--small", action="store_true")
     args = p.parse_args()
     shapes, dtype = B.case_shapes(args.case, args.small)
-    opt = B.PROVIDERS[args.optimizer][args.provider](B.make_params(shapes, dtype))
+    opt = B.make_optimizer(args.optimizer, args.case, args.provider, B.make_params(shapes, dtype))
     opt.step()
     t0 = time.perf_counter()
     for _ in range(args.steps):

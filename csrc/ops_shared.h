@@ -71,7 +71,8 @@ inline void check_list_matches(const char* op, const NamedList& params, const Na
 }
 
 // Every check runs before anything is written, so bad input never half-applies a step. All tensors of a
-// call live on `device_type`, on params[0]'s device. With `fp32_ok`, the lists in `fp32_ok_lists` (the
+// call live on `device_type`, on params[0]'s device, and the params share params[0]'s dtype. With
+// `fp32_ok`, the lists in `fp32_ok_lists` (the
 // gradients, the states) of 16-bit parameters may be float32 (NOTE: [mixed precision in one pass]), each
 // list in one dtype: one kernel serves one combination per call.
 inline void check_lists(const char* op, c10::DeviceType device_type, const NamedList& params,
@@ -88,6 +89,9 @@ inline void check_lists(const char* op, c10::DeviceType device_type, const Named
     TORCH_CHECK(p.device().type() == device_type && p.device() == params.tensors[0].device(), op, ": ", params.name,
                 "[", i, "] is on ", p.device(), " but this call runs on ", params.tensors[0].device(),
                 "; all tensors of one call must be on one device");
+    TORCH_CHECK(p.scalar_type() == params.tensors[0].scalar_type(), op, ": ", params.name, "[", i, "] has dtype ",
+                p.scalar_type(), " but ", params.name, "[0] has ", params.tensors[0].scalar_type(),
+                "; group them by dtype before calling");
   }
   for (const NamedList& list : others) check_list_matches(op, params, list);
   for (const NamedList& list : fp32_ok_lists) {
@@ -219,6 +223,14 @@ struct UpdateArgs {
   WeightDecay weight_decay_mode() const {
     return weight_decay == 0.0 ? WeightDecay::None : (decoupled ? WeightDecay::Decoupled : WeightDecay::L2);
   }
+  // NOTE: [mixed precision in one pass], for a checked call with parameters
+  DType state_dtype() const { return states.empty() ? dtype_of(params[0]) : dtype_of(states[0].tensors[0]); }
+  bool grad_fp32() const { return grads[0].scalar_type() != params[0].scalar_type(); }
+  ParamStore param_store() const {
+    return !pipeline.master_weights.empty() ? ParamStore::Master
+           : pipeline.stochastic_rounding   ? ParamStore::Stochastic
+                                            : ParamStore::Nearest;
+  }
 };
 
 template <class Hyper, class Lr>
@@ -237,10 +249,6 @@ void check_update(const UpdateArgs<Hyper, Lr>& a, c10::DeviceType device_type, b
   else check_scalar_tensor(a.op, "lr", a.lr, a.params);
   check_nonneg(a.op, "weight_decay", a.weight_decay);
   check_pipeline(a.op, a.pipeline, a.params);
-  for (size_t i = 1; i < a.params.size(); ++i)
-    TORCH_CHECK(a.params[i].scalar_type() == a.params[0].scalar_type(), a.op, ": params[", i, "] has dtype ",
-                a.params[i].scalar_type(), " but params[0] has ", a.params[0].scalar_type(),
-                "; group parameters by dtype before calling");
 }
 
 // Gives each tensor of a call a flat pointer. A tensor that shares its parameter's dense layout is
@@ -250,7 +258,8 @@ class FlatViews {
  public:
   void* ptr(const Tensor& t, const Tensor& param, bool written) {
     if (param.is_non_overlapping_and_dense() && t.strides() == param.strides()) return t.data_ptr();
-    Tensor dense = param.is_non_overlapping_and_dense() ? at::empty_like(param) : at::empty(t.sizes(), t.options());
+    Tensor dense = param.is_non_overlapping_and_dense() ? at::empty_like(param, t.options())  // t's dtype: fp32 grads
+                                                        : at::empty(t.sizes(), t.options());
     dense.copy_(t);
     if (written) writeback_.emplace_back(t, dense);
     else keep_alive_.push_back(dense);
@@ -390,9 +399,6 @@ inline void check_lookahead(const char* op, c10::DeviceType device_type, TensorL
                             double alpha) {
   check_lists(op, device_type, {"params", params}, {{"slow_weights", slow_weights}});
   check_range(op, "alpha", alpha, 0.0, 1.0, true);
-  for (size_t i = 1; i < params.size(); ++i)
-    TORCH_CHECK(params[i].scalar_type() == params[0].scalar_type(), op, ": params[", i, "] has dtype ",
-                params[i].scalar_type(), " but params[0] has ", params[0].scalar_type());
 }
 
 inline void check_alignment(const char* op, c10::DeviceType device_type, TensorList grads, TensorList alignment_emas,
@@ -405,9 +411,6 @@ inline void check_alignment(const char* op, c10::DeviceType device_type, TensorL
   TORCH_CHECK((n == 0 || sums.device() == grads[0].device()) && sums.scalar_type() == at::kDouble && sums.dim() == 2 &&
                   size_t(sums.size(0)) == n && sums.size(1) == 3 && sums.is_contiguous(),
               op, ": sums must be a contiguous float64 tensor of shape [", n, ", 3] on the gradients' device");
-  for (size_t i = 1; i < n; ++i)
-    TORCH_CHECK(grads[i].scalar_type() == grads[0].scalar_type(), op, ": grads[", i, "] has dtype ",
-                grads[i].scalar_type(), " but grads[0] has ", grads[0].scalar_type());
 }
 
 // Registers the update ops of a backend, both overloads (NOTE: [lr as a float or a Tensor]).

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"--rounds must be >= 1, got {args.rounds}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise CommandError("--device cuda: no CUDA device is available")
-    known = {p for providers in B.PROVIDERS.values() for p in providers}
+    known = {p for providers in B.PROVIDERS.values() for p in providers} | set(B.OPTION_PROVIDERS)
     unknown = set(args.providers or ()) - known
     if unknown:
         raise CommandError(f"unknown provider {', '.join(sorted(unknown))} (expected some of: {', '.join(sorted(known))})")
@@ -81,7 +81,7 @@ def format_tables(rows: list[dict]) -> str:
         for case in dict.fromkeys(r["case"] for r in rows if r["optimizer"] == optimizer):
             group = [r for r in rows if r["optimizer"] == optimizer and r["case"] == case]
             ours = next((r for r in group if r["provider"] == "gradfused"), None)
-            lines = [("provider", "ms/step [IQR]", "GB/s", "% yardstick", "gradfused speedup [range]",
+            lines = [("provider", "ms/step [IQR]", "µs/tensor", "GB/s", "% yardstick", "gradfused speedup [range]",
                       "step peak MiB")]
             for r in sorted(group, key=lambda r: r["step_ms"]):
                 speedup = ""
@@ -89,7 +89,8 @@ def format_tables(rows: list[dict]) -> str:
                     (lo, hi), (our_lo, our_hi) = r["step_ms_iqr"], ours["step_ms_iqr"]
                     speedup = f"{r['step_ms'] / ours['step_ms']:.2f}x [{lo / our_hi:.2f}-{hi / our_lo:.2f}]"
                 iqr = r["step_ms_iqr"]
-                lines.append((r["provider"], f"{r['step_ms']:.3f} [{iqr[0]:.3f}-{iqr[1]:.3f}]", f"{r['gbps']:.1f}",
+                lines.append((r["provider"], f"{r['step_ms']:.3f} [{iqr[0]:.3f}-{iqr[1]:.3f}]",
+                              f"{1e3 * r['step_ms'] / r['tensors']:.2f}", f"{r['gbps']:.1f}",
                               f"{r['pct_of_yardstick']:.0f} % of {r['yardstick_gbps']:.0f}", speedup,
                               f"{r['step_peak_mib']:.2f}"))
             widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
@@ -125,8 +126,8 @@ def plot(rows: list[dict], path: str) -> None:
         ax.axhline(yard, color="k", ls="--", lw=1, label=f"yardstick (median {yard:.0f} GB/s)")
         ax.set_xticks(np.arange(len(cases)) + 0.4 - width / 2)
         sizes = {r["case"]: (r["params"], r["tensors"]) for r in rows}
-        ax.set_xticklabels([f"({c.split('-')[0]}{' bf16' if 'bf16' in c else ''}) {sizes[c][0]:,} in {sizes[c][1]}"
-                            for c in cases], fontsize=8)
+        ax.set_xticklabels([f"({c.split('-')[0]}{' ' + c[c.index('bf16'):] if 'bf16' in c else ''}) "
+                            f"{sizes[c][0]:,} in {sizes[c][1]}" for c in cases], fontsize=7)
         ax.set_yscale("log")
         ax.set_ylabel("GB/s (log)")
         ax.set_title(optimizer, fontsize=9, loc="left")

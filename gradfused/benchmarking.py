@@ -32,15 +32,23 @@ def gpt2_shapes(n_layer: int = 12, n_embd: int = 768, vocab: int = 50257, n_ctx:
     return [(vocab, n_embd), (n_ctx, n_embd), *block * n_layer, (n_embd,), (n_embd,)]
 
 
-# name -> (shapes(small), dtype)
-CASES: dict[str, tuple[Callable[[bool], list[tuple[int, ...]]], torch.dtype]] = {
-    "a-10M-in-100": (_split(10_000_000, 100), torch.float32),
-    "b-10M-in-1000": (_split(10_000_000, 1000), torch.float32),
-    "c-1M-in-200": (_split(1_000_000, 200), torch.float32),
+# name -> (shapes(small), dtype, gradfused's mixed-precision options)
+CASES: dict[str, tuple[Callable[[bool], list[tuple[int, ...]]], torch.dtype, dict]] = {
+    "a-10M-in-100": (_split(10_000_000, 100), torch.float32, {}),
+    "b-10M-in-1000": (_split(10_000_000, 1000), torch.float32, {}),
+    "c-1M-in-200": (_split(1_000_000, 200), torch.float32, {}),
     "d-gpt2-small": (lambda small: gpt2_shapes(n_embd=96, vocab=5026, n_ctx=128) if small else gpt2_shapes(),
-                     torch.float32),
-    "a-bf16": (_split(10_000_000, 100), torch.bfloat16),
+                     torch.float32, {}),
+    # pure per-tensor overhead: 1000 tensors of 100 elements
+    "e-1000x100": (_split(100_000, 1000), torch.float32, {}),
+    "a-bf16": (_split(10_000_000, 100), torch.bfloat16, {}),
+    "a-bf16-state-fp32": (_split(10_000_000, 100), torch.bfloat16, dict(state_dtype=torch.float32)),
+    "a-bf16-master": (_split(10_000_000, 100), torch.bfloat16, dict(master_weights=True)),
+    "a-bf16-stochastic": (_split(10_000_000, 100), torch.bfloat16, dict(stochastic_rounding=True, seed=0)),
 }
+# A case with options runs gradfused's fused kernels against the same optimizer stepping fp32 working copies
+# (`_fuse_precision = False`, the path the CPU took before the kernels fused mixed precision).
+OPTION_PROVIDERS = ("gradfused", "gradfused_working_copies")
 
 # fp32 bytes moved per element per step (DESIGN.md); 16-bit tensors move half as many.
 BYTES_PER_ELEMENT = {"SGD": 20, "PersistentSGD": 20, "AdamW": 28, "RAdam": 28, "AdEMA": 36, "NAdam": 28, "RMSprop": 20,
@@ -53,52 +61,52 @@ PROVIDERS: dict[str, dict[str, Callable]] = {
         "torch_forloop": lambda p: torch.optim.SGD(p, lr=1e-2, momentum=0.9, foreach=False),
         "torch_foreach": lambda p: torch.optim.SGD(p, lr=1e-2, momentum=0.9, foreach=True),
         "torch_fused": lambda p: torch.optim.SGD(p, lr=1e-2, momentum=0.9, fused=True),
-        "gradfused": lambda p: gf.SGD(p, lr=1e-2, momentum=0.9),
+        "gradfused": lambda p, **o: gf.SGD(p, lr=1e-2, momentum=0.9, **o),
     },
     "PersistentSGD": {
         "reference_forloop": lambda p: gf.PersistentSGD(p, decay=0.9, fused=False),
         "torch_forloop": lambda p: torch.optim.SGD(p, lr=1e-2, momentum=0.9, foreach=False),
         "torch_foreach": lambda p: torch.optim.SGD(p, lr=1e-2, momentum=0.9, foreach=True),
         "torch_fused": lambda p: torch.optim.SGD(p, lr=1e-2, momentum=0.9, fused=True),
-        "gradfused": lambda p: gf.PersistentSGD(p, decay=0.9),
+        "gradfused": lambda p, **o: gf.PersistentSGD(p, decay=0.9, **o),
     },
     "AdamW": {
         "reference_forloop": lambda p: gf.AdamW(p, fused=False),
         "torch_forloop": lambda p: torch.optim.AdamW(p, foreach=False),
         "torch_foreach": lambda p: torch.optim.AdamW(p, foreach=True),
         "torch_fused": lambda p: torch.optim.AdamW(p, fused=True),
-        "gradfused": lambda p: gf.AdamW(p),
+        "gradfused": lambda p, **o: gf.AdamW(p, **o),
     },
     "RAdam": {
         "reference_forloop": lambda p: gf.RAdam(p, fused=False),
         "torch_forloop": lambda p: torch.optim.RAdam(p, foreach=False),
         "torch_foreach": lambda p: torch.optim.RAdam(p, foreach=True),
-        "gradfused": lambda p: gf.RAdam(p),
+        "gradfused": lambda p, **o: gf.RAdam(p, **o),
     },
     "AdEMA": {
         "reference_forloop": lambda p: gf.AdEMA(p, fused=False),
-        "gradfused": lambda p: gf.AdEMA(p),
+        "gradfused": lambda p, **o: gf.AdEMA(p, **o),
     },
     "NAdam": {
         "reference_forloop": lambda p: gf.NAdam(p, fused=False),
         "torch_forloop": lambda p: torch.optim.NAdam(p, foreach=False),
         "torch_foreach": lambda p: torch.optim.NAdam(p, foreach=True),
-        "gradfused": lambda p: gf.NAdam(p),
+        "gradfused": lambda p, **o: gf.NAdam(p, **o),
     },
     "RMSprop": {
         "reference_forloop": lambda p: gf.RMSprop(p, fused=False),
         "torch_forloop": lambda p: torch.optim.RMSprop(p, foreach=False),
         "torch_foreach": lambda p: torch.optim.RMSprop(p, foreach=True),
-        "gradfused": lambda p: gf.RMSprop(p),
+        "gradfused": lambda p, **o: gf.RMSprop(p, **o),
     },
     "GradientAscent": {
         "reference_forloop": lambda p: gf.GradientAscent(p, fused=False),
-        "gradfused": lambda p: gf.GradientAscent(p),
+        "gradfused": lambda p, **o: gf.GradientAscent(p, **o),
     },
     "Align(AdamW)": {
         "reference_forloop": lambda p: gf.GradientAlignment(gf.AdamW(p, fused=False), fused=False),
         "torch_foreach": lambda p: gf.GradientAlignment(torch.optim.AdamW(p, foreach=True)),
-        "gradfused": lambda p: gf.GradientAlignment(gf.AdamW(p)),
+        "gradfused": lambda p, **o: gf.GradientAlignment(gf.AdamW(p, **o)),
     },
 }
 
@@ -108,8 +116,28 @@ SLOW_CASES = {"b-10M-in-1000", "d-gpt2-small", "a-bf16"}
 
 
 def case_shapes(case: str, small: bool) -> tuple[list[tuple[int, ...]], torch.dtype]:
-    shapes, dtype = CASES[case]
+    shapes, dtype, _ = CASES[case]
     return shapes(small), dtype
+
+
+def case_options(case: str) -> dict:
+    return CASES[case][2]
+
+
+def providers_of(optimizer: str, case: str) -> list[str]:
+    if not case_options(case):
+        return list(PROVIDERS[optimizer])
+    # the ideal bytes below count an optimizer's states, which GradientAlignment's statistics pass exceeds
+    return [] if optimizer == "Align(AdamW)" else list(OPTION_PROVIDERS)
+
+
+def make_optimizer(optimizer: str, case: str, provider: str, params: list[torch.Tensor]) -> torch.optim.Optimizer:
+    options = case_options(case)
+    if provider == "gradfused_working_copies":
+        opt = PROVIDERS[optimizer]["gradfused"](params, **options)
+        opt._fuse_precision = False
+        return opt
+    return PROVIDERS[optimizer][provider](params, **options)
 
 
 def combinations(optimizers=None, cases=None, providers=None, small=False) -> list[tuple[str, str, str]]:
@@ -117,7 +145,7 @@ def combinations(optimizers=None, cases=None, providers=None, small=False) -> li
     out = []
     for o in optimizers or PROVIDERS:
         for c in cases or CASES:
-            for p in PROVIDERS[o]:
+            for p in providers_of(o, c):
                 if providers and p not in providers:
                     continue
                 if p in SLOW_PROVIDERS and c in SLOW_CASES and not small:
@@ -165,8 +193,19 @@ def timed(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - t0
 
 
-def step_bytes(optimizer: str, shapes: list[tuple[int, ...]], dtype: torch.dtype) -> float:
-    return BYTES_PER_ELEMENT[optimizer] * sum(math.prod(s) for s in shapes) * dtype.itemsize / 4
+def step_bytes(optimizer: str, shapes: list[tuple[int, ...]], dtype: torch.dtype, options: dict | None = None) -> float:
+    """The bytes one step must move at the least: every tensor read once and every result written once.
+    With 16-bit parameters, fp32 states (state_dtype, master weights) and a master weight add theirs."""
+    fp32 = BYTES_PER_ELEMENT[optimizer]
+    narrow = dtype.itemsize / 4
+    per_element = fp32 * narrow
+    options = options or {}
+    if dtype.itemsize == 2 and (options.get("state_dtype") == torch.float32 or options.get("master_weights")):
+        states = (fp32 - 12) / 8  # param read and written, grad read: 12 bytes; each state read and written: 8
+        per_element += states * 8 * (1 - narrow)
+    if dtype.itemsize == 2 and options.get("master_weights"):
+        per_element += 8
+    return per_element * sum(math.prod(s) for s in shapes)
 
 
 def state_bytes(opt) -> int:
@@ -217,7 +256,7 @@ def measure(optimizer: str, case: str, provider: str, *, rounds: int, small: boo
     same machine), with achieved GB/s, % of the yardstick, state MiB and the peak memory of one more step."""
     device = torch.device(device)
     shapes, dtype = case_shapes(case, small)
-    opt = PROVIDERS[optimizer][provider](make_params(shapes, dtype, device))
+    opt = make_optimizer(optimizer, case, provider, make_params(shapes, dtype, device))
     opt.step()  # state is created outside the timed steps
     yard = yardstick(small, device)
     yard()
@@ -226,7 +265,7 @@ def measure(optimizer: str, case: str, provider: str, *, rounds: int, small: boo
         steps.append(timed(opt.step, device))
         yards.append(timed(yard, device))
     (step_q1, step_s, step_q3), yard_s = quartiles(steps), statistics.median(yards)
-    gbps = step_bytes(optimizer, shapes, dtype) / step_s / 1e9
+    gbps = step_bytes(optimizer, shapes, dtype, case_options(case)) / step_s / 1e9
     yard_gbps = yard.bytes / yard_s / 1e9
     return dict(optimizer=optimizer, case=case, provider=provider, device=str(device), rounds=rounds,
                 step_ms=1e3 * step_s, step_ms_iqr=[1e3 * step_q1, 1e3 * step_q3], gbps=gbps, yardstick_gbps=yard_gbps, pct_of_yardstick=100 * gbps / yard_gbps,

@@ -69,6 +69,46 @@ def test_native_matches_reference(case, dtype, option):
     _states_have_dtypes(native, option)
 
 
+def _working_copies(opt):
+    """The same optimizer stepping fp32 working copies through the native fp32 kernel (the path the CPU
+    took before the kernels fused mixed precision): the fused kernels' bitwise oracle."""
+    for layer in [opt, getattr(opt, "base", None)]:
+        if isinstance(layer, gf.optim.base.FusedOptimizer):
+            layer._fuse_precision = False
+    return opt
+
+
+FUSED_COMBINATIONS = COMBINATIONS + [(torch.bfloat16, "fp32_grads"), (torch.float16, "fp32_grads")]
+
+
+@pytest.mark.parametrize("dtype, option", FUSED_COMBINATIONS, ids=[f"{d}-{o}" for d, o in FUSED_COMBINATIONS])
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_fused_kernels_equal_the_working_copies_bitwise(case, dtype, option):
+    """NOTE: [mixed precision in one pass]: one pass over memory gives exactly the numbers of the fp32
+    kernel on fp32 working copies, parameters, states and master weights, bit for bit (stochastic
+    rounding draws the same Philox bits). Also float32 gradients of 16-bit parameters, with fp32 states."""
+    options = dict(state_dtype=torch.float32) if option == "fp32_grads" else OPTIONS[option]
+    fused_params = _params(dtype)
+    work_params = [p.detach().clone().requires_grad_() for p in fused_params]
+    if option == "fp32_grads":
+        for p in fused_params + work_params:
+            p.grad_dtype = torch.float32
+    fused = case.make(fused_params, True, **options)
+    work = _working_copies(case.make(work_params, True, **options))
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(6):
+        for p, q in zip(fused_params, work_params):
+            g = torch.randn(p.shape, generator=gen) * (1 + 1e-3)
+            p.grad = g if option == "fp32_grads" else g.to(dtype)
+            q.grad = p.grad.clone()
+        fused.step()
+        work.step()
+    for p, q in zip(fused_params, work_params):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+    for (key, a), (_, b) in zip(all_states(fused), all_states(work), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=lambda m: f"{key}: {m}")
+
+
 def test_master_weights_equal_torch_adamw_on_fp32_copies():
     """The oracle: torch.optim.AdamW stepping fp32 copies with the upcast bf16 gradients; the bf16
     parameter is the master weight rounded to nearest."""
@@ -280,3 +320,17 @@ def test_loading_converts_states_to_this_optimizers_precision(saved, loaded):
     assert second.param_groups[0]["state_dtype"] == loaded.get("state_dtype")
     assert second.param_groups[0]["master_weights"] == loaded.get("master_weights", False)
     assert all("master_weight" not in second.state[q] for q in second.param_groups[0]["params"])
+
+
+@pytest.mark.parametrize("option", list(OPTIONS))
+def test_cpu_step_allocates_no_working_copies(option):
+    """NOTE: [mixed precision in one pass] on the CPU: a step of bf16 parameters with any option allocates
+    nothing (the working copies took 4 bytes per element and more)."""
+    from gradfused.benchmarking import step_peak_bytes
+
+    params = _params(torch.bfloat16, shapes=[(50_000,), (3, 1000)])
+    opt = gf.AdamW(params, lr=1e-2, **OPTIONS[option])
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt.step()
+    assert step_peak_bytes(opt.step, torch.device("cpu")) == 0

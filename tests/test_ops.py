@@ -67,9 +67,7 @@ def test_opcheck_lookahead(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_opcheck_fused_mixed_precision(device):
-    """master_weights and stochastic_rounding, the arguments the CUDA kernels fuse (the CPU refuses them)."""
-    if device == "cpu":
-        pytest.skip("the CPU steps mixed precision through fp32 working copies")
+    """master_weights and stochastic_rounding, the arguments the kernels fuse."""
     p, g, (m, v), steps = lists(2, device)
     p16, g16 = [x.bfloat16() for x in p], [x.bfloat16() for x in g]
     kw = dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01, decoupled_weight_decay=True,

@@ -12,6 +12,14 @@ enum class WeightDecay : int { None = 0, L2 = 1, Decoupled = 2 };
 // The element type of a call's tensors, as both engines' kernels take it.
 enum class DType : int { Float32 = 0, Float64 = 1, BFloat16 = 2, Float16 = 3 };
 
+// NOTE: [mixed precision in one pass]
+// The parameter's dtype, the states' dtype (the parameter's or float32), the gradients' dtype (the
+// parameter's or float32) and how the new parameter is stored (rounded to nearest, through an fp32
+// master weight, or stochastically rounded) are picked per call, on both engines. The first two are
+// template parameters; the gradient's load and the store are uniform branches, which keeps the number
+// of kernels (and the compile time) down at no measurable cost to a memory-bound step.
+enum class ParamStore : int { Nearest = 0, Master = 1, Stochastic = 2 };
+
 // Pipeline steps 1-4 and 9 of ALGORITHMS.md §1, per call.
 template <class S>
 struct PipelineScalars {

@@ -13,21 +13,35 @@ struct Philox4x32 {
   uint32_t x[4];
 };
 
-GF_HD Philox4x32 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, uint32_t k0, uint32_t k1) {
+GF_HD void mulhilo(uint32_t m, uint32_t x, uint32_t& hi, uint32_t& lo) {
+  const uint64_t product = uint64_t(m) * x;
+  hi = uint32_t(product >> 32);
+  lo = uint32_t(product);
+}
+
+// The ten rounds, in place, on any word type W with a mulhilo() declared before this point: a uint32_t,
+// or on the CPU a SIMD vector of them (csrc/cpu/simd.h), one counter per lane.
+template <class W>
+GF_HD void philox_rounds(W& c0, W& c1, W& c2, W& c3, uint32_t k0, uint32_t k1) {
   for (int round = 0; round < 10; ++round) {
     if (round > 0) {
       k0 += 0x9E3779B9u;  // the Weyl key schedule
       k1 += 0xBB67AE85u;
     }
-    const uint64_t p0 = uint64_t(0xD2511F53u) * c0;
-    const uint64_t p1 = uint64_t(0xCD9E8D57u) * c2;
-    const uint32_t n0 = uint32_t(p1 >> 32) ^ c1 ^ k0;
-    const uint32_t n2 = uint32_t(p0 >> 32) ^ c3 ^ k1;
+    W hi0, lo0, hi1, lo1;
+    mulhilo(0xD2511F53u, c0, hi0, lo0);
+    mulhilo(0xCD9E8D57u, c2, hi1, lo1);
+    const W n0 = hi1 ^ c1 ^ k0;
+    const W n2 = hi0 ^ c3 ^ k1;
     c0 = n0;
-    c1 = uint32_t(p1);
+    c1 = lo1;
     c2 = n2;
-    c3 = uint32_t(p0);
+    c3 = lo0;
   }
+}
+
+GF_HD Philox4x32 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, uint32_t k0, uint32_t k1) {
+  philox_rounds(c0, c1, c2, c3, k0, k1);
   return {{c0, c1, c2, c3}};
 }
 
@@ -58,10 +72,14 @@ GF_HD ElementDraw draw_element(const RandomKey& key, uint64_t element, bool want
 // them off. The bits come from the element's Philox counter with the top bit of the counter's second word
 // set, a stream apart from the pipeline's draws (elements never reach 2^63), under the same
 // (seed; parameter index, t) key. gradfused/optim/_precision.py draws the same bits with torch ops.
+template <class W>
+GF_HD W stochastic_rounding_bits(const RandomKey& key, W element_lo, W element_hi) {
+  W c1 = element_hi | 0x80000000u, c2 = W{} + key.param_index, c3 = W{} + key.step;
+  philox_rounds(element_lo, c1, c2, c3, uint32_t(key.seed), uint32_t(key.seed >> 32));
+  return element_lo & 0xFFFFu;
+}
 GF_HD uint32_t stochastic_rounding_bits(const RandomKey& key, uint64_t element) {
-  const Philox4x32 r = philox4x32_10(uint32_t(element), uint32_t(element >> 32) | 0x80000000u, key.param_index,
-                                     key.step, uint32_t(key.seed), uint32_t(key.seed >> 32));
-  return r.x[0] & 0xFFFFu;
+  return stochastic_rounding_bits(key, uint32_t(element), uint32_t(element >> 32));
 }
 
 GF_CODE_END

@@ -8,8 +8,10 @@
 namespace gf {
 namespace cpu {
 
-// param, grad and up to three state tensors, in the order of the rule's state array
-constexpr int kMaxLists = 5;
+// param, grad, up to three state tensors (in the order of the rule's state array) and the fp32 master
+// weight
+constexpr int kMaxLists = 6;
+constexpr int kMasterList = 5;
 
 // One tensor of a call, with its per-tensor scalars (computed once, in double).
 template <class TensorScalars>
@@ -28,7 +30,10 @@ struct UpdateLaunch {
   const Slot<TensorScalars>* slots;
   int64_t num_slots;
   int64_t chunk_size;
-  DType dtype;
+  DType dtype;        // the parameters'
+  DType state_dtype;  // the parameters', or Float32 for 16-bit parameters (NOTE: [mixed precision in one pass])
+  bool grad_fp32;     // float32 gradients of 16-bit parameters
+  ParamStore store;
   WeightDecay weight_decay_mode;
   int rule_variant;  // the bits of the rule's compile-time variants (rules.h)
   PipelineScalars<double> pipeline;

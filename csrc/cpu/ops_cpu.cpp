@@ -107,11 +107,7 @@ auto tensor_scalars_fn(const UpdateArgs<Hyper, Lr>& a, std::vector<double>& prod
 struct CpuBackend {
   template <Rule R, class Hyper, class Lr>
   static void update(const UpdateArgs<Hyper, Lr>& a) {
-    check_update(a, c10::DeviceType::CPU, /*fp32_ok=*/false);
-    // NOTE: [mixed precision runs the fp32 kernel] (gradfused/optim/_precision.py)
-    TORCH_CHECK(a.pipeline.master_weights.empty() && !a.pipeline.stochastic_rounding, a.op,
-                ": master_weights and stochastic_rounding are fused on CUDA only; on the CPU the optimizer steps "
-                "fp32 working copies");
+    check_update(a, c10::DeviceType::CPU, /*fp32_ok=*/true);  // NOTE: [mixed precision in one pass]
     const size_t n = a.params.size();
     if (n == 0 || step_is_skipped(a.pipeline.found_inf)) return;
 
@@ -146,6 +142,7 @@ struct CpuBackend {
       slot.ptr[1] = views.ptr(a.grads[i], p, false);
       int j = 2;
       for (const NamedList& s : a.states) slot.ptr[j++] = views.ptr(s.tensors[i], p, true);
+      slot.ptr[kMasterList] = pipeline.master_weights.empty() ? nullptr : views.ptr(pipeline.master_weights[i], p, true);
     }
 
     Launch launch{};
@@ -153,6 +150,9 @@ struct CpuBackend {
     launch.num_slots = int64_t(n);
     launch.chunk_size = kChunkSize;
     launch.dtype = dtype_of(a.params[0]);
+    launch.state_dtype = a.state_dtype();
+    launch.grad_fp32 = a.grad_fp32();
+    launch.store = a.param_store();
     launch.weight_decay_mode = a.weight_decay_mode();
     launch.rule_variant = a.rule_variant;
     launch.pipeline = {lr, a.weight_decay, 1.0 - lr * a.weight_decay};

@@ -71,6 +71,37 @@ GF_HD void widen(vfloat x, vdouble& lo, vdouble& hi) {
 }
 GF_HD vdouble max(vdouble a, vdouble b) { return a > b ? a : b; }
 
+// 32 x 32 -> 64-bit products of each lane with m, split into high and low words (Philox's round,
+// csrc/common/philox.h, which must see this overload: include this file first).
+typedef uint64_t vulong __attribute__((vector_size(GF_VEC_BYTES)));
+typedef uint32_t vuint_half __attribute__((vector_size(GF_VEC_BYTES / 2)));
+GF_HD void mulhilo(uint32_t m, vuint x, vuint& hi, vuint& lo) {
+#if GF_VEC_BYTES == 64  // even lanes' products, odd lanes' products, interleaved back
+  const __m512i mv = _mm512_set1_epi64(m);
+  const __m512i even = _mm512_mul_epu32((__m512i)x, mv);
+  const __m512i odd = _mm512_mul_epu32(_mm512_srli_epi64((__m512i)x, 32), mv);
+  lo = (vuint)_mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
+  hi = (vuint)_mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
+#elif GF_VEC_BYTES == 32
+  const __m256i mv = _mm256_set1_epi64x(m);
+  const __m256i even = _mm256_mul_epu32((__m256i)x, mv);
+  const __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64((__m256i)x, 32), mv);
+  lo = (vuint)_mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
+  hi = (vuint)_mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
+#else
+  vuint_half halves[2];
+  std::memcpy(halves, &x, sizeof x);
+  vuint_half his[2], los[2];
+  for (int h = 0; h < 2; ++h) {
+    const vulong product = __builtin_convertvector(halves[h], vulong) * uint64_t(m);
+    los[h] = __builtin_convertvector(product, vuint_half);
+    his[h] = __builtin_convertvector(product >> 32, vuint_half);
+  }
+  std::memcpy(&lo, los, sizeof lo);
+  std::memcpy(&hi, his, sizeof hi);
+#endif
+}
+
 namespace kernels {
 
 // Storage type T -> compute scalar S and vector V. 16-bit parameters compute in float.
@@ -131,24 +162,75 @@ GF_HD void store(half* p, vfloat v) {
   const vhalf h = __builtin_convertvector(v, vhalf);
   std::memcpy(p, &h, sizeof h);
 }
-GF_HD void store(bf16* p, vfloat v) {  // round to nearest even; NaN -> 0x7FC0, as c10::BFloat16
+// The bf16 bits of each lane, in the low half of its 32-bit word: rounded to nearest even, NaN -> 0x7FC0,
+// as c10::BFloat16.
+GF_HD vuint bf16_nearest_bits(vfloat v) {
   const vuint u = (vuint)v;
   const vuint rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
 #if GF_VEC_BYTES == 64
   const __mmask16 is_nan = _mm512_cmp_ps_mask((__m512)v, (__m512)v, _CMP_UNORD_Q);
-  const __m512i bits = _mm512_mask_blend_epi32(is_nan, (__m512i)rounded, _mm512_set1_epi32(0x7FC0));
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(bits));  // lanes < 2^16: exact
+  return (vuint)_mm512_mask_blend_epi32(is_nan, (__m512i)rounded, _mm512_set1_epi32(0x7FC0));
 #elif GF_VEC_BYTES == 32
   const __m256i is_nan = _mm256_castps_si256(_mm256_cmp_ps((__m256)v, (__m256)v, _CMP_UNORD_Q));
-  const __m256i bits = _mm256_blendv_epi8((__m256i)rounded, _mm256_set1_epi32(0x7FC0), is_nan);
-  // every lane is below 2^16, so the saturating pack is exact
-  const __m128i packed = _mm_packus_epi32(_mm256_castsi256_si128(bits), _mm256_extracti128_si256(bits, 1));
-  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), packed);
+  return (vuint)_mm256_blendv_epi8((__m256i)rounded, _mm256_set1_epi32(0x7FC0), is_nan);
 #else
   const vuint is_nan = (vuint)(v != v);
-  const vbf16 b = __builtin_convertvector((rounded & ~is_nan) | (0x7FC0u & is_nan), vbf16);
+  return (rounded & ~is_nan) | (0x7FC0u & is_nan);
+#endif
+}
+// Stores the low halves of `bits` (every lane below 2^16) as bf16.
+GF_HD void store_bf16_bits(bf16* p, vuint bits) {
+#if GF_VEC_BYTES == 64
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16((__m512i)bits));
+#elif GF_VEC_BYTES == 32
+  // every lane is below 2^16, so the saturating pack is exact
+  const __m128i packed = _mm_packus_epi32(_mm256_castsi256_si128((__m256i)bits), _mm256_extracti128_si256((__m256i)bits, 1));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), packed);
+#else
+  const vbf16 b = __builtin_convertvector(bits, vbf16);
   std::memcpy(p, &b, sizeof b);
 #endif
+}
+GF_HD void store(bf16* p, vfloat v) { store_bf16_bits(p, bf16_nearest_bits(v)); }
+
+}  // namespace kernels
+GF_CODE_END
+
+// After the vector mulhilo above, which Philox's template must see.
+#include "../common/philox.h"
+
+GF_CODE_BEGIN
+namespace kernels {
+
+// NOTE: [stochastic rounding on the CPU]
+// bf16 from fp32 with 16 random bits added below the mantissa, then cut off (NOTE: [stochastic rounding
+// bits] in csrc/common/philox.h): Philox runs on every lane at once. Infinities and NaN round to nearest,
+// as the reference (gradfused/optim/_precision.py) leaves them to the bf16 copy.
+GF_HD uint16_t stochastic_bits(float x, uint32_t noise) {
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  if (((u >> 23) & 0xFFu) == 0xFFu) {  // inf or NaN
+    bf16 nearest;
+    store_scalar(&nearest, x);
+    return nearest.bits;
+  }
+  return uint16_t((u + noise) >> 16);
+}
+GF_HD void store_stochastic(bf16* p, float x, const RandomKey& key, int64_t element) {
+  p->bits = stochastic_bits(x, stochastic_rounding_bits(key, uint64_t(element)));
+}
+GF_HD void store_stochastic(bf16* p, vfloat v, const RandomKey& key, int64_t first) {
+  constexpr int kW = int(sizeof(vuint) / sizeof(uint32_t));
+  vuint iota;
+  for (int lane = 0; lane < kW; ++lane) iota[lane] = uint32_t(lane);
+  const vuint lo = uint32_t(first) + iota;
+  // a lane whose low word wrapped carries one into the high word (a true comparison is all ones: -1)
+  const vuint hi = uint32_t(uint64_t(first) >> 32) - (vuint)(lo < uint32_t(first));
+  const vuint noise = stochastic_rounding_bits(key, lo, hi);
+  const vuint u = (vuint)v;
+  const vuint finite = (vuint)(((u >> 23) & 0xFFu) != 0xFFu);  // all ones where finite
+  const vuint bits = (((u + noise) >> 16) & finite) | (bf16_nearest_bits(v) & ~finite);
+  store_bf16_bits(p, bits);
 }
 
 }  // namespace kernels

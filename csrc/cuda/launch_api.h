@@ -33,13 +33,6 @@ struct UpdateTensor {
   int32_t index;          // position in the call: alignment_scales[index]
 };
 
-// NOTE: [mixed precision in one pass]
-// The parameter's dtype, the states' dtype (the parameter's or float32), the gradients' dtype (the
-// parameter's or float32) and how the new parameter is stored (rounded to nearest, through an fp32
-// master weight, or stochastically rounded) are picked per call. The first two are template parameters;
-// the gradient's load and the store are uniform branches, which keeps the number of kernels (and the
-// compile time) down at no measurable cost to a memory-bound step.
-enum class ParamStore : int { Nearest = 0, Master = 1, Stochastic = 2 };
 
 template <class Hyper>
 struct UpdateCall {

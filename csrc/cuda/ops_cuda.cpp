@@ -82,11 +82,9 @@ struct CudaBackend {
     call.tensors = tensors.data();
     call.num_tensors = int64_t(n);
     call.param_dtype = dtype_of(a.params[0]);
-    call.grad_fp32 = a.grads[0].scalar_type() != a.params[0].scalar_type();
-    call.state_dtype = a.states.empty() ? call.param_dtype : dtype_of(a.states[0].tensors[0]);
-    call.store = !pipeline.master_weights.empty() ? ParamStore::Master
-                 : pipeline.stochastic_rounding   ? ParamStore::Stochastic
-                                                  : ParamStore::Nearest;
+    call.grad_fp32 = a.grad_fp32();
+    call.state_dtype = a.state_dtype();
+    call.store = a.param_store();
     call.weight_decay_mode = a.weight_decay_mode();
     call.rule_variant = a.rule_variant;
     call.lr = device_scalar(a.lr, 0.0, keep);

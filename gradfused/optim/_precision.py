@@ -8,12 +8,11 @@
   smaller than half a bf16 ulp are not lost. The bits come from a generator keyed by (seed, step,
   parameter index), so a run is reproducible and a resumed checkpoint continues the same stream.
 
-NOTE: [mixed precision runs the fp32 kernel]
-On the CPU, with any option on, a bucket of 16-bit parameters is stepped by the fp32 kernel on fp32
-working copies (the master weights themselves, or upcasts), then written back. The math is exactly that
-of a fused 16-bit kernel (every kernel computes in fp32 and rounds once on store), but the conversions
-are extra passes over memory. On CUDA the options are fused into the kernels (NOTE: [mixed precision in
-one pass] in csrc/cuda/launch_api.h): one pass at the ideal bytes, the same numbers.
+The native kernels, CPU and CUDA, fuse all three (NOTE: [mixed precision in one pass] in
+csrc/common/hyper.h): one pass over memory at the ideal bytes, every value computed in fp32 and rounded
+once on its store. The reference steps fp32 working copies instead (Fp32Work below: the master weights
+themselves, or upcasts, written back afterwards); so does a native optimizer with `_fuse_precision =
+False`, which runs the native fp32 kernel on them: the fused kernels' bitwise oracle.
 """
 from __future__ import annotations
 
@@ -60,7 +59,7 @@ def state_dtype(group: dict, p: Tensor) -> torch.dtype:
 
 def fp32_grad_ok(p: Tensor, g: Tensor) -> bool:
     """A float32 gradient of a 16-bit parameter (torch's ``param.grad_dtype = torch.float32``) is read as
-    such: fused on CUDA, through the fp32 working copies on the CPU."""
+    such: by the native kernels directly, through the fp32 working copies by the reference."""
     return g.dtype == torch.float32 and p.dtype in HALF
 
 
@@ -82,8 +81,8 @@ def stochastic_round_(dst: Tensor, src: Tensor, key: tuple[int, int, int]) -> No
 
 
 def fused_kwargs(group: dict, dtype: torch.dtype, states: list[dict]) -> dict:
-    """The op's mixed-precision arguments where the kernels fuse them (CUDA): the master weights and the
-    stochastic-rounding switch. The states are already in their dtype (state_dtype below)."""
+    """The native op's mixed-precision arguments: the master weights (of `states`) and the stochastic-rounding
+    switch. The states are already in their dtype (state_dtype below)."""
     if dtype not in HALF:
         return {}
     masters = [local(st["master_weight"]) for st in states] if group["master_weights"] else []
@@ -91,7 +90,7 @@ def fused_kwargs(group: dict, dtype: torch.dtype, states: list[dict]) -> dict:
 
 
 class Fp32Work:
-    """The fp32 working copies of one bucket for the op (NOTE: [mixed precision runs the fp32 kernel])."""
+    """The fp32 working copies of one bucket for the op (the reference's way to mixed precision)."""
 
     def __init__(self, group: dict, states: list[dict], lists: list[list[Tensor]]):
         """`lists` are the op's tensor lists (params, grads, states), local shards for DTensors."""

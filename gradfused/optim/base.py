@@ -58,6 +58,10 @@ class FusedOptimizer(Optimizer):
     pipeline options of gradfused/optim/_randomness.py (`grad_noise`, `grad_dropout`, `lr_dropout`, `seed`)."""
 
     op_name: ClassVar[str]
+    # NOTE: [mixed precision in one pass]: the native ops fuse the mixed-precision options. False steps fp32
+    # working copies instead (gradfused/optim/_precision.py), as the reference does: the fused kernels'
+    # bitwise oracle in tests/test_mixed_precision.py.
+    _fuse_precision: ClassVar[bool] = True
     _step_supports_amp_scaling = True  # GradScaler hands us grad_scale and found_inf (NOTE in ops)
 
     def __init__(self, params, defaults: dict[str, Any], options: dict[str, Any] | None = None):
@@ -262,17 +266,12 @@ class FusedOptimizer(Optimizer):
     # the plan again once the same parameters have had gradients for two steps running.
     def _native_plan_key(self, group: dict) -> tuple:
         return (tuple(used for _, used in self._state_specs(group)), self._keeps_state(group), id(self.state),
-                len(self.state), len(group["params"]))
+                len(self.state), len(group["params"]), group["master_weights"])
 
     def _native_plan_fits(self, group: dict, plan: list) -> bool:
         """Whether `plan` (from _plan) can run as a StepPlan: the native ops, on each bucket's own tensors."""
-        if group.get("fused") is False or group["master_weights"]:
-            return False
-        for bucket, _, _ in plan:
-            p = bucket[0]
-            if is_dtensor(p) or (p.device.type != "cuda" and (P.uses_fp32_work(group, p.dtype) or p.grad.dtype != p.dtype)):
-                return False
-        return True
+        return (group.get("fused") is not False and self._fuse_precision and not group["master_weights"]
+                and not any(is_dtensor(bucket[0]) for bucket, _, _ in plan))
 
     def _build_native_plan(self, group: dict, params: list[Tensor]) -> None:
         which = tuple(map(id, params))
@@ -294,7 +293,7 @@ class FusedOptimizer(Optimizer):
                 native.add_list(b, [st[key] for st in states] if used else [])
             for key in [*scalar_keys, "step"]:
                 native.add_list(b, [st[key] for st in states])
-        buckets = [(bucket[0].device, indices) for bucket, _, indices in plan]
+        buckets = [(bucket[0].device, bucket[0].dtype, indices) for bucket, _, indices in plan]
         self._native_plans[id(group)] = (self._native_plan_key(group), which, native, buckets)
 
     def _step_through_native_plans(self) -> bool:
@@ -314,8 +313,9 @@ class FusedOptimizer(Optimizer):
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
         for group, native, buckets in plans:
-            for b, (device, indices) in enumerate(buckets):
-                ops.run_plan(self.op_name, native, b, **self._op_kwargs(group, device, indices, grad_scale, found_inf))
+            for b, (device, dtype, indices) in enumerate(buckets):
+                ops.run_plan(self.op_name, native, b, **self._op_kwargs(group, device, indices, grad_scale, found_inf),
+                             **P.fused_kwargs(group, dtype, []))  # the plan runs no master weights
         return True
 
     def _selected(self, only) -> list[list[Tensor]]:
@@ -448,7 +448,7 @@ class FusedOptimizer(Optimizer):
                 tensors = local_shards(self._name, *tensors)
             fused_precision = {}
             work = None
-            if backend is ops and device.type == "cuda":  # NOTE: [mixed precision in one pass]
+            if backend is ops and self._fuse_precision:  # NOTE: [mixed precision in one pass]
                 fused_precision = P.fused_kwargs(group, bucket[0].dtype, states)
             elif P.uses_fp32_work(group, bucket[0].dtype) or bucket[0].grad.dtype != bucket[0].dtype:
                 work = P.Fp32Work(group, states, tensors)
