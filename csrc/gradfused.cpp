@@ -19,7 +19,7 @@ extern "C" PyObject* PyInit__C(void) {
 
 namespace {
 
-// The hyperparameters and pipeline options that every update op ends with (ALGORITHMS.md §1).
+// The hyperparameters and pipeline options that every update op ends with (docs/algorithms.md §1).
 // The random steps draw from (seed, param_indices[i], t, element) (csrc/common/philox.h).
 constexpr const char* kPipelineArgs =
     "bool maximize=False, Tensor? grad_scale=None, Tensor? found_inf=None, Tensor? alignment_scales=None, "
@@ -113,7 +113,7 @@ TORCH_LIBRARY(gradfused, m) {
                 "Tensor(d!)[] state_steps",
                 "float momentum, float beta, float eps, bool momentum_ema, bool nesterov, float? clip_value=None, "
                 "float? lr_decay=None, int warmup_steps=0");
-  // Lookahead's slow-weight pass (ALGORITHMS.md §4): slow = slow + alpha (param - slow); param = slow.
+  // Lookahead's slow-weight pass (docs/algorithms.md §4): slow = slow + alpha (param - slow); param = slow.
   m.def("lookahead_(Tensor(a!)[] params, Tensor(b!)[] slow_weights, *, float alpha) -> ()");
   // GradientAlignment statistics: updates each tensor's gradient EMA and writes its sums <g,a>, ‖g‖², ‖a‖²
   // into row i of `sums` (float64, [n, 3]), without touching the gradients. The scales are formed from the

@@ -80,7 +80,7 @@ CASES: list[Case] = (
         {}, {"nesterov": True, "clip_value": 0.5, "lr_decay": 0.9, "warmup_steps": 3},
         {"momentum_ema": False, "maximize": False},
     ])
-    # the random pipeline options (ALGORITHMS.md §1 steps 5, 6, 8), each on at least one rule
+    # the random pipeline options (docs/algorithms.md §1 steps 5, 6, 8), each on at least one rule
     + _cases(gf.AdamW, [{"lr": 1e-2, "grad_noise": (0.01, 0.55), "seed": 1}])
     + _cases(gf.PersistentSGD, [{"decay": 0.9, "grad_dropout": 0.3, "lr_dropout": 0.5, "seed": 2}])
     + _cases(gf.RAdamW, [{"lr": 1e-2, "grad_noise": (0.01, 0.55), "lr_dropout": 0.5, "seed": 3}])
@@ -94,7 +94,7 @@ DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 
 
 def tolerance(dtype: torch.dtype) -> dict[str, float]:
-    """ALGORITHMS.md §5: assert_close defaults for fp32/fp64; atol = rtol = 5e-3 for 16-bit."""
+    """docs/algorithms.md §5: assert_close defaults for fp32/fp64; atol = rtol = 5e-3 for 16-bit."""
     if dtype in (torch.bfloat16, torch.float16):
         return {"atol": 5e-3, "rtol": 5e-3}
     return {}

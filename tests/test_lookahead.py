@@ -1,4 +1,4 @@
-"""Lookahead (ALGORITHMS.md §4) against a transcription of the paper's algorithm, over torch.optim and
+"""Lookahead (docs/algorithms.md §4) against a transcription of the paper's algorithm, over torch.optim and
 gradfused optimizers and over GradientAlignment; its fused slow-weight pass against the reference."""
 import copy
 

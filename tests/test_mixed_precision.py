@@ -61,7 +61,7 @@ def test_native_matches_reference(case, dtype, option):
     ref = case.make(ref_params, False, **OPTIONS[option])
     _step_side_by_side([native, ref], [native_params, ref_params], torch.Generator().manual_seed(1), steps=8)
     # the fp32 working copies make native and reference agree to fp32 rounding before the one rounding to
-    # 16 bits; ALGORITHMS.md §5's 16-bit tolerance applies to the parameters
+    # 16 bits; docs/algorithms.md §5's 16-bit tolerance applies to the parameters
     for p, q in zip(native_params, ref_params):
         torch.testing.assert_close(p, q, atol=5e-3, rtol=5e-3)
     for (key, a), (_, b) in zip(all_states(native), all_states(ref), strict=True):

@@ -1,4 +1,4 @@
-"""gradfused against independent oracles: torch.optim's own optimizers, identities of ALGORITHMS.md, and a
+"""gradfused against independent oracles: torch.optim's own optimizers, identities of docs/algorithms.md, and a
 transcription of the Gradient Alignment experiment's rule."""
 import pytest
 import torch

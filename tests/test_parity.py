@@ -1,4 +1,4 @@
-"""Native fused kernels vs the pure-PyTorch reference (ALGORITHMS.md §5), for every optimizer and
+"""Native fused kernels vs the pure-PyTorch reference (docs/algorithms.md §5), for every optimizer and
 option set of the table, every dtype, odd and degenerate shapes, a non-contiguous view and two param
 groups, comparing parameters and every state tensor after each of 8 steps."""
 import pytest

@@ -1,4 +1,4 @@
-"""The random pipeline steps (ALGORITHMS.md §1 steps 5, 6, 8): the Philox generator against Random123's
+"""The random pipeline steps (docs/algorithms.md §1 steps 5, 6, 8): the Philox generator against Random123's
 known answers, reproducibility across thread counts and seeds, and the statistics of noise and masks."""
 import math
 

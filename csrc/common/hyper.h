@@ -20,7 +20,7 @@ enum class DType : int { Float32 = 0, Float64 = 1, BFloat16 = 2, Float16 = 3 };
 // of kernels (and the compile time) down at no measurable cost to a memory-bound step.
 enum class ParamStore : int { Nearest = 0, Master = 1, Stochastic = 2 };
 
-// Pipeline steps 1-4 and 9 of ALGORITHMS.md §1, per call.
+// Pipeline steps 1-4 and 9 of docs/algorithms.md §1, per call.
 template <class S>
 struct PipelineScalars {
   S lr;
@@ -30,7 +30,7 @@ struct PipelineScalars {
   GF_HD PipelineScalars<T> cast() const { return {T(lr), T(weight_decay), T(decoupled_factor)}; }
 };
 
-// Pipeline steps 5, 6 and 8 of ALGORITHMS.md §1 (gradient noise, gradient dropout, learning-rate
+// Pipeline steps 5, 6 and 8 of docs/algorithms.md §1 (gradient noise, gradient dropout, learning-rate
 // dropout), per call. The noise's standard deviation depends on t, so it lives with each tensor.
 struct RandomOptions {
   bool noise, grad_dropout, lr_dropout;  // which steps are on
@@ -72,7 +72,7 @@ struct NoTensorScalars {  // a rule without per-tensor scalars
 // NOTE: [the kernels round as the reference does]
 // Constants such as 1 - beta1 or 1 / bc1 are formed once in double and rounded to the compute type,
 // and each element sees the same operations in the same order as in the reference's torch ops (a
-// multiply by 1 / bc1 where ALGORITHMS.md writes / bc1: one division per element instead of three).
+// multiply by 1 / bc1 where docs/algorithms.md writes / bc1: one division per element instead of three).
 // With -ffp-contract=off the fused kernels then round like the reference operation for operation,
 // which keeps 16-bit states from drifting apart one rounding flip at a time.
 template <class S>

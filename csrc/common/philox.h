@@ -1,4 +1,4 @@
-// Counter-based randomness for the pipeline's random steps (ALGORITHMS.md §1 steps 5, 6 and 8).
+// Counter-based randomness for the pipeline's random steps (docs/algorithms.md §1 steps 5, 6 and 8).
 // Philox4x32-10 (Salmon et al. 2011) maps (counter, key) to four 32-bit words with no state, so every
 // element draws its own numbers from (seed; element index, parameter index, step) alone: the result does
 // not depend on threads, chunking, vector width or device. gradfused/reference/philox.py is the same

@@ -1,4 +1,4 @@
-// The per-element pipeline of ALGORITHMS.md §1 around a rule. The random steps (5, 6 and 8) are one
+// The per-element pipeline of docs/algorithms.md §1 around a rule. The random steps (5, 6 and 8) are one
 // compile-time flag, kRandom, so that a call without them costs nothing; with it, each is switched by
 // RandomOptions, uniform over the call.
 #pragma once
@@ -47,7 +47,7 @@ GF_HD void pipeline_step(V& p, V g, V* state, S grad_mul, const PipelineScalars<
   }
 }
 
-// GradientAlignment, per element (ALGORITHMS.md §4): a = β a + (1-β) g on the unscaled gradient, which
+// GradientAlignment, per element (docs/algorithms.md §4): a = β a + (1-β) g on the unscaled gradient, which
 // is returned for the statistics. Backends accumulate <g, a>, ‖g‖² and ‖a‖² in double, products
 // included, so the cosine does not depend on the summation order beyond double rounding.
 template <bool kUnscale, class V, class S>
@@ -57,7 +57,7 @@ GF_HD V alignment_ema_step(V g, V& a, const AlignHyper<S>& h) {
   return g;
 }
 
-// Lookahead (ALGORITHMS.md §4): the new slow weight φ + α (θ - φ), which both φ and θ take.
+// Lookahead (docs/algorithms.md §4): the new slow weight φ + α (θ - φ), which both φ and θ take.
 template <class V, class S>
 GF_HD V lookahead_slow_step(V theta, V phi, S alpha) {
   return phi + alpha * (theta - phi);

@@ -1,4 +1,4 @@
-// The update rules of ALGORITHMS.md §2, written once. Each rule is
+// The update rules of docs/algorithms.md §2, written once. Each rule is
 //   direction(g, state, hyper, per_tensor) -> d
 // on a value type V (float, double, a SIMD vector, a CUDA register) with scalars of type S, and
 // updates its state in place. A rule is a template over an int whose bits select its compile-time

@@ -19,7 +19,7 @@ struct Slot {
   void* ptr[kMaxLists];
   int64_t numel;
   int64_t first_chunk;  // index of this tensor's first chunk among all chunks of the call
-  double grad_mul;      // ALGORITHMS.md §1 steps 1-3 folded: ±s_T / grad_scale
+  double grad_mul;      // docs/algorithms.md §1 steps 1-3 folded: ±s_T / grad_scale
   TensorScalars scalars;
   RandomKey random_key;  // (seed, parameter index, t) of the random steps
   double noise_std;      // σt = sqrt(η / (1 + t)^γ)

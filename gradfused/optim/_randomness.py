@@ -1,4 +1,4 @@
-"""The random pipeline options of ALGORITHMS.md §1, shared by every gradfused optimizer:
+"""The random pipeline options of docs/algorithms.md §1, shared by every gradfused optimizer:
 
 - ``grad_noise=(eta, gamma)``: adds N(0, eta / (1 + t)^gamma) noise to each gradient element (step 5);
 - ``grad_dropout=q``: zeroes each gradient element with probability q, without rescaling (step 6);

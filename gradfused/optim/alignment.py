@@ -74,7 +74,7 @@ class GradientAlignment(WrappingOptimizer):
             grad_scale=None if grad_scale is None else grad_scale.to(device),
             found_inf=None if found_inf is None else found_inf.to(device),
         )
-        if sharded:  # ALGORITHMS.md §4: the sums of a sharded tensor are summed over all its shards
+        if sharded:  # docs/algorithms.md §4: the sums of a sharded tensor are summed over all its shards
             sum_over_shards(sums, params)
         return scales_from_sums(sums, self.eps)
 

@@ -1,4 +1,4 @@
-"""Pure-PyTorch per-parameter for-loops that follow ALGORITHMS.md line by line: the oracle for the
+"""Pure-PyTorch per-parameter for-loops that follow docs/algorithms.md line by line: the oracle for the
 fused kernels, and the `fused=False` path of every optimizer. Same names and signatures as
 gradfused.ops."""
 from .pipeline import alignment_sums_, lookahead_

@@ -1,4 +1,4 @@
-"""ALGORITHMS.md §1: the per-element pipeline around every rule, and the §4 wrappers' passes (alignment
+"""docs/algorithms.md §1: the per-element pipeline around every rule, and the §4 wrappers' passes (alignment
 statistics, Lookahead's slow weights)."""
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ def run_pipeline(
     seed: int = 0,
     param_indices: Sequence[int] | None = None,
 ) -> None:
-    """Applies ALGORITHMS.md §1 to each parameter; `states[k][i]` is state k of parameter i."""
+    """Applies docs/algorithms.md §1 to each parameter; `states[k][i]` is state k of parameter i."""
     if step_is_skipped(found_inf):  # step 1: a skipped AMP step changes nothing at all
         return
     lr = as_float(lr)
@@ -114,7 +114,7 @@ def run_pipeline(
 
 
 def lookahead_(params: Sequence[Tensor], slow_weights: Sequence[Tensor], *, alpha: float) -> None:
-    """ALGORITHMS.md §4: slow = slow + alpha (param - slow), then param = slow."""
+    """docs/algorithms.md §4: slow = slow + alpha (param - slow), then param = slow."""
     for param, slow in zip(params, slow_weights):
         phi = upcast(slow)
         phi = phi + alpha * (upcast(param) - phi)
@@ -131,7 +131,7 @@ def alignment_sums_(
     grad_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
 ) -> None:
-    """ALGORITHMS.md §4: a = β a + (1-β) g on the unscaled gradient, then <g, a>, ‖g‖², ‖a‖² written to
+    """docs/algorithms.md §4: a = β a + (1-β) g on the unscaled gradient, then <g, a>, ‖g‖², ‖a‖² written to
     sums[i] (the scale is formed from them by gradfused.optim.alignment.scales_from_sums)."""
     if step_is_skipped(found_inf):
         return

@@ -1,4 +1,4 @@
-"""ALGORITHMS.md §2, one function per rule, with the signature of the fused op of the same name."""
+"""docs/algorithms.md §2, one function per rule, with the signature of the fused op of the same name."""
 from __future__ import annotations
 
 import math
