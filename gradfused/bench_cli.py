@@ -101,6 +101,10 @@ def format_tables(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def max_cases(rows: list[dict]) -> int:
+    return max(len({r["case"] for r in rows if r["optimizer"] == o}) for o in {r["optimizer"] for r in rows})
+
+
 def plot(rows: list[dict], path: str) -> None:
     """One panel per optimizer: achieved GB/s per case and provider, with the median yardstick. The axis
     is logarithmic, so the small-tensor cases, where the differences are largest, stay readable; each case
@@ -115,7 +119,8 @@ def plot(rows: list[dict], path: str) -> None:
     providers = list(dict.fromkeys(r["provider"] for r in rows))
     colors = dict(zip(providers, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
     yard = float(np.median([r["yardstick_gbps"] for r in rows]))
-    fig, axes = plt.subplots(len(optimizers), 1, figsize=(10, 2.4 * len(optimizers)), squeeze=False)
+    fig, axes = plt.subplots(len(optimizers), 1, figsize=(max(10.0, 1.5 * max_cases(rows)), 2.6 * len(optimizers)),
+                             squeeze=False)
     width = 0.8 / len(providers)
     for ax, optimizer in zip(axes[:, 0], optimizers):
         cases = list(dict.fromkeys(r["case"] for r in rows if r["optimizer"] == optimizer))
@@ -126,7 +131,7 @@ def plot(rows: list[dict], path: str) -> None:
         ax.axhline(yard, color="k", ls="--", lw=1, label=f"yardstick (median {yard:.0f} GB/s)")
         ax.set_xticks(np.arange(len(cases)) + 0.4 - width / 2)
         sizes = {r["case"]: (r["params"], r["tensors"]) for r in rows}
-        ax.set_xticklabels([f"({c.split('-')[0]}{' ' + c[c.index('bf16'):] if 'bf16' in c else ''}) "
+        ax.set_xticklabels([f"({c.split('-')[0]}{' ' + c[c.index('bf16'):] if 'bf16' in c else ''})\n"
                             f"{sizes[c][0]:,} in {sizes[c][1]}" for c in cases], fontsize=7)
         ax.set_yscale("log")
         ax.set_ylabel("GB/s (log)")

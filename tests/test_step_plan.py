@@ -33,6 +33,22 @@ def uses_plan(opt) -> bool:
 PLAIN = [c for c in CASES if not c.name.startswith("Align(")]
 
 
+def step_and_compare(opt, params, ref, ref_params, steps, label="", edit_grads=lambda step: None):
+    """For each step: the same gradients to both (then `edit_grads(step)`), `opt.step()` (the plan, once
+    built) against `ref.step_parameters()` of the parameters with a gradient (always the checked path),
+    and the parameters and every state compared bit for bit."""
+    for step in steps:
+        set_grads(params, step)
+        set_grads(ref_params, step)
+        edit_grads(step)
+        opt.step()
+        ref.step_parameters([p for p in ref_params if p.grad is not None])
+        for p, q in zip(params, ref_params):
+            torch.testing.assert_close(p, q, rtol=0, atol=0, msg=f"{label} step {step}")
+        for (key, a), (_, b) in zip(all_states(opt), all_states(ref), strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0, msg=f"{label} step {step}: {key}")
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", PLAIN, ids=str)
 def test_plan_steps_give_the_bits_of_the_checked_path(case, device):
@@ -43,35 +59,22 @@ def test_plan_steps_give_the_bits_of_the_checked_path(case, device):
         params[1].data = params[1].data.double()
     opt_a = case.make([{"params": a[:2]}, {"params": a[2:], "lr": 0.05}], True)
     opt_b = case.make([{"params": b[:2]}, {"params": b[2:], "lr": 0.05}], True)
-    for step in range(5):
-        set_grads(a, step)
-        set_grads(b, step)
-        opt_a.step()
-        opt_b.step_parameters(b)
-        for pa, pb in zip(a, b):
-            torch.testing.assert_close(pa, pb, rtol=0, atol=0)
-        for (key, sa), (_, sb) in zip(all_states(opt_a), all_states(opt_b)):
-            torch.testing.assert_close(sa, sb, rtol=0, atol=0, msg=f"{case} step {step}: {key}")
+    step_and_compare(opt_a, a, opt_b, b, range(5), label=str(case))
     assert uses_plan(opt_a)
     assert not uses_plan(opt_b)
 
 
 def test_plan_follows_the_gradients_that_come_and_go():
-    params = make_params()
-    opt = gf.AdamW(params, lr=0.1)
-    ref_params = make_params()
-    ref = gf.AdamW(ref_params, lr=0.1)
-    for step in range(8):
-        set_grads(params, step)
-        set_grads(ref_params, step)
+    params, ref_params = make_params(), make_params()
+    opt, ref = gf.AdamW(params, lr=0.1), gf.AdamW(ref_params, lr=0.1)
+
+    def edit_grads(step):
         if step in (4, 5):  # a parameter without a gradient: the plan cannot step it
             params[2].grad = ref_params[2].grad = None
         if step == 6:  # a new gradient tensor, as after zero_grad(set_to_none=True)
             params[0].grad = params[0].grad.clone()
-        opt.step()
-        ref.step_parameters([p for p in ref_params if p.grad is not None])
-        for p, q in zip(params, ref_params):
-            torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+    step_and_compare(opt, params, ref, ref_params, range(8), edit_grads=edit_grads)
     assert uses_plan(opt)
 
 
@@ -110,23 +113,11 @@ def test_plan_lets_go_of_the_gradients():
 def test_plan_is_rebuilt_after_load_state_dict_and_hyperparameter_changes():
     params, ref_params = make_params(), make_params()
     opt, ref = gf.Adam(params, lr=0.1), gf.Adam(ref_params, lr=0.1)
-    for step in range(3):
-        set_grads(params, step)
-        set_grads(ref_params, step)
-        opt.step()
-        ref.step_parameters(ref_params)
+    step_and_compare(opt, params, ref, ref_params, range(3))
     opt.load_state_dict(copy.deepcopy(ref.state_dict()))  # new state tensors, equal values
     opt.param_groups[0]["amsgrad"] = ref.param_groups[0]["amsgrad"] = True  # one more state list
     opt.param_groups[0]["lr"] = ref.param_groups[0]["lr"] = 0.01
-    for step in range(3, 7):
-        set_grads(params, step)
-        set_grads(ref_params, step)
-        opt.step()
-        ref.step_parameters(ref_params)
-        for p, q in zip(params, ref_params):
-            torch.testing.assert_close(p, q, rtol=0, atol=0)
-    for (key, s), (_, r) in zip(all_states(opt), all_states(ref)):
-        torch.testing.assert_close(s, r, rtol=0, atol=0, msg=str(key))
+    step_and_compare(opt, params, ref, ref_params, range(3, 7))
     assert uses_plan(opt) and opt._native_plans[id(opt.param_groups[0])][0] == opt._native_plan_key(opt.param_groups[0])
 
 
