@@ -34,13 +34,14 @@ constexpr const char* kPipelineArgs =
 struct NoBackend;  // the list ops' signatures do not depend on the backend
 template <class Sig, class Name, bool kTensorLr>
 struct PlanOp {
-  static constexpr const char* name = Name::value;
+  static constexpr const char* name = Name::value();
   static constexpr const char* overload = kTensorLr ? "tensor_lr" : "";
   static constexpr auto call = &gf::ops::PlanOverload<Sig, PlanOp>::call;
 };
 
 template <class FloatSig, class TensorSig, class Name>
-void def_update_op(torch::Library& m, const std::string& name, const std::string& lists, const std::string& hyper) {
+void def_update_op(torch::Library& m, const std::string& lists, const std::string& hyper) {
+  const std::string name = Name::value() + std::string("gradfused::").size();
   for (const char* lr : {"float lr", "Tensor lr"}) {
     const bool tensor_lr = std::string(lr) == "Tensor lr";
     const std::string tail = std::string(lr) + ", " + hyper + ", " + kPipelineArgs + ") -> ()";
@@ -51,20 +52,16 @@ void def_update_op(torch::Library& m, const std::string& name, const std::string
     else m.def(plan.c_str(), PlanOp<FloatSig, Name, false>::call);
   }
 }
-#define GF_OP_SIGNATURES(fn)                                                                     \
-  std::remove_pointer_t<decltype(&gf::ops::fn<NoBackend, double>)>,                              \
-      std::remove_pointer_t<decltype(&gf::ops::fn<NoBackend, const at::Tensor&>)>
-#define GF_OP_NAME(op)                                                                           \
-  struct Name_##op {                                                                             \
-    static constexpr const char* value = "gradfused::" #op;                                      \
-  }
-GF_OP_NAME(persistent_sgd_);
-GF_OP_NAME(adam_);
-GF_OP_NAME(radam_);
-GF_OP_NAME(adema_);
-GF_OP_NAME(nadam_);
-GF_OP_NAME(rmsprop_);
-GF_OP_NAME(gradient_ascent_);
+// Defines update op `name` (adam_, say; implemented by gf::ops::adam_op) and its overloads.
+#define GF_DEF_UPDATE_OP(m, name, lists, hyper)                                                    \
+  do {                                                                                            \
+    struct Name {                                                                                 \
+      static constexpr const char* value() { return "gradfused::" #name; }                        \
+    };                                                                                            \
+    def_update_op<std::remove_pointer_t<decltype(&gf::ops::name##op<NoBackend, double>)>,           \
+                  std::remove_pointer_t<decltype(&gf::ops::name##op<NoBackend, const at::Tensor&>)>, \
+                  Name>(m, lists, hyper);                                                         \
+  } while (0)
 
 }  // namespace
 
@@ -73,42 +70,41 @@ TORCH_LIBRARY(gradfused, m) {
       .def(torch::init<std::vector<at::Tensor>>())
       .def("add_bucket", &gf::ops::StepPlan::add_bucket)
       .def("add_list", &gf::ops::StepPlan::add_list)
-      .def("gather", &gf::ops::StepPlan::gather)
-      .def("num_buckets", &gf::ops::StepPlan::num_buckets);
+      .def("gather", &gf::ops::StepPlan::gather);
   // NOTE: [the op owns the step increment]
   // Every update op increments `state_steps` itself, after the update and only when found_inf is
   // unset, so a skipped AMP step leaves parameters, states and steps exactly as they were.
   // momentum_buffers may be [] when decay = 0 (plain SGD, no state). With buffer_starts_at_grad the first
   // step sets the buffer to the gradient, as torch.optim.SGD does; otherwise it starts at zero.
-  def_update_op<GF_OP_SIGNATURES(persistent_sgd_op), Name_persistent_sgd_>(m, "persistent_sgd_",
+  GF_DEF_UPDATE_OP(m, persistent_sgd_,
                 "Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, Tensor(c!)[] state_steps",
                 "float decay, float dampening, float weight_decay, bool decoupled_weight_decay, bool nesterov, "
                 "bool buffer_starts_at_grad=False");
-  def_update_op<GF_OP_SIGNATURES(adam_op), Name_adam_>(m, "adam_",
+  GF_DEF_UPDATE_OP(m, adam_,
                 "Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
                 "Tensor(d!)[] max_exp_avg_sqs, Tensor(e!)[] state_steps",
                 "float beta1, float beta2, float eps, float weight_decay, bool decoupled_weight_decay, bool amsgrad");
-  def_update_op<GF_OP_SIGNATURES(radam_op), Name_radam_>(m, "radam_",
+  GF_DEF_UPDATE_OP(m, radam_,
                 "Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
                 "Tensor(d!)[] state_steps",
                 "float beta1, float beta2, float eps, float weight_decay, bool decoupled_weight_decay");
-  def_update_op<GF_OP_SIGNATURES(adema_op), Name_adema_>(m, "adema_",
+  GF_DEF_UPDATE_OP(m, adema_,
                 "Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
                 "Tensor(d!)[] exp_avg_slows, Tensor(e!)[] state_steps",
                 "float beta1, float beta2, float beta3, float alpha, float eps, float weight_decay, "
                 "float? t_alpha_beta3=None");
   // NAdam's running product of the momentum schedule is a one-element tensor per parameter, like the step.
-  def_update_op<GF_OP_SIGNATURES(nadam_op), Name_nadam_>(m, "nadam_",
+  GF_DEF_UPDATE_OP(m, nadam_,
                 "Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
                 "Tensor(d!)[] mu_products, Tensor(e!)[] state_steps",
                 "float beta1, float beta2, float eps, float weight_decay, bool decoupled_weight_decay, "
                 "float momentum_decay");
   // RMSprop reads momentum_buffers only if momentum > 0 and grad_avgs only if centered (else pass []).
-  def_update_op<GF_OP_SIGNATURES(rmsprop_op), Name_rmsprop_>(m, "rmsprop_",
+  GF_DEF_UPDATE_OP(m, rmsprop_,
                 "Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] square_avgs, Tensor(c!)[] momentum_buffers, "
                 "Tensor(d!)[] grad_avgs, Tensor(e!)[] state_steps",
                 "float alpha, float eps, float weight_decay, float momentum, bool centered");
-  def_update_op<GF_OP_SIGNATURES(gradient_ascent_op), Name_gradient_ascent_>(m, "gradient_ascent_",
+  GF_DEF_UPDATE_OP(m, gradient_ascent_,
                 "Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, Tensor(c!)[] square_avgs, "
                 "Tensor(d!)[] state_steps",
                 "float momentum, float beta, float eps, bool momentum_ema, bool nesterov, float? clip_value=None, "

@@ -31,20 +31,18 @@ struct StepPlan : torch::CustomClassHolder {
   };
 
   // `group_params`: every parameter of the group, in order.
-  explicit StepPlan(std::vector<at::Tensor> group_params) : params_(std::move(group_params)) {}
+  explicit StepPlan(std::vector<at::Tensor> group_params)
+      : params_(std::move(group_params)), stepped_(params_.size(), false) {}
 
-  // A bucket stepped by one op call; `lists` is the op's positional lists without the gradients.
+  // A bucket stepped by one op call, whose lists follow with add_list (the op's lists after the gradients).
   void add_bucket(std::vector<int64_t> members, at::ScalarType grad_dtype) {
-    for (int64_t m : members)
+    Bucket b{std::move(members), grad_dtype, {{}, {}}};  // params, then the gradients' slot
+    for (int64_t m : b.members) {
       TORCH_CHECK(m >= 0 && m < int64_t(params_.size()), "StepPlan.add_bucket: member ", m, " out of range");
-    Bucket b{std::move(members), grad_dtype, {}};
-    b.lists.emplace_back();  // params, then the gradients' slot
-    for (int64_t m : b.members) b.lists[0].push_back(params_[size_t(m)]);
-    b.lists.emplace_back();
+      b.lists[0].push_back(params_[size_t(m)]);
+      stepped_[size_t(m)] = true;
+    }
     buckets_.push_back(std::move(b));
-    stepped_.assign(params_.size(), false);
-    for (const Bucket& each : buckets_)
-      for (int64_t m : each.members) stepped_[size_t(m)] = true;
   }
   void add_list(int64_t bucket, std::vector<at::Tensor> list) {
     Bucket& b = at_bucket(bucket);
@@ -81,8 +79,6 @@ struct StepPlan : torch::CustomClassHolder {
   }
   // Lets go of the bucket's gradients, so that a later zero_grad(set_to_none=True) frees them.
   void release(int64_t bucket) { at_bucket(bucket).lists[1].clear(); }
-
-  int64_t num_buckets() const { return int64_t(buckets_.size()); }
 
  private:
   Bucket& at_bucket(int64_t bucket) {

@@ -265,13 +265,11 @@ class FusedOptimizer(Optimizer):
     # lists changed; torch.compile is tracing) sends the step down the checked path above, which builds
     # the plan again once the same parameters have had gradients for two steps running.
     def _native_plan_key(self, group: dict) -> tuple:
+        """What a live plan was built for: the lists it holds and that a plan may run at all (the native
+        ops fusing the precision options, no master weights)."""
+        runnable = group.get("fused") is not False and self._fuse_precision and not group["master_weights"]
         return (tuple(used for _, used in self._state_specs(group)), self._keeps_state(group), id(self.state),
-                len(self.state), len(group["params"]), group["master_weights"])
-
-    def _native_plan_fits(self, group: dict, plan: list) -> bool:
-        """Whether `plan` (from _plan) can run as a StepPlan: the native ops, on each bucket's own tensors."""
-        return (group.get("fused") is not False and self._fuse_precision and not group["master_weights"]
-                and not any(is_dtensor(bucket[0]) for bucket, _, _ in plan))
+                len(self.state), len(group["params"]), runnable)
 
     def _build_native_plan(self, group: dict, params: list[Tensor]) -> None:
         which = tuple(map(id, params))
@@ -279,22 +277,23 @@ class FusedOptimizer(Optimizer):
         if previous is None or previous[1] != which:  # not the same parameters two steps running: wait
             self._native_plans[id(group)] = (None, which, None, None)
             return
-        if (previous[0] is not None and previous[0] == self._native_plan_key(group)) or not params:
-            return  # the plan is live (or there is nothing to step)
+        key = self._native_plan_key(group)
+        if previous[0] == key or not params or not key[-1]:
+            return  # the plan is live, there is nothing to step, or no plan can run this group
         plan = self._plan(group, params)
-        if not self._native_plan_fits(group, plan):
+        if any(is_dtensor(bucket[0]) for bucket, _, _ in plan):  # steps local shards: the checked path
             return
         native = torch.classes.gradfused.StepPlan(group["params"])
         position = {id(p): i for i, p in enumerate(group["params"])}
         specs, scalar_keys = self._state_specs(group), self._scalar_state_keys(group)
         for b, (bucket, states, _) in enumerate(plan):
             native.add_bucket([position[id(p)] for p in bucket], bucket[0].grad.dtype)
-            for key, used in specs:
-                native.add_list(b, [st[key] for st in states] if used else [])
-            for key in [*scalar_keys, "step"]:
-                native.add_list(b, [st[key] for st in states])
+            for name, used in specs:
+                native.add_list(b, [st[name] for st in states] if used else [])
+            for name in [*scalar_keys, "step"]:
+                native.add_list(b, [st[name] for st in states])
         buckets = [(bucket[0].device, bucket[0].dtype, indices) for bucket, _, indices in plan]
-        self._native_plans[id(group)] = (self._native_plan_key(group), which, native, buckets)
+        self._native_plans[id(group)] = (key, which, native, buckets)
 
     def _step_through_native_plans(self) -> bool:
         """Steps every group through its StepPlan; False, having written nothing, where one cannot."""
@@ -303,10 +302,9 @@ class FusedOptimizer(Optimizer):
         plans = []
         for group in self.param_groups:
             key, _, native, buckets = self._native_plans.get(id(group), (None,) * 4)
-            if native is None or key != self._native_plan_key(group) or group.get("fused") is False:
+            if native is None or key != self._native_plan_key(group):
                 return False
-            with V.without_device_reads():  # NOTE: [no host synchronisation]
-                self._check_hyperparameters(group)
+            self._recheck_hyperparameters(group)
             if not native.gather():
                 return False
             plans.append((group, native, buckets))
@@ -336,9 +334,7 @@ class FusedOptimizer(Optimizer):
         """The group's parameters that have a gradient (and are in `wanted`), checked. torch's own `.grad`
         setter already guarantees the gradient's device and shape; its layout and (with grad_dtype) dtype
         can differ."""
-        if not torch.compiler.is_compiling():  # NOTE: [hyperparameter checks under torch.compile]
-            with V.without_device_reads():  # NOTE: [no host synchronisation]
-                self._check_hyperparameters(group)
+        self._recheck_hyperparameters(group)
         params, fp32_grads = [], []
         random = R.is_random(group)
         for i, p in enumerate(group["params"]):
@@ -357,6 +353,11 @@ class FusedOptimizer(Optimizer):
             params.append(p)
         self._fp32_grads[id(group)] = tuple(fp32_grads)
         return params
+
+    def _recheck_hyperparameters(self, group: dict) -> None:
+        if not torch.compiler.is_compiling():  # NOTE: [hyperparameter checks under torch.compile]
+            with V.without_device_reads():  # NOTE: [no host synchronisation]
+                self._check_hyperparameters(group)
 
     # NOTE: [hyperparameter checks under torch.compile]
     # Every eager step re-checks its groups, since a scheduler or the user may have changed a value. A
