@@ -6,9 +6,6 @@
 #include "cpu/kernel_api.h"
 #include "ops_shared.h"
 #include "step_plan.h"
-#ifdef GRADFUSED_WITH_CUDA
-#include "cuda/launch_api.h"
-#endif
 
 // Importing gradfused._C as a Python module runs the static registrations below.
 extern "C" PyObject* PyInit__C(void) {
@@ -119,14 +116,8 @@ TORCH_LIBRARY(gradfused, m) {
       "Tensor? grad_scale=None, Tensor? found_inf=None) -> ()");
   // Build facts for `gradfused info`.
   m.def("cpu_isa() -> str", []() { return std::string(gf::cpu::kernels().isa); });
-  // The CUDA architectures compiled in ("" for a CPU-only build), e.g. "800,900".
-  m.def("cuda_architectures() -> str", []() {
-#ifdef GRADFUSED_WITH_CUDA
-    return std::string(gf::cuda::compiled_architectures());
-#else
-    return std::string();
-#endif
-  });
+  // The CUDA engine, a library of its own (csrc/cuda/ops_cuda.cpp), adds cuda_architectures() and
+  // cuda_driver_version() when it loads.
 }
 
 // NOTE: [no autograd kernel]
@@ -138,30 +129,3 @@ TORCH_LIBRARY(gradfused, m) {
 TORCH_LIBRARY_IMPL(gradfused, Autograd, m) {
   for (const char* name : gf::ops::kListOps) m.impl(name, torch::CppFunction::makeFallthrough());
 }
-
-namespace gf {
-namespace ops {
-
-void reject_sparse(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
-  const auto& args = op.schema().arguments();
-  const size_t first = stack->size() - args.size();
-  for (size_t a = 0; a < args.size(); ++a) {
-    const c10::IValue& v = (*stack)[first + a];
-    if (v.isTensor() && v.toTensor().defined() && v.toTensor().layout() != at::kStrided)
-      TORCH_CHECK(false, "gradfused.", op.schema().name().substr(std::string("gradfused::").size()), ": ",
-                  args[a].name(), " is sparse; gradfused supports dense tensors only");
-    if (v.isTensorList()) {
-      const auto list = v.toTensorList();
-      for (size_t i = 0; i < list.size(); ++i) {
-        const at::Tensor t = list[i];
-        TORCH_CHECK(!t.defined() || t.layout() == at::kStrided, "gradfused.",
-                    op.schema().name().substr(std::string("gradfused::").size()), ": ", args[a].name(), "[", i,
-                    "] is sparse; gradfused supports dense tensors only");
-      }
-    }
-  }
-  TORCH_CHECK(false, op.schema().name(), ": unexpected sparse dispatch");
-}
-
-}  // namespace ops
-}  // namespace gf

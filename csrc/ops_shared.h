@@ -437,7 +437,26 @@ inline constexpr const char* kListOps[] = {
     "gradient_ascent_", "gradient_ascent_.tensor_lr", "alignment_sums_", "lookahead_"};
 
 // A sparse tensor anywhere in a call dispatches to the Sparse* key instead of the backend: name it.
-void reject_sparse(const c10::OperatorHandle& op, torch::jit::Stack* stack);
+inline void reject_sparse(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
+  const auto& args = op.schema().arguments();
+  const size_t first = stack->size() - args.size();
+  for (size_t a = 0; a < args.size(); ++a) {
+    const c10::IValue& v = (*stack)[first + a];
+    if (v.isTensor() && v.toTensor().defined() && v.toTensor().layout() != at::kStrided)
+      TORCH_CHECK(false, "gradfused.", op.schema().name().substr(std::string("gradfused::").size()), ": ",
+                  args[a].name(), " is sparse; gradfused supports dense tensors only");
+    if (v.isTensorList()) {
+      const auto list = v.toTensorList();
+      for (size_t i = 0; i < list.size(); ++i) {
+        const at::Tensor t = list[i];
+        TORCH_CHECK(!t.defined() || t.layout() == at::kStrided, "gradfused.",
+                    op.schema().name().substr(std::string("gradfused::").size()), ": ", args[a].name(), "[", i,
+                    "] is sparse; gradfused supports dense tensors only");
+      }
+    }
+  }
+  TORCH_CHECK(false, op.schema().name(), ": unexpected sparse dispatch");
+}
 #define GF_REGISTER_SPARSE_REJECTION(m) \
   for (const char* name : gf::ops::kListOps) m.impl(name, torch::CppFunction::makeFromBoxedFunction<&gf::ops::reject_sparse>())
 

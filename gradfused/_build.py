@@ -3,8 +3,21 @@ build (setup.py) and the just-in-time build on first use (gradfused/_native.py).
 
 Torch-free on purpose: setup.py loads this file by path, before torch may be importable."""
 import os
+import re
+import subprocess
 import sys
 
+# The oldest torch the project builds and tests (.ci/run); older ones are refused in one line.
+MIN_TORCH = (2, 4)
+
+# NOTE: [one C++ standard]
+# torch 2.12 and older compile extensions as C++17, 2.13 and later as C++20. The project picks C++20 for
+# g++ and nvcc alike, so the same sources compile the same way against every supported torch (torch's own
+# default flag comes first on the command line and ours, later, wins).
+CXX_STD = "-std=c++20"
+
+# NOTE: [two engines]: the CPU engine (gradfused._C: every schema, the CPU kernels) and the CUDA engine
+# (gradfused._C_cuda) are two libraries, so a CUDA build that fails never takes the CPU kernels down.
 # Split into several translation units so that ninja compiles them in parallel, and so that each
 # instruction set's kernels get their own unit (NOTE: [one source, several instruction sets]).
 CPU_SOURCES = [
@@ -18,7 +31,7 @@ CPU_SOURCES = [
 
 # -ffp-contract=off: no implicit FMA, so every instruction set rounds alike and matches the reference
 # more closely. The step is memory-bound; the lost FMAs cost nothing measurable.
-CXX_FLAGS = ["-O3", "-ffp-contract=off", "-fno-math-errno"]
+CXX_FLAGS = [CXX_STD, "-O3", "-ffp-contract=off", "-fno-math-errno"]
 
 # NOTE: [OpenMP in the extension]
 # at::parallel_for is a header template whose OpenMP pragma is compiled into *our* library: without
@@ -31,8 +44,9 @@ else:
     LINK_FLAGS = []
 
 # The CUDA engine (csrc/cuda/): one .cu per rule so ninja compiles them in parallel and rebuilds only
-# what changed. Built when torch is a CUDA build and a CUDA toolkit is found (cuda_build_wanted), never
-# keyed on a GPU being present: a GPU-less machine (CI) builds and links it for GPUs it cannot see.
+# what changed. Built where torch is a CUDA build and a suitable CUDA toolkit is found
+# (cuda_build_skipped), never keyed on a GPU being present: a GPU-less machine (CI) builds and links it
+# for GPUs it cannot see.
 CUDA_SOURCES = [
     "cuda/ops_cuda.cpp",
     "cuda/alignment_lookahead.cu",
@@ -46,19 +60,62 @@ CUDA_SOURCES = [
 ]
 # --fmad=false: no contraction into FMA, as -ffp-contract=off on the CPU (NOTE: [the kernels round as
 # the reference does]). Division and sqrt stay IEEE (nvcc's defaults without --use_fast_math).
-NVCC_FLAGS = ["-O3", "--fmad=false", "--expt-relaxed-constexpr", "-std=c++17", "-Werror", "all-warnings"]
-DEFINES_CUDA = ["-DGRADFUSED_WITH_CUDA"]
-# Without a GPU to detect, torch cannot pick the architectures (its build fails): A100, H100/H200, and
-# PTX for later GPUs. TORCH_CUDA_ARCH_LIST, when set, wins.
+NVCC_FLAGS = [CXX_STD, "-O3", "--fmad=false", "--expt-relaxed-constexpr"]
+# Warnings are errors where the project controls the toolkit (CI sets GRADFUSED_WERROR=1), never in a
+# user's build: a newer nvcc warns about older architectures, which must not fail an install.
+if os.environ.get("GRADFUSED_WERROR") == "1":
+    NVCC_FLAGS += ["-Werror", "all-warnings"]
+# With no GPU to detect, torch cannot pick the architectures (its build fails): A100, H100/H200, and PTX
+# for later GPUs. With a GPU present torch compiles for it; TORCH_CUDA_ARCH_LIST, when set, wins.
 DEFAULT_CUDA_ARCH_LIST = "8.0;9.0+PTX"
+# The kernels pass their chunk tables (up to about 21.5 KB) as kernel arguments: nvcc 12.1 and a driver
+# for CUDA 12.1 (530 or later) allow 32 KB, older ones 4 KB.
+MIN_NVCC = (12, 1)
+MIN_DRIVER = 12010  # cudaDriverGetVersion's encoding of 12.1
 
 
-def cuda_build_wanted(torch_cuda_version, cuda_home) -> bool:
-    """torch is a CUDA build and nvcc is found; GRADFUSED_NO_CUDA=1 forces the CPU build."""
+def torch_too_old(torch_version: str) -> str | None:
+    """One line refusing a torch older than MIN_TORCH, or None."""
+    found = tuple(int(x) for x in re.findall(r"\d+", torch_version)[:2])
+    if found >= MIN_TORCH:
+        return None
+    need = ".".join(map(str, MIN_TORCH))
+    return f"gradfused needs torch>={need}; this is torch {torch_version} (pip install 'torch>={need}')"
+
+
+def nvcc_version(cuda_home: str) -> tuple[int, int] | None:
+    try:
+        out = subprocess.run([os.path.join(cuda_home, "bin", "nvcc"), "--version"], capture_output=True, text=True,
+                             timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = re.search(r"release (\d+)\.(\d+)", out)
+    return (int(match[1]), int(match[2])) if match else None
+
+
+def cuda_build_skipped(torch_cuda: str | None, torch_hip: str | None, cuda_home: str | None) -> str | None:
+    """Why the CUDA engine is not built here, or None to build it."""
     if os.environ.get("GRADFUSED_NO_CUDA") == "1":
-        return False
-    return bool(torch_cuda_version) and bool(cuda_home) and os.path.exists(os.path.join(cuda_home, "bin", "nvcc"))
+        return "GRADFUSED_NO_CUDA=1"
+    if torch_hip:
+        return f"torch is a ROCm build (HIP {torch_hip}); gradfused has CUDA kernels only"
+    if not torch_cuda:
+        return "torch is a CPU-only build"
+    if not cuda_home or not os.path.exists(os.path.join(cuda_home, "bin", "nvcc")):
+        return "no CUDA toolkit found (set CUDA_HOME to one with bin/nvcc)"
+    nvcc = nvcc_version(cuda_home)
+    if nvcc is None:
+        return f"could not read the version of {os.path.join(cuda_home, 'bin', 'nvcc')}"
+    if nvcc < MIN_NVCC:
+        return f"nvcc {nvcc[0]}.{nvcc[1]} is older than 12.1, which the kernels' 32 KB arguments need"
+    if str(nvcc[0]) != torch_cuda.split(".")[0]:
+        return f"nvcc {nvcc[0]}.{nvcc[1]} and torch's CUDA {torch_cuda} differ in major version (torch refuses the mix)"
+    return None
 
 
-def set_default_arch_list() -> None:
-    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCH_LIST)
+def set_default_arch_list(gpu_present: bool) -> None:
+    if not gpu_present:
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCH_LIST)
+
+# What an ahead-of-time build made of the CUDA engine, and why not (written by setup.py beside gradfused._C).
+BUILD_RECORD = "_build_record.json"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import sys
 import time
@@ -75,29 +76,21 @@ def jit_name(src: str) -> str:
     return "gradfused_C_torch" + torch.__version__.replace(".", "_").replace("+", "_") + "_" + where
 
 
-def _jit_build() -> None:
+def _jit_build(name: str, sources: list[str], cuda: bool) -> None:
     from torch.utils import cpp_extension
 
     src = _source_dir()
-    with_cuda = _build.cuda_build_wanted(torch.version.cuda, cpp_extension.CUDA_HOME)
-    sources = _build.CPU_SOURCES + (_build.CUDA_SOURCES if with_cuda else [])
-    defines = _build.DEFINES_CUDA if with_cuda else []
-    if with_cuda and not torch.cuda.is_available():
-        _build.set_default_arch_list()
-    name = jit_name(src)
     build_dir = cpp_extension._get_build_directory(name, verbose=False)
     _clear_stale_lock(build_dir)
     if not os.path.exists(os.path.join(build_dir, name + ".so")):
-        print(
-            f"gradfused: compiling native kernels for torch {torch.__version__} (first use only; cached in {build_dir})",
-            file=sys.stderr,
-            flush=True,
-        )
+        engine = "CUDA" if cuda else "CPU"
+        print(f"gradfused: compiling the {engine} kernels for torch {torch.__version__} (first use only; cached in "
+              f"{build_dir})", file=sys.stderr, flush=True)
     cpp_extension.load(
         name=name,
         sources=[os.path.join(src, s) for s in sources],
-        extra_cflags=_build.CXX_FLAGS + defines,
-        extra_cuda_cflags=_build.NVCC_FLAGS + defines,
+        extra_cflags=_build.CXX_FLAGS,
+        extra_cuda_cflags=_build.NVCC_FLAGS if cuda else None,
         extra_ldflags=_build.LINK_FLAGS,
         extra_include_paths=[src],
         build_directory=build_dir,
@@ -106,25 +99,71 @@ def _jit_build() -> None:
     )
 
 
+def _build_record() -> dict:
+    """What setup.py made of the CUDA engine (NOTE: [two engines]); {} where it did not run."""
+    try:
+        with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), _build.BUILD_RECORD)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def _load_cuda(kind: str) -> str | None:
+    """Loads the CUDA engine next to the CPU one of build `kind`; returns why not, or None."""
+    if kind == "ahead-of-time":
+        not_built = _build_record().get("cuda_not_built")
+        if not_built:
+            return f"the ahead-of-time build made no CUDA engine: {not_built}"
+        try:
+            from . import _C_cuda  # noqa: F401  (importing it registers the CUDA kernels)
+        except ImportError as e:
+            return f"gradfused._C_cuda did not load ({e})"
+        return None
+    from torch.utils import cpp_extension
+
+    skipped = _build.cuda_build_skipped(torch.version.cuda, getattr(torch.version, "hip", None),
+                                         cpp_extension.CUDA_HOME)
+    if skipped:
+        return skipped
+    if not torch.cuda.is_available():  # a first-use build compiles for the GPUs it can run on
+        return "no CUDA device is visible, so the just-in-time build compiled no CUDA kernels"
+    try:
+        _jit_build(jit_name(_source_dir()) + "_cuda", _build.CUDA_SOURCES, cuda=True)
+    except Exception as e:  # noqa: BLE001  (reported by kernels_missing and `gradfused info`)
+        return f"the CUDA engine failed to compile ({type(e).__name__}: {e})"
+    return None
+
+
+CUDA_NOT_LOADED: str | None = "not loaded yet"  # why the CUDA engine is not there; None once it is
+
+
 def load() -> None:
-    """Registers torch.ops.gradfused.*; idempotent. On failure LOAD_ERROR says why."""
-    global LOAD_ERROR
+    """Registers torch.ops.gradfused.*; idempotent. On failure LOAD_ERROR (the CPU engine) and
+    CUDA_NOT_LOADED (the CUDA engine) say why."""
+    global LOAD_ERROR, CUDA_NOT_LOADED
     if BUILD_KIND is not None or LOAD_ERROR is not None:
         return
-    try:
-        from . import _C  # noqa: F401  (importing it registers the ops)
-
-        _loaded("ahead-of-time")
+    too_old = _build.torch_too_old(torch.__version__)
+    if too_old:
+        LOAD_ERROR = RuntimeError(too_old)
+        CUDA_NOT_LOADED = too_old
         return
+    try:
+        from . import _C  # noqa: F401  (importing it registers the schemas and the CPU kernels)
+
+        kind = "ahead-of-time"
     except ImportError as e:  # not built, or built against another torch
         aot_error = e
-    try:
-        _jit_build()
-    except Exception as e:  # noqa: BLE001  (kept and reported by require())
-        LOAD_ERROR = e
-        LOAD_ERROR.__context__ = aot_error
-        return
-    _loaded("just-in-time")
+        try:
+            _jit_build(jit_name(_source_dir()), _build.CPU_SOURCES, cuda=False)
+        except Exception as e:  # noqa: BLE001  (kept and reported by require())
+            LOAD_ERROR = e
+            LOAD_ERROR.__context__ = aot_error
+            CUDA_NOT_LOADED = "the CPU engine, which holds the schemas, did not load"
+            return
+        kind = "just-in-time"
+    CUDA_NOT_LOADED = _load_cuda(kind)
+    _loaded(kind)
 
 
 def require() -> None:
@@ -140,3 +179,32 @@ def require() -> None:
 def available() -> bool:
     load()
     return BUILD_KIND is not None
+
+
+_MISSING: dict[str, str | None] = {}  # per device type, once known
+
+
+def kernels_missing(device: torch.device) -> str | None:
+    """Why gradfused has no native kernels for `device`, or None where it has them."""
+    if device.type not in _MISSING:
+        _MISSING[device.type] = _why_no_kernels(device.type)
+    return _MISSING[device.type]
+
+
+def _why_no_kernels(device_type: str) -> str | None:
+    load()
+    if device_type == "meta":  # shapes only: the ops' fake implementations
+        return None
+    if BUILD_KIND is None:
+        return f"the native kernels could not be loaded or compiled ({LOAD_ERROR})"
+    if device_type == "cpu":
+        return None
+    if device_type != "cuda":
+        return f"gradfused has no kernels for {device_type} tensors"
+    if CUDA_NOT_LOADED:
+        return CUDA_NOT_LOADED
+    version = torch.ops.gradfused.cuda_driver_version()
+    if version < _build.MIN_DRIVER:
+        return (f"the NVIDIA driver supports CUDA {version // 1000}.{version % 1000 // 10}; gradfused's CUDA kernels "
+                "need 12.1 (driver 530) or later")
+    return None

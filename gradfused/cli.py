@@ -27,6 +27,8 @@ def _info(args: argparse.Namespace) -> int:
         gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU visible"
         print(f"cuda      compiled for sm_{', sm_'.join(str(int(a) // 10) for a in archs.split(','))} "
               f"(torch CUDA {torch.version.cuda}; {gpu})")
+    else:
+        print(f"cuda      no CUDA engine: {_native.CUDA_NOT_LOADED}")
     print(f"cpu simd  {gradfused.ops.cpu_isa()} ({torch.get_num_threads()} threads)")
     return 0
 

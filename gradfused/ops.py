@@ -5,9 +5,12 @@ The reference implementations (gradfused.reference) have the same names and sign
 optimizer picks its backend with one attribute lookup."""
 from __future__ import annotations
 
+import sys
+import warnings
+
 import torch
 
-from . import _native
+from . import _native, reference
 
 # Update ops in the order of their schemas in csrc/gradfused.cpp; each has a `.tensor_lr` overload
 # (NOTE: [lr as a float or a Tensor]).
@@ -57,6 +60,28 @@ def lookahead_(params, slow_weights, *, alpha) -> None:
     torch.ops.gradfused.lookahead_(params, slow_weights, alpha=alpha)
 
 
+_FALLBACK_WARNED: set[tuple[str, str]] = set()
+
+
+def backend_for(name: str, fused: bool | None, device: torch.device):
+    """The module whose ops step `device`'s tensors: this one (the native kernels) or gradfused.reference.
+    fused=False asks for the reference; fused=None falls back to it, with one warning, on a device that has no
+    native kernels (NOTE: [two engines]); fused=True refuses such a device."""
+    if fused is False:
+        return reference
+    missing = _native.kernels_missing(device)
+    if missing is None:
+        return sys.modules[__name__]
+    if fused:
+        raise RuntimeError(f"{name}: fused=True, but {missing}")
+    if (device.type, missing) not in _FALLBACK_WARNED:
+        _FALLBACK_WARNED.add((device.type, missing))
+        warnings.warn(f"gradfused: no native kernels for {device.type} tensors ({missing}); {name} steps them with "
+                      "the pure-PyTorch reference, which gives the same numbers more slowly (fused=False silences "
+                      "this)", stacklevel=3)
+    return reference
+
+
 def cpu_isa() -> str:
     """The instruction set the CPU kernels run with: "avx512", "avx2" or "generic"."""
     _native.require()
@@ -66,7 +91,7 @@ def cpu_isa() -> str:
 def cuda_architectures() -> str:
     """The sm list the CUDA engine was compiled for (nvcc's, e.g. "800,900"); empty without it."""
     _native.require()
-    return torch.ops.gradfused.cuda_architectures()
+    return "" if _native.CUDA_NOT_LOADED else torch.ops.gradfused.cuda_architectures()
 
 
 def _fake_in_place(*args, **kwargs) -> None:

@@ -136,5 +136,11 @@ const char* compiled_architectures() {
 #endif
 }
 
+int driver_version() {
+  int version = 0;
+  if (cudaDriverGetVersion(&version) != cudaSuccess) return 0;
+  return version;
+}
+
 }  // namespace cuda
 }  // namespace gf

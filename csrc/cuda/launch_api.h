@@ -100,6 +100,8 @@ void launch_lookahead(const LookaheadCall&);
 
 // "8.0;9.0+PTX"-like list of the architectures this build holds, for `gradfused info`.
 const char* compiled_architectures();
+// The CUDA version the installed driver supports (cudaDriverGetVersion: 12010 is 12.1), 0 without a driver.
+int driver_version();
 
 }  // namespace cuda
 }  // namespace gf

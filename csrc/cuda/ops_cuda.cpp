@@ -2,6 +2,7 @@
 // hands the launch to the torch-free kernels (launch_api.h) on the current stream, under a device guard.
 // NOTE: [no host synchronisation]: nothing here reads a CUDA tensor's value on the host. lr,
 // grad_scale, found_inf, the steps and the alignment scales reach the kernels as device pointers.
+#include <Python.h>
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -161,6 +162,22 @@ void alignment_sums_cuda(TensorList grads, TensorList alignment_emas, const Tens
 }  // namespace
 }  // namespace cuda
 }  // namespace gf
+
+// NOTE: [two engines]
+// The CUDA engine is a library of its own (gradfused._C_cuda), loaded after the CPU one (gradfused._C,
+// which holds every schema): a CUDA build that fails, or cannot load, leaves the CPU kernels working.
+extern "C" PyObject* PyInit__C_cuda(void) {
+  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C_cuda", "gradfused CUDA kernels (see torch.ops.gradfused)",
+                               -1, nullptr};
+  return PyModule_Create(&module);
+}
+
+// Build facts for `gradfused info` and for the check that the driver can run the kernels.
+TORCH_LIBRARY_FRAGMENT(gradfused, m) {
+  // The CUDA architectures compiled in, e.g. "800,900".
+  m.def("cuda_architectures() -> str", []() { return std::string(gf::cuda::compiled_architectures()); });
+  m.def("cuda_driver_version() -> int", []() { return int64_t(gf::cuda::driver_version()); });
+}
 
 TORCH_LIBRARY_IMPL(gradfused, CUDA, m) {
   GF_REGISTER_UPDATE_OPS(m, gf::cuda::CudaBackend);

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from .. import ops, reference
+from .. import ops
 from . import _validation as V
 from ._dtensor import is_dtensor, local_shards, sum_over_shards
 from ._wrapper import WrappingOptimizer
@@ -68,7 +68,7 @@ class GradientAlignment(WrappingOptimizer):
         if sharded:
             _, grads, emas = local_shards("gradfused.GradientAlignment", params, grads, emas)
         sums = torch.zeros(len(params), 3, dtype=torch.float64, device=device)
-        backend = reference if self.fused is False else ops
+        backend = ops.backend_for("gradfused.GradientAlignment", self.fused, device)
         backend.alignment_sums_(
             grads, emas, sums, beta=self.beta,
             grad_scale=None if grad_scale is None else grad_scale.to(device),

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from .. import _native, ops, reference
+from .. import _native, ops
 from . import _precision as P
 from . import _randomness as R
 from . import _validation as V
@@ -128,6 +128,8 @@ class FusedOptimizer(Optimizer):
             if isinstance(p, Tensor):
                 self._check_param(p, f"params[{i}]")
                 P.check_param(self._name, merged, p, f"params[{i}]")
+                if merged["fused"]:  # as torch.optim: fused=True refuses a device it cannot fuse on, here
+                    ops.backend_for(self._name, True, p.device)
         super().add_param_group(param_group)
 
     def _check_param(self, p: Tensor, where: str) -> None:
@@ -281,8 +283,8 @@ class FusedOptimizer(Optimizer):
         if previous[0] == key or not params or not key[-1]:
             return  # the plan is live, there is nothing to step, or no plan can run this group
         plan = self._plan(group, params)
-        if any(is_dtensor(bucket[0]) for bucket, _, _ in plan):  # steps local shards: the checked path
-            return
+        if any(is_dtensor(bucket[0]) or _native.kernels_missing(bucket[0].device) for bucket, _, _ in plan):
+            return  # local shards, or a device without native kernels: the checked path
         native = torch.classes.gradfused.StepPlan(group["params"])
         position = {id(p): i for i, p in enumerate(group["params"])}
         specs, scalar_keys = self._state_specs(group), self._scalar_state_keys(group)
@@ -439,10 +441,10 @@ class FusedOptimizer(Optimizer):
             return
         specs = self._state_specs(group)
         scalar_keys = self._scalar_state_keys(group)
-        backend = reference if group.get("fused") is False else ops
-        op = getattr(backend, self.op_name)
         for b, (bucket, states, indices) in enumerate(self._plan(group, params)):
             device = bucket[0].device
+            backend = ops.backend_for(self._name, group.get("fused"), device)
+            op = getattr(backend, self.op_name)
             tensors = [bucket, [p.grad for p in bucket], *[[st[key] for st in states] if used else []
                                                            for key, used in specs]]
             if is_dtensor(bucket[0]):  # the elementwise update of each rank's shard

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from .. import ops, reference
+from .. import ops
 from . import _validation as V
 from ._dtensor import is_dtensor, local_shards
 from ._wrapper import WrappingOptimizer
@@ -62,9 +62,9 @@ class Lookahead(WrappingOptimizer):
 
     def _sync_slow_weights(self) -> None:
         params = self._params()
-        backend = reference if self.fused is False else ops
         for idx in FusedOptimizer._buckets(params):
             bucket = [params[i] for i in idx]
+            backend = ops.backend_for(_NAME, self.fused, bucket[0].device)
             slows = [self.state[p]["lookahead_slow"] for p in bucket]
             if is_dtensor(bucket[0]):
                 bucket, slows = local_shards(_NAME, bucket, slows)

@@ -1,0 +1,135 @@
+"""The build's decisions (gradfused/_build.py) and what a device without native kernels gets: the
+reference, with one warning (NOTE: [two engines])."""
+import os
+import stat
+import warnings
+
+import pytest
+import torch
+
+import gradfused as gf
+from gradfused import _build, _native, ops
+
+
+def test_an_older_torch_is_refused_in_one_line():
+    assert _build.torch_too_old("2.13.0+cpu") is None
+    assert _build.torch_too_old(".".join(map(str, _build.MIN_TORCH)) + ".0") is None
+    message = _build.torch_too_old("2.3.1+cu121")
+    need = ".".join(map(str, _build.MIN_TORCH))
+    assert message == f"gradfused needs torch>={need}; this is torch 2.3.1+cu121 (pip install 'torch>={need}')"
+    assert _build.torch_too_old("1.13.1") and "\n" not in _build.torch_too_old("1.13.1")
+
+
+def test_pyproject_declares_the_minimum_that_the_build_enforces():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "pyproject.toml")) as f:
+        assert f'"torch>={".".join(map(str, _build.MIN_TORCH))}"' in f.read()
+
+
+def fake_cuda_home(tmp_path, release: str) -> str:
+    """A CUDA_HOME whose bin/nvcc reports `release`."""
+    nvcc = tmp_path / "bin" / "nvcc"
+    nvcc.parent.mkdir(parents=True)
+    nvcc.write_text(f"#!/bin/sh\necho 'Cuda compilation tools, release {release}, V{release}.1'\n")
+    nvcc.chmod(nvcc.stat().st_mode | stat.S_IEXEC)
+    return str(tmp_path)
+
+
+@pytest.mark.parametrize("torch_cuda, torch_hip, release, reason", [
+    (None, None, "13.0", "CPU-only build"),
+    ("12.1", "6.2.4", "12.4", "ROCm build"),
+    ("11.8", None, "11.8", "nvcc 11.8 is older than 12.1"),
+    ("12.1", None, "12.0", "nvcc 12.0 is older than 12.1"),
+    ("12.1", None, "13.0", "differ in major version"),
+    ("13.0", None, "13.0", None),
+    ("12.4", None, "12.1", None),
+])
+def test_the_cuda_engine_is_built_only_where_it_can_be(tmp_path, monkeypatch, torch_cuda, torch_hip, release, reason):
+    monkeypatch.delenv("GRADFUSED_NO_CUDA", raising=False)
+    skipped = _build.cuda_build_skipped(torch_cuda, torch_hip, fake_cuda_home(tmp_path, release))
+    assert skipped is None if reason is None else reason in skipped
+
+
+def test_no_toolkit_or_the_switch_skips_the_cuda_engine(tmp_path, monkeypatch):
+    monkeypatch.delenv("GRADFUSED_NO_CUDA", raising=False)
+    assert "no CUDA toolkit" in _build.cuda_build_skipped("13.0", None, None)
+    assert "no CUDA toolkit" in _build.cuda_build_skipped("13.0", None, str(tmp_path))
+    monkeypatch.setenv("GRADFUSED_NO_CUDA", "1")
+    assert _build.cuda_build_skipped("13.0", None, fake_cuda_home(tmp_path, "13.0")) == "GRADFUSED_NO_CUDA=1"
+
+
+def test_one_cxx_standard_for_gcc_and_nvcc():
+    assert _build.CXX_STD in _build.CXX_FLAGS and _build.CXX_STD in _build.NVCC_FLAGS
+    assert not any(f.startswith("-std=") and f != _build.CXX_STD for f in _build.CXX_FLAGS + _build.NVCC_FLAGS)
+
+
+def test_default_architectures_only_without_a_gpu(monkeypatch):
+    monkeypatch.delenv("TORCH_CUDA_ARCH_LIST", raising=False)
+    _build.set_default_arch_list(gpu_present=True)  # torch then compiles for the GPUs it sees
+    assert "TORCH_CUDA_ARCH_LIST" not in os.environ
+    _build.set_default_arch_list(gpu_present=False)
+    assert os.environ["TORCH_CUDA_ARCH_LIST"] == _build.DEFAULT_CUDA_ARCH_LIST
+
+
+@pytest.fixture
+def cpu_without_kernels(monkeypatch):
+    """The CPU as a device without native kernels, as a ROCm GPU or a failed CUDA build leaves CUDA."""
+    monkeypatch.setitem(_native._MISSING, "cpu", "simulated: no kernels for this device")
+    monkeypatch.setattr(ops, "_FALLBACK_WARNED", set())
+
+
+def steps(make, n=3):
+    torch.manual_seed(0)
+    params = [torch.randn(5, 3, requires_grad=True), torch.randn(7, requires_grad=True)]
+    opt = make(params)
+    for _ in range(n):
+        for p in params:
+            p.grad = torch.randn_like(p)
+        opt.step()
+    return params
+
+
+@pytest.mark.parametrize("make", [
+    lambda ps: gf.AdamW(ps, lr=1e-2),
+    lambda ps: gf.Lookahead(gf.AdamW(ps, lr=1e-2), k=2),
+    lambda ps: gf.GradientAlignment(gf.AdamW(ps, lr=1e-2)),
+], ids=["AdamW", "Lookahead", "GradientAlignment"])
+def test_a_device_without_kernels_steps_with_the_reference_and_warns_once(cpu_without_kernels, make):
+    with pytest.warns(UserWarning, match="simulated: no kernels for this device") as record:
+        fallback = steps(make)
+    assert len([w for w in record if "no native kernels" in str(w.message)]) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = steps(make)  # warned once per device and reason, not per step or optimizer
+    expected = steps(lambda ps: make(ps) if False else _reference(make, ps))
+    for a, b, c in zip(fallback, again, expected):
+        assert torch.equal(a, b) and torch.equal(a, c)
+
+
+def _reference(make, params):
+    """`make`'s optimizer with fused=False everywhere (the base and the wrapper)."""
+    opt = make(params)
+    for group in opt.param_groups:
+        group["fused"] = False
+    if hasattr(opt, "fused"):
+        opt.fused = False
+    return opt
+
+
+def test_fused_true_refuses_a_device_without_kernels(cpu_without_kernels):
+    with pytest.raises(RuntimeError, match=r"gradfused.AdamW: fused=True, but simulated: no kernels"):
+        gf.AdamW([torch.randn(4, requires_grad=True)], fused=True)  # at construction, as torch.optim
+    p = torch.randn(4, requires_grad=True)
+    p.grad = torch.randn(4)
+    before = p.detach().clone()
+    opt = gf.AdamW([p])
+    opt.param_groups[0]["fused"] = True  # set later: the step refuses, having written nothing
+    with pytest.raises(RuntimeError, match=r"gradfused.AdamW: fused=True, but simulated: no kernels"):
+        opt.step()
+    assert torch.equal(p, before) and opt.state[p]["step"] == 0 and not opt.state[p]["exp_avg"].any()
+
+
+def test_kernels_are_there_for_the_cpu_and_meta_not_for_other_devices():
+    assert _native.kernels_missing(torch.device("cpu")) is None
+    assert _native.kernels_missing(torch.device("meta")) is None
+    assert "no kernels for mps" in _native.kernels_missing(torch.device("mps"))
