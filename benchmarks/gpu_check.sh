@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# All of the GPU work in one short call (issue #14), on a fresh GPU machine with no network (an H100 or
+# All of the GPU work in one short call, on a fresh GPU machine with no network (an H100 or
 # H200: Python 3.12, torch + CUDA 13, nvcc, ninja, pytest, pytest-xdist): build the CUDA engine, run the
 # CUDA tests, the AVX-512 CPU parity tests where this CPU has AVX-512, and the GPU benchmarks. Writes
 # logs, JSON and text to $OUT (default ./gpu-check-out). Commit the results under benchmarks/results/
@@ -29,10 +29,12 @@ fi
 
 step "build (TORCH_CUDA_ARCH_LIST=9.0)"
 start=$(date +%s)
-TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS="${MAX_JOBS:-16}" \
+GRADFUSED_WERROR=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS="${MAX_JOBS:-16}" \
   "$PY" setup.py build_ext --inplace >"$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; echo "BUILD FAILED"; exit 1; }
 echo "built in $(( $(date +%s) - start )) s" | tee -a "$OUT/machine.txt"
 "$PY" -m gradfused info | tee "$OUT/info.txt"
+# a CUDA compile error leaves the CPU engine built (NOTE: [two engines]): here it is a failed build
+grep -q "CPU+CUDA" "$OUT/info.txt" || { grep -m 20 -A 10 "error" "$OUT/build.log"; echo "CUDA BUILD FAILED"; exit 1; }
 
 step "GPU benchmarks"
 PYTHONPATH=. timeout 80 "$PY" benchmarks/gpu_bench.py --out "$OUT" 2>&1 | tail -60

@@ -18,16 +18,14 @@ CXX_STD = "-std=c++20"
 
 # NOTE: [two engines]: the CPU engine (gradfused._C: every schema, the CPU kernels) and the CUDA engine
 # (gradfused._C_cuda) are two libraries, so a CUDA build that fails never takes the CPU kernels down.
-# Split into several translation units so that ninja compiles them in parallel, and so that each
-# instruction set's kernels get their own unit (NOTE: [one source, several instruction sets]).
+# Split into several translation units so that ninja compiles them in parallel: each instruction set's
+# kernels in units of a few rules (NOTE: [kernel units]).
 CPU_SOURCES = [
     "gradfused.cpp",
     "cpu/ops_cpu.cpp",
     "cpu/cpu_features.cpp",
-    "cpu/kernels_generic.cpp",
-    "cpu/kernels_avx2.cpp",
-    "cpu/kernels_avx512.cpp",
-]
+] + [f"cpu/kernels/{rules}_{isa}.cpp" for rules in ("adam", "radam_nadam", "rmsprop", "sgd")
+     for isa in ("generic", "avx2", "avx512")]
 
 # -ffp-contract=off: no implicit FMA, so every instruction set rounds alike and matches the reference
 # more closely. The step is memory-bound; the lost FMAs cost nothing measurable.

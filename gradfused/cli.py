@@ -47,7 +47,7 @@ _OTHER_PRESETS = ("sequential", "ascent")  # presets with their own runners (not
 
 def _compare(args: argparse.Namespace) -> int:
     from .errors import CommandError
-    from .experiments.compare import DEFAULT_OUT, config_from_json, format_table, refuse_overwrite, resolve, run
+    from .experiments.compare import config_from_json, format_table, resolve, run
     from .experiments.presets import PRESETS
 
     overrides = {k: getattr(args, k) for k in _SETTINGS}
@@ -61,15 +61,13 @@ def _compare(args: argparse.Namespace) -> int:
         config = config_from_json(args.config)
         if args.out:
             config.out = args.out
-        refuse_overwrite(config.out, args.overwrite)
     else:
-        refuse_overwrite(overrides["out"] or DEFAULT_OUT, args.overwrite)
         if args.preset == "sequential":
             return _compare_sequential(args, overrides)
         if args.preset == "ascent":
             return _compare_ascent(args, overrides)
         config = resolve(args.preset, overrides)
-    report = run(config, quiet=args.quiet)
+    report = run(config, quiet=args.quiet, overwrite=args.overwrite)
     print(format_table(report))
     print(f"wrote {config.out}/results.json, results.csv and loss_curves.png")
     return 0
@@ -86,7 +84,7 @@ def _compare_sequential(args: argparse.Namespace, overrides: dict) -> int:
                            "training methods with SGD on a sigmoid MLP)")
     config = sequential.resolve({k: overrides[k] for k in ("dataset", "widths", "epochs", "seeds", "batch_size",
                                                            "device", "out")})
-    report = sequential.run(config, quiet=args.quiet)
+    report = sequential.run(config, quiet=args.quiet, overwrite=args.overwrite)
     print(sequential.format_table(report))
     print(f"wrote {config.out}/results.json, results.csv and loss_curves.png")
     return 0
@@ -103,7 +101,7 @@ def _compare_ascent(args: argparse.Namespace, overrides: dict) -> int:
         raise CommandError(f"--preset ascent does not take --{unused[0].replace('_', '-')} (it runs fixed "
                            "maximisation problems)")
     out = overrides["out"] or DEFAULT_OUT
-    report = ascent.run(out, quiet=args.quiet)
+    report = ascent.run(out, quiet=args.quiet, overwrite=args.overwrite)
     print(ascent.format_table(report))
     print(f"wrote {out}/results.json and ascent_curves.png")
     return 0

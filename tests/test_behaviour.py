@@ -316,7 +316,8 @@ def test_a_stale_build_lock_is_removed_and_a_fresh_one_kept(tmp_path, capsys):
 _IMPORT_SCRIPT = """
 import gradfused, gradfused._native as native
 from gradfused.cli import main
-for argv in (["--help"], ["compare", "--epochs", "x"], ["bench", "--rounds", "0"]):
+for argv in (["--help"], ["compare", "--epochs", "x"], ["bench", "--rounds", "0"],
+             ["compare", "--optimizers", "adamw:lr=1e-3", "adamw:lr=-1"]):
     try:
         main(argv)
     except SystemExit:
@@ -326,8 +327,8 @@ print("loaded:", native.BUILD_KIND)
 
 
 def test_import_help_and_argument_errors_do_not_load_the_kernels(tmp_path):
-    """On a cold cache loading means a compile of minutes: `import gradfused`, --help and a bad argument
-    must not wait for it (issue #17)."""
+    """On a cold cache loading means a compile of minutes: `import gradfused`, --help and a bad argument,
+    a bad optimizer spec included, must not wait for it."""
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(gf.__file__)))
     out = subprocess.run([sys.executable, "-c", _IMPORT_SCRIPT], env=dict(os.environ, PYTHONPATH=package_root),
                          cwd=tmp_path, capture_output=True, text=True, check=True)

@@ -17,6 +17,8 @@ TINY = ["--epochs", "1", "--seeds", "1", "--quiet", "--batch-size", "256"]
 @pytest.fixture(autouse=True)
 def _cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("GRADFUSED_CACHE", str(tmp_path_factory.getbasetemp() / "gradfused-cache"))
+    # never the folder pytest was started in, which may hold a user's compare-results/
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
 
 
 def test_tiny_end_to_end_run_writes_everything(tmp_path, capsys):
@@ -71,6 +73,22 @@ def test_nnopt_preset_runs_the_variant_family(tmp_path, capsys):
 def test_ascent_preset_rejects_training_options(capsys):
     assert main(["compare", "--preset", "ascent", "--epochs", "3"]) == 2
     assert "--preset ascent does not take --epochs" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--preset", "ascent", "--epochs", "3"], "--preset ascent does not take --epochs"),
+    (["--preset", "sequential", "--model", "mlp"], "--preset sequential does not take --model"),
+    (["--optimizers", "adamw:lr=1e-3", "adamw:lr=-1"], "optimizer 'adamw:lr=-1'"),
+    (["--epochs", "0"], "--epochs must be a whole number >= 1"),
+])
+def test_argument_errors_come_before_the_output_folder_is_looked_at(tmp_path, monkeypatch, capsys, argv, message):
+    """A folder that already holds results (as the quick start's first command leaves) does not hide an
+    argument error, which is the more useful message."""
+    (tmp_path / "compare-results").mkdir()
+    (tmp_path / "compare-results" / "results.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    assert main(["compare", "--quiet", *argv]) == 2
+    assert message in capsys.readouterr().err
 
 
 def test_rerun_from_results_json_gives_the_same_numbers(tmp_path):

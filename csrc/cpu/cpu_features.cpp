@@ -1,10 +1,24 @@
-// Picks the kernel table for this CPU once (NOTE: [one source, several instruction sets]).
+// Each instruction set's kernel table, gathered from its kernel units (NOTE: [kernel units]), and the one
+// this CPU runs, picked once (NOTE: [one source, several instruction sets]).
 #include <cstdlib>
 #include <cstring>
 #include "kernel_api.h"
 
 namespace gf {
 namespace cpu {
+
+#define GF_GENERIC_ENTRY(entry, Launch) &isa_generic::entry,
+#define GF_AVX2_ENTRY(entry, Launch) &isa_avx2::entry,
+#define GF_AVX512_ENTRY(entry, Launch) &isa_avx512::entry,
+const KernelTable kGenericKernels = {"generic", GF_CPU_KERNEL_ENTRIES(GF_GENERIC_ENTRY)};
+#if defined(__x86_64__)
+const KernelTable kAvx2Kernels = {"avx2", GF_CPU_KERNEL_ENTRIES(GF_AVX2_ENTRY)};
+const KernelTable kAvx512Kernels = {"avx512", GF_CPU_KERNEL_ENTRIES(GF_AVX512_ENTRY)};
+#else
+const KernelTable kAvx2Kernels = {};
+const KernelTable kAvx512Kernels = {};
+#endif
+
 namespace {
 
 bool cpu_has_avx2() {

@@ -96,6 +96,23 @@ struct KernelTable {
   void (*lookahead)(const LookaheadLaunch&, int64_t, int64_t);
 };
 
+// NOTE: [kernel units]
+// Each instruction set's kernels are compiled in several units (csrc/cpu/kernels/<rules>_<isa>.cpp), a
+// few rules each, so that a many-core build compiles them in parallel and a change to one rule rebuilds
+// its units only. Each unit defines its entries (GF_CPU_KERNEL in kernels_impl.h) in namespace
+// gf::cpu::isa_<isa>; cpu_features.cpp gathers them into that instruction set's table.
+#define GF_CPU_KERNEL_ENTRIES(X)                                                                   \
+  X(persistent_sgd, SgdLaunch) X(adam, AdamLaunch) X(radam, RAdamLaunch) X(adema, AdemaLaunch)      \
+  X(nadam, NAdamLaunch) X(rmsprop, RmspropLaunch) X(gradient_ascent, GradientAscentLaunch)           \
+  X(alignment_stats, AlignLaunch) X(lookahead, LookaheadLaunch)
+#define GF_DECLARE_CPU_KERNEL(entry, Launch) void entry(const Launch&, int64_t chunk_begin, int64_t chunk_end);
+namespace isa_generic { GF_CPU_KERNEL_ENTRIES(GF_DECLARE_CPU_KERNEL) }
+namespace isa_avx2 { GF_CPU_KERNEL_ENTRIES(GF_DECLARE_CPU_KERNEL) }  // defined on x86-64 only
+namespace isa_avx512 { GF_CPU_KERNEL_ENTRIES(GF_DECLARE_CPU_KERNEL) }  // likewise
+
+template <class F> struct LaunchOf;
+template <class L> struct LaunchOf<void (*)(const L&, int64_t, int64_t)> { using type = L; };
+
 extern const KernelTable kGenericKernels;
 extern const KernelTable kAvx2Kernels;    // nullptr isa when not built (non-x86)
 extern const KernelTable kAvx512Kernels;  // likewise

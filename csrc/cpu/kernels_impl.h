@@ -1,5 +1,6 @@
 // The CPU multi-tensor launcher body: chunk loops for every rule, compiled once per instruction set.
-// Included only by kernels_<isa>.cpp (NOTE: [one source, several instruction sets]).
+// Included only through csrc/cpu/isa/<isa>.h by the kernel units (NOTE: [one source, several instruction
+// sets], NOTE: [kernel units]).
 #pragma once
 #include <cstring>
 #include <type_traits>
@@ -283,19 +284,17 @@ inline void lookahead_chunks(const LookaheadLaunch& L, int64_t chunk_begin, int6
   });
 }
 
-// constexpr: the tables are static data, so no code of this instruction set runs at library load.
-constexpr KernelTable make_kernel_table(const char* isa) {
-  return KernelTable{isa,
-                     &update_chunks<PersistentSgdRule, SgdLaunch>,
-                     &update_chunks<AdamRule, AdamLaunch>,
-                     &update_chunks<RAdamRule, RAdamLaunch>,
-                     &update_chunks<AdemaRule, AdemaLaunch>,
-                     &update_chunks<NAdamRule, NAdamLaunch>,
-                     &update_chunks<RmspropRule, RmspropLaunch>,
-                     &update_chunks<GradientAscentRule, GradientAscentLaunch>,
-                     &alignment_chunks,
-                     &lookahead_chunks};
-}
-
 }  // namespace kernels
 GF_CODE_END
+
+#define GF_CAT2(a, b) a##b
+#define GF_CAT(a, b) GF_CAT2(a, b)
+#define GF_ISA_ENTRIES GF_CAT(isa_, GF_ISA)
+// Defines this instruction set's table entry `entry` (kernel_api.h) as kernels::<impl>.
+#define GF_CPU_KERNEL(entry, ...)                                                                          \
+  void gf::cpu::GF_ISA_ENTRIES::entry(                                                                     \
+      const gf::cpu::LaunchOf<decltype(&gf::cpu::GF_ISA_ENTRIES::entry)>::type& launch, int64_t chunk_begin, \
+      int64_t chunk_end) {                                                                                 \
+    using namespace ::gf::GF_ISA::kernels;                                                                 \
+    __VA_ARGS__(launch, chunk_begin, chunk_end);                                                           \
+  }

@@ -110,13 +110,15 @@ def ascent_optimizers():
     }
 
 
-def run(out: str, seed: int = 0, quiet: bool = False, steps: int = STEPS) -> dict:
+def run(out: str, seed: int = 0, quiet: bool = False, steps: int = STEPS, overwrite: bool = False) -> dict:
+    from .compare import check_out_dir
+
+    check_out_dir(out, overwrite)
     results = {}
     for name, make in ascent_optimizers().items():
         results[name] = {str(p.number): run_problem(p, make, seed=seed, steps=steps) for p in PROBLEMS}
         if not quiet:
             print(f"  {name}: done", flush=True)
-    os.makedirs(out, exist_ok=True)
     report = dict(seed=seed, steps=steps, problems={str(p.number): dict(name=p.name, package=p.package_figure)
                                                      for p in PROBLEMS}, results=results)
     with open(os.path.join(out, "results.json"), "w") as f:

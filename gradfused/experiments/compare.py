@@ -213,11 +213,11 @@ def versions(device: str = "cpu") -> dict[str, str]:
     return v
 
 
-def run(config: CompareConfig, *, quiet: bool = False) -> dict[str, Any]:
-    specs = optim_specs.parse_all(config.optimizers, fused=config.backend == "native")
+def run(config: CompareConfig, *, quiet: bool = False, overwrite: bool = False) -> dict[str, Any]:
+    specs = optim_specs.parse_all(config.optimizers)
     data = datasets.load(config.dataset).to(config.device)
     _build_model(config, data)  # a bad --model or --widths fails here
-    _check_out_dir(config.out)  # made only once everything else is known to be valid
+    check_out_dir(config.out, overwrite)  # only once every argument is known to be valid
     tuning = None
     if config.tune:
         from .tune import tune_all
@@ -240,14 +240,12 @@ def run(config: CompareConfig, *, quiet: bool = False) -> dict[str, Any]:
     return report
 
 
-def refuse_overwrite(out: str, overwrite: bool) -> None:
-    """A folder that already holds results is kept unless --overwrite says otherwise."""
+def check_out_dir(out: str, overwrite: bool) -> None:
+    """Makes the folder `out`, which must be writable; one that already holds results is kept unless
+    --overwrite says otherwise. Called after the arguments are checked: an argument error comes first."""
     if not overwrite and os.path.exists(os.path.join(out, "results.json")):
         raise CommandError(f"--out {out!r} already holds results (results.json); pass --overwrite to replace them, "
                            "or choose another --out")
-
-
-def _check_out_dir(out: str) -> None:
     try:
         os.makedirs(out, exist_ok=True)
         probe = os.path.join(out, ".gradfused-write-test")

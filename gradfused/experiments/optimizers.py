@@ -108,9 +108,10 @@ class OptimizerSpec:
             raise CommandError(f"optimizer {self.text!r}: {e}") from None
 
 
-def parse_all(texts: list[str], *, fused: bool = True) -> list[OptimizerSpec]:
+def parse_all(texts: list[str]) -> list[OptimizerSpec]:
     """Every spec parsed and built once on a dummy parameter, before any training starts: a bad value in
-    the last spec fails the command at once, not after the others have trained."""
+    the last spec fails the command at once, not after the others have trained. Built with fused=False
+    (the same checks), so that no compile of the kernels stands between a typo and its error."""
     seen = set()
     for text in texts:
         if text in seen:
@@ -118,7 +119,7 @@ def parse_all(texts: list[str], *, fused: bool = True) -> list[OptimizerSpec]:
         seen.add(text)
     specs = [parse(text) for text in texts]
     for spec in specs:
-        spec.build([torch.zeros(1, requires_grad=True)], fused=fused)
+        spec.build([torch.zeros(1, requires_grad=True)], fused=False)
     return specs
 
 

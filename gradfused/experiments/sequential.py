@@ -26,7 +26,7 @@ from torch import nn
 import gradfused
 
 from . import datasets
-from .compare import (DEFAULT_OUT, SUMMARY_HEADER, _check_out_dir, _evaluate_splits, aligned_table, summarize,
+from .compare import (DEFAULT_OUT, SUMMARY_HEADER, check_out_dir, _evaluate_splits, aligned_table, summarize,
                       summary_cells, versions, write_outputs)
 from ..errors import CommandError
 
@@ -145,13 +145,13 @@ def train_run(config: SequentialConfig, method: str, batch_size: int, lr: float,
     return dict(seed=seed, epochs=epochs, step_ms=1e3 * seconds / max(steps, 1))
 
 
-def run(config: SequentialConfig, *, quiet: bool = False) -> dict[str, Any]:
+def run(config: SequentialConfig, *, quiet: bool = False, overwrite: bool = False) -> dict[str, Any]:
     from tqdm import tqdm
 
     from .plots import method_curves
 
     data = datasets.load(config.dataset).to(config.device)
-    _check_out_dir(config.out)
+    check_out_dir(config.out, overwrite)
     inits = []
     for seed in range(config.seeds):
         torch.manual_seed(seed)

@@ -1,0 +1,4 @@
+// RAdam and NAdam (NOTE: [kernel units]).
+#include "../isa/avx512.h"
+GF_CPU_KERNEL(radam, update_chunks<RAdamRule>)
+GF_CPU_KERNEL(nadam, update_chunks<NAdamRule>)
