@@ -24,7 +24,7 @@ CPU_SOURCES = [
     "gradfused.cpp",
     "cpu/ops_cpu.cpp",
     "cpu/cpu_features.cpp",
-] + [f"cpu/kernels/{rules}_{isa}.cpp" for rules in ("adam", "radam_nadam", "rmsprop", "sgd")
+] + [f"cpu/kernels/{rules}_{isa}.cpp" for rules in ("adam", "radam_nadam_rmsprop", "sgd")
      for isa in ("generic", "avx2", "avx512")]
 
 # -ffp-contract=off: no implicit FMA, so every instruction set rounds alike and matches the reference

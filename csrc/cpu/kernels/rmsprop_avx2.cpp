@@ -1,3 +1,0 @@
-// RMSprop: centered or not, with momentum or not (NOTE: [kernel units]).
-#include "../isa/avx2.h"
-GF_CPU_KERNEL(rmsprop, update_chunks<RmspropRule>)
