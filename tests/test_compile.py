@@ -6,6 +6,9 @@ from torch._dynamo.testing import CompileCounter
 
 import gradfused as gf
 from optim_table import CASES, all_states
+from torch_versions import needs_compile
+
+pytestmark = needs_compile
 
 
 @pytest.fixture(autouse=True)

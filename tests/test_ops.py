@@ -5,6 +5,7 @@ import torch
 
 import gradfused  # noqa: F401  (registers the ops and their fakes)
 from devices import DEVICES
+from torch_versions import needs_compile
 
 
 def lists(n_states, device, sizes=(7, 33, 1)):
@@ -38,6 +39,7 @@ def op_samples(device):
 NAMES = [name for name, _, _ in op_samples("cpu")]
 
 
+@needs_compile
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("tensor_lr", [False, True], ids=["default", "tensor_lr"])
 @pytest.mark.parametrize("name", NAMES)
@@ -51,6 +53,7 @@ def test_opcheck_update_ops(name, tensor_lr, device):
                                          alignment_scales=scales))
 
 
+@needs_compile
 @pytest.mark.parametrize("device", DEVICES)
 def test_opcheck_alignment_sums(device):
     _, g, (emas,), _ = lists(1, device)
@@ -59,12 +62,14 @@ def test_opcheck_alignment_sums(device):
                           dict(beta=0.9, grad_scale=torch.tensor(4.0, device=device)))
 
 
+@needs_compile
 @pytest.mark.parametrize("device", DEVICES)
 def test_opcheck_lookahead(device):
     p, _, (slow,), _ = lists(1, device)
     torch.library.opcheck(torch.ops.gradfused.lookahead_.default, (p, slow), dict(alpha=0.5))
 
 
+@needs_compile
 @pytest.mark.parametrize("device", DEVICES)
 def test_opcheck_fused_mixed_precision(device):
     """master_weights and stochastic_rounding, the arguments the kernels fuse."""

@@ -75,7 +75,7 @@ class FusedOptimizer(Optimizer):
             _native.load()  # here, eagerly: not inside a step that torch.compile traces
         self._plans: dict[tuple, tuple] = {}  # NOTE: [the step plan] (add_param_group, called below, clears it)
         self._native_plans: dict[int, tuple] = {}  # per group: NOTE: [the step plan in C++]
-        self._fp32_grads: dict[int, tuple] = {}  # per group: ids of 16-bit parameters with float32 gradients
+        self._fp32_grads: dict[int, tuple] = {}  # per group index: ids of 16-bit parameters with float32 gradients
         self._step_called = [False]  # NOTE: [LR schedulers and torch.compile]
         super().__init__(params, defaults)
 
@@ -353,8 +353,16 @@ class FusedOptimizer(Optimizer):
                                  "lr_dropout key each element by its index in the whole tensor, which a shard "
                                  "does not know yet: they are not supported with FSDP2/DTensor parameters")
             params.append(p)
-        self._fp32_grads[id(group)] = tuple(fp32_grads)
+        self._fp32_grads[self._group_index(group)] = tuple(fp32_grads)
         return params
+
+    def _group_index(self, group: dict) -> int:
+        """The position of `group` in param_groups: a key that torch.compile traces on every supported torch,
+        where id() of a dict breaks the graph before torch 2.13."""
+        for k, g in enumerate(self.param_groups):
+            if g is group:
+                return k
+        raise ValueError(f"{self._name}: the group is not one of this optimizer's param_groups")
 
     def _recheck_hyperparameters(self, group: dict) -> None:
         if not torch.compiler.is_compiling():  # NOTE: [hyperparameter checks under torch.compile]
@@ -415,9 +423,11 @@ class FusedOptimizer(Optimizer):
         """[(bucket params, their state dicts, their indices in the optimizer)] for `params` (from _collect),
         state created as needed. The indices key the random streams."""
         specs = self._state_specs(group)
-        which = (id(group), tuple(map(id, params)), self._fp32_grads.get(id(group), ()))
+        index = self._group_index(group)
+        which = (index, tuple(map(id, params)), self._fp32_grads.get(index, ()))
         stateful = self._keeps_state(group)
-        key = (tuple(used for _, used in specs), stateful, id(self.state), len(self.state))
+        # a new state dict (load_state_dict) goes through __setstate__, which drops every plan
+        key = (tuple(used for _, used in specs), stateful, len(self.state))
         cached = self._plans.get(which)
         if cached is not None and cached[0] == key:
             return cached[1]
@@ -427,7 +437,7 @@ class FusedOptimizer(Optimizer):
             states = ([self._init_state(p, group, specs) for p in bucket] if stateful else
                       [{"step": torch.zeros((), dtype=torch.float32, device=p.device)} for p in bucket])
             plan.append((bucket, states, self._param_indices(bucket)))
-        key = key[:3] + (len(self.state),)  # state creation above may have grown it
+        key = key[:2] + (len(self.state),)  # state creation above may have grown it
         if len(self._plans) >= _MAX_PLANS:
             self._plans.clear()
         self._plans[which] = (key, plan)
