@@ -2,7 +2,6 @@
 compiled ahead of time; without it (plain pip install . in an isolated build) the package installs
 as pure Python and compiles its kernels on first use (gradfused/_native.py)."""
 import importlib.util
-import json
 import os
 import shutil
 import subprocess
@@ -63,30 +62,6 @@ else:
     else:
         print(f"gradfused: not building the CUDA engine: {cuda_skipped}")
 
-    class BuildEngines(BuildExtension):
-        """NOTE: [two engines]: a CUDA engine that fails to compile is reported, and the CPU engine installs.
-        What was built, and why not, goes to gradfused/_build_record.json for `gradfused info`."""
-
-        def build_extension(self, ext):
-            if ext.name != "gradfused._C_cuda":
-                return super().build_extension(ext)
-            try:
-                super().build_extension(ext)
-            except Exception as e:  # noqa: BLE001  (any compiler or linker failure)
-                self.cuda_failure = f"the CUDA engine failed to compile ({type(e).__name__}: {e})"
-                print(f"gradfused: WARNING: {self.cuda_failure}; installing the CPU engine alone (CUDA tensors "
-                      "will step with the pure-PyTorch reference)")
-
-        def run(self):
-            self.cuda_failure = None
-            super().run()
-            reason = cuda_skipped or self.cuda_failure
-            record = {"torch": torch.__version__, "cuda_not_built": reason,
-                      "cuda_arch_list": None if reason else os.environ.get("TORCH_CUDA_ARCH_LIST", "this machine's GPUs")}
-            package_dir = os.path.dirname(self.get_ext_fullpath("gradfused._C"))
-            with open(os.path.join(package_dir, build_config.BUILD_RECORD), "w") as f:
-                json.dump(record, f)
-
-    cmdclass["build_ext"] = BuildEngines.with_options(use_ninja=True)
+    cmdclass["build_ext"] = build_config.engines_build_ext(BuildExtension, cuda_skipped).with_options(use_ninja=True)
 
 setup(ext_modules=ext_modules, cmdclass=cmdclass)

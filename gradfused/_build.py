@@ -117,3 +117,39 @@ def set_default_arch_list(gpu_present: bool) -> None:
 
 # What an ahead-of-time build made of the CUDA engine, and why not (written by setup.py beside gradfused._C).
 BUILD_RECORD = "_build_record.json"
+
+
+def engines_build_ext(base, cuda_skipped: str | None):
+    """setup.py's build_ext: `base` (torch's BuildExtension), except that a CUDA engine that fails to compile
+    is reported and the CPU engine installs (NOTE: [two engines]). What was built, and why not, goes to
+    BUILD_RECORD beside gradfused._C for `gradfused info`; `cuda_skipped` says why no CUDA engine was tried."""
+
+    class BuildEngines(base):
+        def build_extensions(self):
+            try:
+                super().build_extensions()
+            except Exception as e:  # noqa: BLE001  (a compiler, linker or toolkit-check failure)
+                cuda = [ext for ext in self.extensions if ext.name.endswith("._C_cuda")]
+                if not cuda:
+                    raise
+                self.cuda_failure = f"the CUDA engine failed to build ({type(e).__name__}: {e})"
+                print(f"gradfused: WARNING: {self.cuda_failure}; building the CPU engine alone (CUDA tensors will "
+                      "step with the pure-PyTorch reference)")
+                self.extensions = [ext for ext in self.extensions if ext not in cuda]
+                super().build_extensions()  # what was built already is not compiled again
+
+        def run(self):
+            import json
+
+            import torch
+
+            self.cuda_failure = None
+            super().run()
+            reason = cuda_skipped or self.cuda_failure
+            record = {"torch": torch.__version__, "cuda_not_built": reason,
+                      "cuda_arch_list": None if reason else os.environ.get("TORCH_CUDA_ARCH_LIST", "this machine's GPUs")}
+            package_dir = os.path.dirname(self.get_ext_fullpath("gradfused._C"))
+            with open(os.path.join(package_dir, BUILD_RECORD), "w") as f:
+                json.dump(record, f)
+
+    return BuildEngines

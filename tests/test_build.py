@@ -1,5 +1,6 @@
 """The build's decisions (gradfused/_build.py) and what a device without native kernels gets: the
 reference, with one warning (NOTE: [two engines])."""
+import json
 import os
 import stat
 import warnings
@@ -133,3 +134,46 @@ def test_kernels_are_there_for_the_cpu_and_meta_not_for_other_devices():
     assert _native.kernels_missing(torch.device("cpu")) is None
     assert _native.kernels_missing(torch.device("meta")) is None
     assert "no kernels for mps" in _native.kernels_missing(torch.device("mps"))
+
+
+CPU_STUB = """#include <Python.h>
+extern "C" PyObject* PyInit__C(void) {
+  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module);
+}
+"""
+
+
+def test_a_cuda_engine_that_fails_to_compile_leaves_the_cpu_engine(tmp_path, monkeypatch):
+    """setup.py's build_ext on a stand-in CPU engine and a CUDA engine that cannot compile: the build goes
+    on, the CPU engine is there, and the record says why there is no CUDA engine."""
+    from setuptools import Distribution
+    from torch.utils import cpp_extension
+
+    if cpp_extension.CUDA_HOME is None:
+        pytest.skip("needs a CUDA toolkit, to fail a CUDA compile with")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cpu.cpp").write_text(CPU_STUB)
+    (tmp_path / "broken.cu").write_text("this is not CUDA C++\n")
+    cuda = cpp_extension.CUDAExtension("gradfused._C_cuda", ["broken.cu"])
+    dist = Distribution({"name": "gradfused", "ext_modules": [cpp_extension.CppExtension("gradfused._C", ["cpu.cpp"]),
+                                                               cuda],
+                         "cmdclass": {"build_ext": _build.engines_build_ext(cpp_extension.BuildExtension, None)}})
+    build = dist.get_command_obj("build_ext")
+    build.build_lib, build.build_temp = str(tmp_path / "lib"), str(tmp_path / "temp")
+    dist.run_command("build_ext")
+    package = tmp_path / "lib" / "gradfused"
+    assert [f.name for f in package.glob("_C.*")] and not list(package.glob("_C_cuda.*"))
+    record = json.loads((package / _build.BUILD_RECORD).read_text())
+    assert record["cuda_not_built"].startswith("the CUDA engine failed to build")
+    assert record["torch"] == torch.__version__ and record["cuda_arch_list"] is None
+
+
+def test_why_there_is_no_cuda_engine(monkeypatch):
+    """An ahead-of-time build says why it made none; a first-use build compiles none without a GPU to run it."""
+    monkeypatch.setattr(_native, "_build_record", lambda: {"cuda_not_built": "torch is a CPU-only build"})
+    assert _native._load_cuda("ahead-of-time") == ("the ahead-of-time build made no CUDA engine: torch is a "
+                                                   "CPU-only build")
+    monkeypatch.setattr(_build, "cuda_build_skipped", lambda *args: None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert "no CUDA device is visible" in _native._load_cuda("just-in-time")
