@@ -138,6 +138,24 @@ def engines_build_ext(base, cuda_skipped: str | None):
                 self.extensions = [ext for ext in self.extensions if ext not in cuda]
                 super().build_extensions()  # what was built already is not compiled again
 
+        def _build_extensions_serial(self):
+            """The CUDA engine in a second thread, beside the CPU engine: each is a ninja build of its own (in
+            its own folder), so a many-core machine compiles both sets of sources at once."""
+            import copy
+            from concurrent.futures import ThreadPoolExecutor
+
+            cuda = [ext for ext in self.extensions if ext.name.endswith("._C_cuda")]
+            if not cuda or len(cuda) == len(self.extensions):
+                return super()._build_extensions_serial()
+            beside = copy.copy(self)
+            beside.build_temp = os.path.join(self.build_temp, "cuda")
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                cuda_built = pool.submit(beside.build_extension, cuda[0])
+                for ext in self.extensions:
+                    if ext not in cuda:
+                        self.build_extension(ext)
+                cuda_built.result()  # its failure, if any, reaches build_extensions above
+
         def run(self):
             import json
 
