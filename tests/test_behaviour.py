@@ -340,5 +340,5 @@ def test_source_tree_and_installed_copy_keep_separate_build_caches(tmp_path):
 
     tree, installed = tmp_path / "repo" / "csrc", tmp_path / "site-packages" / "gradfused" / "_csrc"
     assert jit_name(str(tree)) == jit_name(str(tree))  # one cache per location, reused
-    assert jit_name(str(tree)) != jit_name(str(installed))  # never each other's (issue #17)
+    assert jit_name(str(tree)) != jit_name(str(installed))  # never each other's
     assert torch.__version__.replace(".", "_").replace("+", "_") in jit_name(str(tree))

@@ -6,7 +6,7 @@
   parameters and every state torch keeps compared after each one, plainly, under each of torch's
   scheduler inputs, and with the state_dicts swapped between the two halfway.
 - Every `optim_error_inputs_func` input raises (or warns) with torch's exception type and a message that
-  torch's `error_regex` matches, except the differences listed in KNOWN_DIFFERENCES (and the README).
+  torch's `error_regex` matches, except the differences listed in KNOWN_DIFFERENCES (and docs/torch-optim-differences.md).
 
 torch's test helpers import `expecttest` (requirements-dev.txt); without it these tests skip.
 """
@@ -63,7 +63,7 @@ def _make_pair(name, kwargs, device, dtype, fused):
     """The same parameters in two groups (the second inheriting the defaults) for torch and for us."""
     if dtype == torch.float64 and isinstance(kwargs.get("lr"), torch.Tensor) and kwargs.get("weight_decay"):
         # torch's for-loop and foreach implementations form 1 - lr·wd in the dtype of a tensor lr: float32
-        # beside float64 parameters, 1e-7 off; gradfused forms it in float64 (README: documented differences)
+        # beside float64 parameters, 1e-7 off; gradfused forms it in float64 (docs/torch-optim-differences.md)
         kwargs = {**kwargs, "lr": kwargs["lr"].to(torch.float64)}
     shapes = [(5, 3), (3,), (4, 2, 2)]
     start = [torch.randn(s, device=device, dtype=dtype) for s in shapes]
@@ -169,7 +169,7 @@ def test_known_differences_are_still_torch_inputs():
     assert set(KNOWN_DIFFERENCES) <= present
 
 
-# ---- the breaks issue #15 found, one test each (besides the suite above) ----
+# ---- the breaks that running these inputs found, one test each (besides the suite above) ----
 
 ALL_CLASSES = [gf.SGD, gf.PersistentSGD, gf.Adam, gf.AdamW, gf.RAdam, gf.RAdamW, gf.AdEMA, gf.NAdam, gf.RMSprop,
                gf.GradientAscent]

@@ -1,4 +1,4 @@
-"""Presets that reproduce the research comparisons (README: "Research comparisons")."""
+"""Presets that reproduce the research comparisons (docs/compare.md: "Research comparisons")."""
 from __future__ import annotations
 
 DEFAULT = dict(
