@@ -1,4 +1,4 @@
-"""How the native extension is compiled: one list of sources and flags for both the ahead-of-time
+"""How the native engines are compiled: one list of sources and flags for both the ahead-of-time
 build (setup.py) and the just-in-time build on first use (gradfused/_native.py).
 
 Torch-free on purpose: setup.py loads this file by path, before torch may be importable."""
