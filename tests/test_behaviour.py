@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import gradfused as gf
+from devices import DEVICES
 from optim_table import CASES, all_states
 
 
@@ -342,3 +343,26 @@ def test_source_tree_and_installed_copy_keep_separate_build_caches(tmp_path):
     assert jit_name(str(tree)) == jit_name(str(tree))  # one cache per location, reused
     assert jit_name(str(tree)) != jit_name(str(installed))  # never each other's
     assert torch.__version__.replace(".", "_").replace("+", "_") in jit_name(str(tree))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("fused", [True, False], ids=["native", "reference"])
+def test_amsgrad_maximum_keeps_a_nan_as_torch_does(device, fused):
+    """torch.maximum propagates NaN: a NaN in max_exp_avg_sq stays NaN, in the SIMD body and in the
+    scalar tail alike (index 0 and 36 of 37 elements)."""
+    torch.manual_seed(0)
+    p = torch.randn(37, device=device, requires_grad=True)
+    q = p.detach().clone().requires_grad_()
+    ours, theirs = gf.Adam([p], lr=1e-2, amsgrad=True, fused=fused), torch.optim.Adam([q], lr=1e-2, amsgrad=True)
+    for step in range(3):
+        p.grad = torch.randn_like(p)
+        q.grad = p.grad.clone()
+        ours.step()
+        theirs.step()
+        if step == 0:
+            for opt, param in ((ours, p), (theirs, q)):
+                opt.state[param]["max_exp_avg_sq"][[0, 36]] = float("nan")
+    for key in ("max_exp_avg_sq", "exp_avg_sq"):
+        torch.testing.assert_close(ours.state[p][key], theirs.state[q][key], equal_nan=True)
+    assert ours.state[p]["max_exp_avg_sq"][[0, 36]].isnan().all()
+    torch.testing.assert_close(p, q, equal_nan=True)

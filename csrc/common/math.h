@@ -8,7 +8,9 @@ GF_CODE_BEGIN
 
 GF_HD float sqrt(float x) { return ::sqrtf(x); }
 GF_HD double sqrt(double x) { return ::sqrt(x); }
-GF_HD float max(float a, float b) { return a > b ? a : b; }
-GF_HD double max(double a, double b) { return a > b ? a : b; }
+// NOTE: [max propagates NaN]: as torch.maximum, a NaN on either side is the result (amsgrad's running
+// maximum must not heal a NaN). a > b is false for a NaN a, hence the a != a term.
+GF_HD float max(float a, float b) { return (a > b || a != a) ? a : b; }
+GF_HD double max(double a, double b) { return (a > b || a != a) ? a : b; }
 
 GF_CODE_END
