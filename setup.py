@@ -51,13 +51,12 @@ else:
                     extra_compile_args={"cxx": build_config.CXX_FLAGS, "nvcc": list(nvcc_flags)},
                     extra_link_args=build_config.LINK_FLAGS)
 
-    ext_modules.append(extension(CppExtension, "gradfused._C", build_config.CPU_SOURCES))
+    ext_modules.append(extension(CppExtension, build_config.CPU_EXTENSION, build_config.CPU_SOURCES))
     cuda_skipped = build_config.cuda_build_skipped(torch.version.cuda, getattr(torch.version, "hip", None), CUDA_HOME)
     if cuda_skipped is None:
         build_config.set_default_arch_list(gpu_present=torch.cuda.is_available())
-        arch = os.environ.get("TORCH_CUDA_ARCH_LIST", "this machine's GPUs")
-        print(f"gradfused: building the CUDA engine for {arch} (CUDA_HOME={CUDA_HOME})")
-        ext_modules.append(extension(CUDAExtension, "gradfused._C_cuda", build_config.CUDA_SOURCES,
+        print(f"gradfused: building the CUDA engine for {build_config.arch_list()} (CUDA_HOME={CUDA_HOME})")
+        ext_modules.append(extension(CUDAExtension, build_config.CUDA_EXTENSION, build_config.CUDA_SOURCES,
                                      build_config.NVCC_FLAGS))
     else:
         print(f"gradfused: not building the CUDA engine: {cuda_skipped}")

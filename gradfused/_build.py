@@ -20,6 +20,7 @@ CXX_STD = "-std=c++20"
 # (gradfused._C_cuda) are two libraries, so a CUDA build that fails never takes the CPU kernels down.
 # Split into several translation units so that ninja compiles them in parallel: each instruction set's
 # kernels in units of a few rules (NOTE: [kernel units]).
+CPU_EXTENSION, CUDA_EXTENSION = "gradfused._C", "gradfused._C_cuda"
 CPU_SOURCES = [
     "gradfused.cpp",
     "cpu/ops_cpu.cpp",
@@ -115,6 +116,11 @@ def set_default_arch_list(gpu_present: bool) -> None:
     if not gpu_present:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCH_LIST)
 
+
+def arch_list() -> str:
+    """The architectures the CUDA engine is built for, as the build log and BUILD_RECORD say them."""
+    return os.environ.get("TORCH_CUDA_ARCH_LIST", "this machine's GPUs")
+
 # What an ahead-of-time build made of the CUDA engine, and why not (written by setup.py beside gradfused._C).
 BUILD_RECORD = "_build_record.json"
 
@@ -129,7 +135,7 @@ def engines_build_ext(base, cuda_skipped: str | None):
             try:
                 super().build_extensions()
             except Exception as e:  # noqa: BLE001  (a compiler, linker or toolkit-check failure)
-                cuda = [ext for ext in self.extensions if ext.name.endswith("._C_cuda")]
+                cuda = [ext for ext in self.extensions if ext.name == CUDA_EXTENSION]
                 if not cuda:
                     raise
                 self.cuda_failure = f"the CUDA engine failed to build ({type(e).__name__}: {e})"
@@ -144,7 +150,7 @@ def engines_build_ext(base, cuda_skipped: str | None):
             import copy
             from concurrent.futures import ThreadPoolExecutor
 
-            cuda = [ext for ext in self.extensions if ext.name.endswith("._C_cuda")]
+            cuda = [ext for ext in self.extensions if ext.name == CUDA_EXTENSION]
             if not cuda or len(cuda) == len(self.extensions):
                 return super()._build_extensions_serial()
             beside = copy.copy(self)
@@ -165,8 +171,8 @@ def engines_build_ext(base, cuda_skipped: str | None):
             super().run()
             reason = cuda_skipped or self.cuda_failure
             record = {"torch": torch.__version__, "cuda_not_built": reason,
-                      "cuda_arch_list": None if reason else os.environ.get("TORCH_CUDA_ARCH_LIST", "this machine's GPUs")}
-            package_dir = os.path.dirname(self.get_ext_fullpath("gradfused._C"))
+                      "cuda_arch_list": None if reason else arch_list()}
+            package_dir = os.path.dirname(self.get_ext_fullpath(CPU_EXTENSION))
             with open(os.path.join(package_dir, BUILD_RECORD), "w") as f:
                 json.dump(record, f)
 

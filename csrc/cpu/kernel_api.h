@@ -99,8 +99,9 @@ struct KernelTable {
 // NOTE: [kernel units]
 // Each instruction set's kernels are compiled in several units (csrc/cpu/kernels/<rules>_<isa>.cpp), a
 // few rules each, so that a many-core build compiles them in parallel and a change to one rule rebuilds
-// its units only. Each unit defines its entries (GF_CPU_KERNEL in kernels_impl.h) in namespace
-// gf::cpu::isa_<isa>; cpu_features.cpp gathers them into that instruction set's table.
+// its units only. A unit includes its instruction set's prologue (isa/<isa>.h) and its list of rules
+// (kernels/<rules>.h, one list for all three instruction sets), whose GF_CPU_KERNEL lines (kernels_impl.h)
+// define the entries in namespace gf::cpu::isa_<isa>; cpu_features.cpp gathers them into the tables.
 #define GF_CPU_KERNEL_ENTRIES(X)                                                                   \
   X(persistent_sgd, SgdLaunch) X(adam, AdamLaunch) X(radam, RAdamLaunch) X(adema, AdemaLaunch)      \
   X(nadam, NAdamLaunch) X(rmsprop, RmspropLaunch) X(gradient_ascent, GradientAscentLaunch)           \

@@ -1,4 +1,3 @@
-// Adam/AdamW and AdEMA (NOTE: [kernel units]).
+// The kernel unit of adam.h for the avx512 instruction set (NOTE: [kernel units]).
 #include "../isa/avx512.h"
-GF_CPU_KERNEL(adam, update_chunks<AdamRule>)
-GF_CPU_KERNEL(adema, update_chunks<AdemaRule>)
+#include "adam.h"

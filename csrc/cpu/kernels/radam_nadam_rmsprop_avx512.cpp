@@ -1,5 +1,3 @@
-// RAdam, NAdam and RMSprop (NOTE: [kernel units]).
+// The kernel unit of radam_nadam_rmsprop.h for the avx512 instruction set (NOTE: [kernel units]).
 #include "../isa/avx512.h"
-GF_CPU_KERNEL(radam, update_chunks<RAdamRule>)
-GF_CPU_KERNEL(nadam, update_chunks<NAdamRule>)
-GF_CPU_KERNEL(rmsprop, update_chunks<RmspropRule>)
+#include "radam_nadam_rmsprop.h"

@@ -1,5 +1,3 @@
-// RAdam, NAdam and RMSprop (NOTE: [kernel units]).
+// The kernel unit of radam_nadam_rmsprop.h for the generic instruction set (NOTE: [kernel units]).
 #include "../isa/generic.h"
-GF_CPU_KERNEL(radam, update_chunks<RAdamRule>)
-GF_CPU_KERNEL(nadam, update_chunks<NAdamRule>)
-GF_CPU_KERNEL(rmsprop, update_chunks<RmspropRule>)
+#include "radam_nadam_rmsprop.h"

@@ -1,7 +1,3 @@
-// PersistentSGD (and SGD), GradientAscent, and the passes of GradientAlignment and Lookahead
-// (NOTE: [kernel units]).
+// The kernel unit of sgd.h for the generic instruction set (NOTE: [kernel units]).
 #include "../isa/generic.h"
-GF_CPU_KERNEL(persistent_sgd, update_chunks<PersistentSgdRule>)
-GF_CPU_KERNEL(gradient_ascent, update_chunks<GradientAscentRule>)
-GF_CPU_KERNEL(alignment_stats, alignment_chunks)
-GF_CPU_KERNEL(lookahead, lookahead_chunks)
+#include "sgd.h"
