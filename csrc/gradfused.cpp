@@ -68,41 +68,43 @@ TORCH_LIBRARY(gradfused, m) {
       .def("add_bucket", &gf::ops::StepPlan::add_bucket)
       .def("add_list", &gf::ops::StepPlan::add_list)
       .def("gather", &gf::ops::StepPlan::gather);
+  // `grads` are written only with grad_scale: the unscaled gradients are stored back, as torch's fused
+  // optimizers do (NOTE: [GradScaler and .grad]).
   // NOTE: [the op owns the step increment]
   // Every update op increments `state_steps` itself, after the update and only when found_inf is
   // unset, so a skipped AMP step leaves parameters, states and steps exactly as they were.
   // momentum_buffers may be [] when decay = 0 (plain SGD, no state). With buffer_starts_at_grad the first
   // step sets the buffer to the gradient, as torch.optim.SGD does; otherwise it starts at zero.
   GF_DEF_UPDATE_OP(m, persistent_sgd_,
-                "Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, Tensor(c!)[] state_steps",
+                "Tensor(a!)[] params, Tensor(g!)[] grads, Tensor(b!)[] momentum_buffers, Tensor(c!)[] state_steps",
                 "float decay, float dampening, float weight_decay, bool decoupled_weight_decay, bool nesterov, "
                 "bool buffer_starts_at_grad=False");
   GF_DEF_UPDATE_OP(m, adam_,
-                "Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
+                "Tensor(a!)[] params, Tensor(g!)[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
                 "Tensor(d!)[] max_exp_avg_sqs, Tensor(e!)[] state_steps",
                 "float beta1, float beta2, float eps, float weight_decay, bool decoupled_weight_decay, bool amsgrad");
   GF_DEF_UPDATE_OP(m, radam_,
-                "Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
+                "Tensor(a!)[] params, Tensor(g!)[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
                 "Tensor(d!)[] state_steps",
                 "float beta1, float beta2, float eps, float weight_decay, bool decoupled_weight_decay");
   GF_DEF_UPDATE_OP(m, adema_,
-                "Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
+                "Tensor(a!)[] params, Tensor(g!)[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
                 "Tensor(d!)[] exp_avg_slows, Tensor(e!)[] state_steps",
                 "float beta1, float beta2, float beta3, float alpha, float eps, float weight_decay, "
                 "float? t_alpha_beta3=None");
   // NAdam's running product of the momentum schedule is a one-element tensor per parameter, like the step.
   GF_DEF_UPDATE_OP(m, nadam_,
-                "Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
+                "Tensor(a!)[] params, Tensor(g!)[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
                 "Tensor(d!)[] mu_products, Tensor(e!)[] state_steps",
                 "float beta1, float beta2, float eps, float weight_decay, bool decoupled_weight_decay, "
                 "float momentum_decay");
   // RMSprop reads momentum_buffers only if momentum > 0 and grad_avgs only if centered (else pass []).
   GF_DEF_UPDATE_OP(m, rmsprop_,
-                "Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] square_avgs, Tensor(c!)[] momentum_buffers, "
+                "Tensor(a!)[] params, Tensor(g!)[] grads, Tensor(b!)[] square_avgs, Tensor(c!)[] momentum_buffers, "
                 "Tensor(d!)[] grad_avgs, Tensor(e!)[] state_steps",
                 "float alpha, float eps, float weight_decay, float momentum, bool centered");
   GF_DEF_UPDATE_OP(m, gradient_ascent_,
-                "Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, Tensor(c!)[] square_avgs, "
+                "Tensor(a!)[] params, Tensor(g!)[] grads, Tensor(b!)[] momentum_buffers, Tensor(c!)[] square_avgs, "
                 "Tensor(d!)[] state_steps",
                 "float momentum, float beta, float eps, bool momentum_ema, bool nesterov, float? clip_value=None, "
                 "float? lr_decay=None, int warmup_steps=0");

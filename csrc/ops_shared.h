@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <optional>
 #include <string>
@@ -68,6 +69,33 @@ inline void check_list_matches(const char* op, const NamedList& params, const Na
     TORCH_CHECK(t.sizes() == p.sizes(), op, ": ", list.name, "[", i, "] has shape ", t.sizes(), " but ",
                 params.name, "[", i, "] has ", p.sizes());
   }
+}
+
+// NOTE: [every element once]
+// A tensor the op writes must hold each of its elements at its own address. An expanded view (a stride
+// of 0) would take several updates per element, and writing its dense copy back fails only after other
+// tensors were written: a half-applied step. Proven by the strides: sorted by stride, each dimension
+// must step past everything the smaller ones span (as a dense or sliced tensor does); layouts beyond
+// that (as_strided puzzles) are refused too, on the safe side.
+inline bool owns_each_element(const Tensor& t) {
+  if (t.is_non_overlapping_and_dense()) return true;  // a flag torch keeps: the common case costs nothing
+  std::vector<std::pair<int64_t, int64_t>> dims;  // (stride, size) of the dimensions longer than 1
+  for (int64_t d = 0; d < t.dim(); ++d)
+    if (t.size(d) > 1) dims.emplace_back(t.stride(d), t.size(d));
+  std::sort(dims.begin(), dims.end());
+  int64_t span = 0;  // the largest offset the dimensions so far reach
+  for (const auto& [stride, size] : dims) {
+    if (stride <= span) return false;
+    span += (size - 1) * stride;
+  }
+  return true;
+}
+inline void check_owns_each_element(const char* op, const NamedList& list) {
+  for (size_t i = 0; i < list.tensors.size(); ++i)
+    TORCH_CHECK(owns_each_element(list.tensors[i]), op, ": ", list.name, "[", i, "] (shape ", list.tensors[i].sizes(),
+                ", strides ", list.tensors[i].strides(),
+                ") has elements that share memory, as an expanded tensor does; an in-place update needs a tensor "
+                "that holds each element once (.clone() it)");
 }
 
 // Every check runs before anything is written, so bad input never half-applies a step. All tensors of a
@@ -242,6 +270,10 @@ void check_update(const UpdateArgs<Hyper, Lr>& a, c10::DeviceType device_type, b
     TORCH_CHECK(a.states[k].tensors[0].scalar_type() == a.states[0].tensors[0].scalar_type(), a.op, ": ",
                 a.states[k].name, " has dtype ", a.states[k].tensors[0].scalar_type(), " but ", a.states[0].name,
                 " has ", a.states[0].tensors[0].scalar_type(), "; all states of one call share a dtype");
+  check_owns_each_element(a.op, {"params", a.params});  // NOTE: [every element once]: each list written
+  for (const NamedList& list : a.states) check_owns_each_element(a.op, list);
+  if (a.pipeline.grad_scale) check_owns_each_element(a.op, {"grads", a.grads});  // NOTE: [GradScaler and .grad]
+  if (!a.pipeline.master_weights.empty()) check_owns_each_element(a.op, {"master_weights", a.pipeline.master_weights});
   check_scalar_list(a.op, "state_steps", a.steps, a.params);
   if (!a.products.empty() || std::is_same<Hyper, NAdamHyper<double>>::value)
     check_scalar_list(a.op, "mu_products", a.products, a.params);
@@ -398,6 +430,8 @@ void gradient_ascent_op(TensorList params, TensorList grads, TensorList momentum
 inline void check_lookahead(const char* op, c10::DeviceType device_type, TensorList params, TensorList slow_weights,
                             double alpha) {
   check_lists(op, device_type, {"params", params}, {{"slow_weights", slow_weights}});
+  check_owns_each_element(op, {"params", params});
+  check_owns_each_element(op, {"slow_weights", slow_weights});
   check_range(op, "alpha", alpha, 0.0, 1.0, true);
 }
 
@@ -405,6 +439,7 @@ inline void check_alignment(const char* op, c10::DeviceType device_type, TensorL
                             const Tensor& sums, double beta, const OptTensor& grad_scale, const OptTensor& found_inf) {
   const size_t n = grads.size();
   check_lists(op, device_type, {"grads", grads}, {{"alignment_emas", alignment_emas}});
+  check_owns_each_element(op, {"alignment_emas", alignment_emas});
   check_range(op, "beta", beta, 0.0, 1.0, false);
   check_scalar_tensor(op, "grad_scale", grad_scale, grads);
   check_scalar_tensor(op, "found_inf", found_inf, grads);

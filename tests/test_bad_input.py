@@ -228,3 +228,51 @@ def test_persistent_sgd_decay_above_one_is_refused():
     with pytest.raises(ValueError, match=r"Invalid decay value: 1.5 \(expected decay to be a finite number in \[0, 1\]\)"):
         gf.PersistentSGD([torch.randn(3, requires_grad=True)], decay=1.5)
     gf.PersistentSGD([torch.randn(3, requires_grad=True)], decay=1.0)  # pure accumulation stays allowed
+
+
+# ---- NOTE: [every element once]: tensors whose elements share memory are refused before any write ----
+
+def test_expanded_parameter_is_refused_when_added():
+    with pytest.raises(ValueError, match=r"AdamW: params\[1\] \(shape \(2, 3\), strides \(0, 1\)\) has elements "
+                                         r"that share memory"):
+        gf.AdamW([torch.randn(3, requires_grad=True), torch.zeros(3).expand(2, 3).requires_grad_()])
+
+
+@pytest.mark.parametrize("where", ["params", "exp_avgs", "grads"])
+def test_op_refuses_overlapping_tensors_before_writing(where):
+    """The second tensor of a list is an expanded view: the call fails and the first tensor, which comes
+    earlier in every loop, is unchanged (before, its update was written and the copy back then failed).
+    The gradients are written only with grad_scale (NOTE: [GradScaler and .grad])."""
+    args = adam_args()
+    args[where][1] = torch.randn(1).expand(5)
+    def first():
+        return [args["params"][0], args["exp_avgs"][0], args["exp_avg_sqs"][0], args["grads"][0], *args["state_steps"]]
+
+    before = [t.clone() for t in first()]
+    with pytest.raises(RuntimeError, match=rf"gradfused.adam_: {where}\[1\] \(shape \[5\], strides \[0\]\) has "
+                                           "elements that share memory"):
+        call_adam(args, grad_scale=torch.tensor(2.0))
+    assert all(torch.equal(a, b) for a, b in zip(first(), before))
+
+
+def test_expanded_gradient_is_read_without_grad_scale():
+    args = adam_args()
+    args["grads"][1] = torch.randn(1).expand(5)
+    call_adam(args)  # read only: a dense copy serves
+    assert torch.isfinite(args["params"][1]).all()
+
+
+def test_op_accepts_sliced_and_transposed_views():
+    """Views that hold each element once (a slice with a step, a transpose) are stepped through a dense
+    copy, equal to the contiguous step."""
+    base = torch.randn(6, 8)
+    views = [base[:, ::2], base.t()[1:5]]
+    dense = [v.contiguous() for v in views]
+    for params in (views, dense):
+        n = len(params)
+        torch.ops.gradfused.adam_(params, [torch.ones_like(p) for p in params], [torch.zeros_like(p) for p in params],
+                                  [torch.zeros_like(p) for p in params], [], [torch.zeros(()) for _ in range(n)],
+                                  lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
+                                  decoupled_weight_decay=False, amsgrad=False)
+    for v, d in zip(views, dense):
+        assert torch.equal(v, d)

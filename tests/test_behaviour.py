@@ -229,6 +229,75 @@ def test_grad_scaler_unscales_skips_and_backs_off(case):
         torch.testing.assert_close(s, t)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("device", DEVICES)
+def test_grad_scaler_leaves_grad_as_torch_fused_adamw_does(device, dtype):
+    """NOTE: [GradScaler and .grad]: after scaler.step, .grad holds the gradient divided by the scale,
+    bit for bit what torch's fused AdamW leaves (a scale of 3 is not a power of two, so a product with
+    1/scale would differ); a step skipped for an inf leaves .grad scaled, as torch's does."""
+    torch.manual_seed(0)
+    grads = [torch.randn(4097, device=device).to(dtype) for _ in range(3)]
+    grads[2][5] = float("inf")
+    left = {}
+    for who in ("torch", "gradfused", "reference"):
+        p = torch.nn.Parameter(torch.ones(4097, device=device, dtype=dtype))
+        opt = (torch.optim.AdamW([p], lr=1e-2, fused=True) if who == "torch"
+               else gf.AdamW([p], lr=1e-2, fused=who == "gradfused"))
+        scaler = torch.amp.GradScaler(device, init_scale=3.0, growth_interval=1000)
+        left[who] = []
+        for g in grads:
+            scaled = scaler.scale(g)
+            p.grad = scaled.clone()
+            scaler.step(opt)
+            scaler.update()
+            left[who].append(p.grad.clone())
+    for who in ("gradfused", "reference"):
+        for ours, theirs in zip(left[who], left["torch"], strict=True):
+            assert torch.equal(ours, theirs), who
+    assert torch.equal(left["torch"][2], scaled)  # the skipped step left it scaled
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_grad_scale_leaves_the_unscaled_gradient_in_grad(case):
+    """Every optimizer of the table, native and reference: .grad ends as the gradient divided by the
+    scale, neither negated (maximize) nor scaled by the alignment."""
+    for fused in (True, False):
+        params = [torch.randn(33, requires_grad=True), torch.randn(2, 3, requires_grad=True)]
+        opt = case.make(params, fused)
+        fill_grads(params)
+        scaled = [p.grad.clone() for p in params]
+        opt.grad_scale, opt.found_inf = torch.tensor(3.0), torch.tensor(0.0)
+        opt.step()
+        for p, g in zip(params, scaled):
+            assert torch.equal(p.grad, (g.double() / 3.0).float()), fused
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_alignment_sums_do_not_depend_on_where_the_tensor_lies(device):
+    """The same values at storage offsets of 0 to 7 elements (16-byte aligned or not, as DDP's
+    gradient_as_bucket_view hands out) give bitwise the same sums: the reduction order is fixed by the
+    element index alone (NOTE: [deterministic alignment sums])."""
+    torch.manual_seed(0)
+    sizes = [(1 << 17) + 3, 4097, 5]
+    grads = [torch.randn(n, device=device) for n in sizes]
+    emas = [torch.randn(n, device=device) for n in sizes]
+    results = []
+    for offset in range(8):
+        def at_offset(t):
+            storage = torch.empty(t.numel() + offset, device=device)
+            view = storage[offset:]
+            view.copy_(t)
+            return view
+
+        sums = torch.zeros(len(sizes), 3, dtype=torch.float64, device=device)
+        moved = [at_offset(e) for e in emas]
+        torch.ops.gradfused.alignment_sums_([at_offset(g) for g in grads], moved, sums, beta=0.9)
+        results.append((sums.cpu(), [e.cpu() for e in moved]))
+    for sums, moved in results[1:]:
+        assert torch.equal(sums, results[0][0])
+        assert all(torch.equal(a, b) for a, b in zip(moved, results[0][1]))
+
+
 def _run_for_threads(threads):
     torch.set_num_threads(threads)
     torch.manual_seed(0)

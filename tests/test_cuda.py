@@ -163,15 +163,28 @@ def test_step_never_synchronises_the_host(name):
         opt.zero_grad()
 
 
-@pytest.mark.parametrize("name", OPTIMIZERS)
+def _with_tensor_lr(opt):
+    """Each group's lr as a one-element tensor on the GPU, which a scheduler updates in place."""
+    for group in opt.param_groups:
+        group["lr"] = torch.tensor(float(group["lr"]), device="cuda")
+    return opt
+
+
+# every optimizer and GradientAlignment case of the table, with its own lr made a tensor
+CAPTURABLE = {**OPTIMIZERS, **{case.name: (lambda case: lambda p, lr: _with_tensor_lr(case.make(list(p), True)))(case)
+                               for case in CASES}}
+
+
+@pytest.mark.parametrize("name", CAPTURABLE)
 def test_cuda_graph_capture_of_a_training_step_equals_eager(name):
     """Forward, backward, GradScaler and step() captured in one CUDA graph and replayed, with an LR
-    scheduler updating the tensor lr between replays, equal eager training step for step."""
+    scheduler updating the tensor lr between replays, equal eager training step for step. NOTE: [CUDA
+    graph capture] in gradfused/optim/_validation.py."""
     steps = 6
 
     def setup():
         model, x, y = _model_and_data()
-        opt = OPTIMIZERS[name](model.parameters(), torch.tensor(1e-2, device="cuda"))
+        opt = CAPTURABLE[name](model.parameters(), torch.tensor(1e-2, device="cuda"))
         sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
         return model, x, y, opt, sched
 
@@ -215,6 +228,45 @@ def test_cuda_graph_capture_of_a_training_step_equals_eager(name):
     assert [k for k, _ in states_e] == [k for k, _ in states_g]
     for (key, a), (_, b) in zip(states_e, states_g):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=lambda m: f"{key}: {m}")
+
+
+def _capture_one_step(opt, params):
+    """A first step eagerly on a side stream (state creation), then one captured."""
+    for p in params:
+        p.grad = torch.randn_like(p)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        opt.step()
+    torch.cuda.current_stream().wait_stream(side)
+    with torch.cuda.graph(torch.cuda.CUDAGraph()):
+        opt.step()
+
+
+REFUSED_CAPTURES = {
+    "Lookahead": (lambda p: gf.Lookahead(gf.AdamW(p), k=2), "Lookahead cannot be captured.*every k-th"),
+    "cpu lr": (lambda p: gf.AdamW(p, lr=torch.tensor(1e-3)), "lr is a CPU tensor.*replay the value it had at capture"),
+    "tensor betas": (lambda p: gf.Adam(p, betas=(torch.tensor(0.9, device="cuda"), 0.999)),
+                     "Adam cannot be captured.*beta1 is a tensor"),
+}
+
+
+@pytest.mark.parametrize("what", REFUSED_CAPTURES)
+def test_capture_refuses_a_value_it_would_freeze(what):
+    """Never a silently frozen value: what a captured step would read on the host is refused by name."""
+    make, message = REFUSED_CAPTURES[what]
+    params = to_cuda([torch.randn(s) for s in [(4097,), (3, 5)]])
+    opt = make(params)
+    with pytest.raises(RuntimeError, match=message):
+        _capture_one_step(opt, params)
+
+
+def test_capture_refuses_alignment_over_torch_under_grad_scaler():
+    params = to_cuda([torch.randn(s) for s in [(4097,), (3, 5)]])
+    opt = gf.GradientAlignment(torch.optim.AdamW(params, capturable=True))
+    opt.grad_scale, opt.found_inf = torch.ones((), device="cuda"), torch.zeros((), device="cuda")
+    with pytest.raises(RuntimeError, match="GradientAlignment cannot be captured.*over AdamW.*found_inf"):
+        _capture_one_step(opt, params)
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if not c.name.startswith("Align")][:12], ids=str)

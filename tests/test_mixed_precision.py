@@ -109,6 +109,24 @@ def test_fused_kernels_equal_the_working_copies_bitwise(case, dtype, option):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=lambda m: f"{key}: {m}")
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["native", "reference"])
+def test_stochastic_rounding_keys_channels_last_by_memory_position(fused):
+    """The rounding bits of a channels_last parameter follow its memory order, in the kernels and in the
+    reference alike: both equal the contiguous twin's step, with the twin's bits permuted the same way."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 4, 5).bfloat16()
+    last = x.to(memory_format=torch.channels_last).requires_grad_()
+    twin = last.detach().permute(0, 2, 3, 1).contiguous().requires_grad_()  # the same memory, as a contiguous tensor
+    opts = [gf.AdamW([p], lr=1e-2, stochastic_rounding=True, seed=5, fused=fused) for p in (last, twin)]
+    for _ in range(3):
+        g = torch.randn(2, 3, 4, 5).bfloat16()
+        last.grad = g.to(memory_format=torch.channels_last)
+        twin.grad = last.grad.permute(0, 2, 3, 1).contiguous()
+        for opt in opts:
+            opt.step()
+    assert torch.equal(last.detach().permute(0, 2, 3, 1), twin.detach())
+
+
 def test_master_weights_equal_torch_adamw_on_fp32_copies():
     """The oracle: torch.optim.AdamW stepping fp32 copies with the upcast bf16 gradients; the bf16
     parameter is the master weight rounded to nearest."""

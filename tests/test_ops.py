@@ -81,3 +81,49 @@ def test_opcheck_fused_mixed_precision(device):
                           dict(kw, master_weights=[x.clone() for x in p]))
     torch.library.opcheck(torch.ops.gradfused.adam_.default, (p16, g16, m, v, [], steps),
                           dict(kw, stochastic_rounding=True, seed=3))
+
+
+def _all_tensors(args):
+    return [t for lst in args for t in lst]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", NAMES)
+def test_found_inf_as_a_cpu_tensor_skips_the_op(name, device):
+    """GradScaler keeps found_inf on the device, but a CPU tensor is a valid argument on every device, and
+    a set one skips the step there too: nothing written, no step counted."""
+    _, args, kwargs = next(s for s in op_samples(device) if s[0] == name)
+    before = [t.clone() for t in _all_tensors(args)]
+    getattr(torch.ops.gradfused, name)(*args, **dict(kwargs, lr=1e-2, grad_scale=torch.tensor(2.0),
+                                                     found_inf=torch.tensor(1.0)))
+    for a, b in zip(_all_tensors(args), before, strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_found_inf_as_a_cpu_tensor_skips_the_alignment_sums(device):
+    _, g, (emas,), _ = lists(1, device)
+    sums = torch.zeros(len(g), 3, dtype=torch.float64, device=device)
+    before = [t.clone() for t in emas]
+    torch.ops.gradfused.alignment_sums_(g, emas, sums, beta=0.9, found_inf=torch.tensor(1.0))
+    assert all(torch.equal(a, b) for a, b in zip(emas, before)) and not sums.any()
+
+
+@pytest.mark.parametrize("scale_device", ["cpu", "same"])
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", NAMES)
+def test_grad_scale_divides_and_stores_the_unscaled_gradient(name, device, scale_device):
+    """NOTE: [GradScaler and .grad]: the gradients are divided by grad_scale (the correctly rounded
+    quotient, not a product with 1/scale: 3 is not a power of two) and left so; the update is the one an
+    unscaled call makes from those gradients, bit for bit."""
+    _, args, kwargs = next(s for s in op_samples(device) if s[0] == name)
+    twin = [[t.clone() for t in lst] for lst in args]
+    quotient = [(g.double() / 3.0).float() for g in args[1]]
+    op = getattr(torch.ops.gradfused, name)
+    op(*args, **dict(kwargs, lr=1e-2, grad_scale=torch.tensor(3.0, device=device if scale_device == "same" else "cpu")))
+    twin[1] = [q.clone() for q in quotient]
+    op(*twin, **dict(kwargs, lr=1e-2))
+    for g, q in zip(args[1], quotient):
+        assert torch.equal(g, q)
+    for a, b in zip(_all_tensors(args), _all_tensors(twin), strict=True):  # bitwise; the samples make some NaN
+        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)

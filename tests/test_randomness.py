@@ -156,8 +156,16 @@ def test_sharded_parameters_reject_random_options_before_writing(tmp_path):
         opt = gf.AdamW([{"params": [plain]}, {"params": [sharded], "lr_dropout": 0.5}], seed=1)
         plain.grad = torch.ones(4)
         sharded.grad = distribute_tensor(torch.ones(4, 2), mesh, [Shard(0)])
-        with pytest.raises(ValueError, match="sharded DTensor; grad_noise, grad_dropout and lr_dropout"):
+        with pytest.raises(ValueError, match="sharded DTensor; grad_noise, grad_dropout, lr_dropout and "
+                                             "stochastic_rounding"):
             opt.step()
         assert torch.equal(plain.detach(), torch.zeros(4)) and not opt.state  # nothing was written
+        # stochastic rounding keys its bits by the element's index too
+        rounded = torch.nn.Parameter(distribute_tensor(torch.zeros(4, 2, dtype=torch.bfloat16), mesh, [Shard(0)]))
+        opt = gf.AdamW([rounded], stochastic_rounding=True, seed=1)
+        rounded.grad = distribute_tensor(torch.ones(4, 2, dtype=torch.bfloat16), mesh, [Shard(0)])
+        with pytest.raises(ValueError, match="stochastic_rounding key each element"):
+            opt.step()
+        assert not opt.state
     finally:
         dist.destroy_process_group()

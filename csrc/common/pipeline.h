@@ -23,8 +23,9 @@ GF_HD StepDraws<S> element_draws(const RandomOptions& random, const RandomKey& k
           S(e.lr_uniform >= random.lr_dropout_q ? 1 : 0)};
 }
 
-// Steps 1-3 (unscale by the AMP grad scale, the alignment scale s_T, maximize) fold into one
-// per-tensor multiplier, grad_mul = ±s_T / grad_scale (exactly 1 when none applies).
+// Step 1, the AMP unscale, is unscale_grad below, which the backends apply (and store back to the
+// gradient) before this. Steps 2-3 (the alignment scale s_T, maximize) fold into one per-tensor
+// multiplier, grad_mul = ±s_T (exactly 1 when none applies).
 template <class Rule, bool kRandom, WeightDecay kWd, class V, class S>
 GF_HD void pipeline_step(V& p, V g, V* state, S grad_mul, const PipelineScalars<S>& ps,
                          const typename Rule::template Hyper<S>& hyper,
@@ -47,12 +48,22 @@ GF_HD void pipeline_step(V& p, V g, V* state, S grad_mul, const PipelineScalars<
   }
 }
 
+// NOTE: [GradScaler and .grad]
+// Step 1, as torch's fused optimizers do it: the gradient is divided by the AMP scale (a true division,
+// not a product with 1/scale, which differs in the last bit for scales that are not powers of two), and
+// the quotient is stored back into .grad, so that after GradScaler's step .grad holds the unscaled
+// gradient on every path. A skipped step (found_inf != 0) leaves .grad as it was, scaled.
+template <class V, class S>
+GF_HD V unscale_grad(V g, S grad_scale) {
+  return g / grad_scale;
+}
+
 // GradientAlignment, per element (docs/algorithms.md §4): a = β a + (1-β) g on the unscaled gradient, which
 // is returned for the statistics. Backends accumulate <g, a>, ‖g‖² and ‖a‖² in double, products
 // included, so the cosine does not depend on the summation order beyond double rounding.
 template <bool kUnscale, class V, class S>
 GF_HD V alignment_ema_step(V g, V& a, const AlignHyper<S>& h) {
-  if constexpr (kUnscale) g = g / h.grad_scale;
+  if constexpr (kUnscale) g = unscale_grad(g, h.grad_scale);
   a = h.beta * a + h.one_minus_beta * g;
   return g;
 }

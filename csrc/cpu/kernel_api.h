@@ -19,7 +19,7 @@ struct Slot {
   void* ptr[kMaxLists];
   int64_t numel;
   int64_t first_chunk;  // index of this tensor's first chunk among all chunks of the call
-  double grad_mul;      // docs/algorithms.md §1 steps 1-3 folded: ±s_T / grad_scale
+  double grad_mul;      // docs/algorithms.md §1 steps 2-3 folded: ±s_T
   TensorScalars scalars;
   RandomKey random_key;  // (seed, parameter index, t) of the random steps
   double noise_std;      // σt = sqrt(η / (1 + t)^γ)
@@ -33,6 +33,8 @@ struct UpdateLaunch {
   DType dtype;        // the parameters'
   DType state_dtype;  // the parameters', or Float32 for 16-bit parameters (NOTE: [mixed precision in one pass])
   bool grad_fp32;     // float32 gradients of 16-bit parameters
+  bool unscale;       // divide the gradients by grad_scale and store them back (NOTE: [GradScaler and .grad])
+  double grad_scale;
   ParamStore store;
   WeightDecay weight_decay_mode;
   int rule_variant;  // the bits of the rule's compile-time variants (rules.h)

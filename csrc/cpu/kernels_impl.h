@@ -104,9 +104,11 @@ GF_HD void update_chunk(const SlotT& slot, int64_t begin, int64_t end, const Lau
   const auto hyper = L.hyper.template cast<S>();
   const auto ts = slot.scalars.template cast<S>();
   const S grad_mul = S(slot.grad_mul);
+  const bool unscale = L.unscale;
+  const S grad_scale = S(L.grad_scale);
   T* __restrict p = static_cast<T*>(slot.ptr[0]);
-  const T* __restrict g = static_cast<const T*>(slot.ptr[1]);
-  const float* __restrict g32 = static_cast<const float*>(slot.ptr[1]);
+  T* __restrict g = static_cast<T*>(slot.ptr[1]);
+  float* __restrict g32 = static_cast<float*>(slot.ptr[1]);
   float* __restrict master = static_cast<float*>(slot.ptr[kMasterList]);
   TS* st[kArray];
   for (int j = 0; j < kStates; ++j) st[j] = static_cast<TS*>(slot.ptr[2 + j]);
@@ -124,6 +126,15 @@ GF_HD void update_chunk(const SlotT& slot, int64_t begin, int64_t end, const Lau
     V gv;
     if constexpr (kHalf) gv = grad_fp32 ? load(g32 + i) : load(g + i);
     else gv = load(g + i);
+    if (unscale) {  // NOTE: [GradScaler and .grad]
+      gv = unscale_grad(gv, grad_scale);
+      if constexpr (kHalf) {
+        if (grad_fp32) store(g32 + i, gv);
+        else store(g + i, gv);
+      } else {
+        store(g + i, gv);
+      }
+    }
     V sv[kArray];
     for (int j = 0; j < kStates; ++j) sv[j] = load(st[j] + i);
     if constexpr (kRandom) draw_lanes<V, S>(draws, L.random, key, slot.noise_std, i);
@@ -143,7 +154,12 @@ GF_HD void update_chunk(const SlotT& slot, int64_t begin, int64_t end, const Lau
   StepDraws<S> scalar_draws{};
   for (; i < end; ++i) {
     S pv = use_master ? master[i] : to_compute(p[i]);
-    const S gv = grad_fp32 ? S(g32[i]) : to_compute(g[i]);
+    S gv = grad_fp32 ? S(g32[i]) : to_compute(g[i]);
+    if (unscale) {
+      gv = unscale_grad(gv, grad_scale);
+      if (grad_fp32) g32[i] = float(gv);
+      else store_scalar(g + i, gv);
+    }
     S sv[kArray];
     for (int j = 0; j < kStates; ++j) sv[j] = to_compute(st[j][i]);
     if constexpr (kRandom) scalar_draws = element_draws<S>(L.random, key, slot.noise_std, uint64_t(i));

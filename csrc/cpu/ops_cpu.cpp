@@ -112,8 +112,8 @@ struct CpuBackend {
     if (n == 0 || step_is_skipped(a.pipeline.found_inf)) return;
 
     const PipelineArgs& pipeline = a.pipeline;
-    const OptTensor& grad_scale = pipeline.grad_scale;
-    const double grad_mul_base = (pipeline.maximize ? -1.0 : 1.0) / (grad_scale ? grad_scale->item<double>() : 1.0);
+    const bool unscale = pipeline.grad_scale.has_value();  // NOTE: [GradScaler and .grad]
+    const double grad_mul_base = pipeline.maximize ? -1.0 : 1.0;
     const double* align = pipeline.alignment_scales ? pipeline.alignment_scales->data_ptr<double>() : nullptr;
     const double noise_eta = pipeline.noise_eta(), noise_gamma = pipeline.noise_gamma();
     const double lr = lr_value(a.lr);
@@ -139,7 +139,7 @@ struct CpuBackend {
       slot.noise_std = noise_eta == 0.0 ? 0.0 : std::sqrt(noise_eta / std::pow(1.0 + t, noise_gamma));
       if (slot.numel == 0) continue;
       slot.ptr[0] = views.ptr(p, p, true);
-      slot.ptr[1] = views.ptr(a.grads[i], p, false);
+      slot.ptr[1] = views.ptr(a.grads[i], p, /*written=*/unscale);
       int j = 2;
       for (const NamedList& s : a.states) slot.ptr[j++] = views.ptr(s.tensors[i], p, true);
       slot.ptr[kMasterList] = pipeline.master_weights.empty() ? nullptr : views.ptr(pipeline.master_weights[i], p, true);
@@ -152,6 +152,8 @@ struct CpuBackend {
     launch.dtype = dtype_of(a.params[0]);
     launch.state_dtype = a.state_dtype();
     launch.grad_fp32 = a.grad_fp32();
+    launch.unscale = unscale;
+    launch.grad_scale = unscale ? pipeline.grad_scale->item<double>() : 1.0;
     launch.store = a.param_store();
     launch.weight_decay_mode = a.weight_decay_mode();
     launch.rule_variant = a.rule_variant;

@@ -20,9 +20,25 @@ void dtype_switch(DType d, F&& f) {
 // ---- GradientAlignment statistics ----
 // NOTE: [deterministic alignment sums]
 // No floating-point atomics: each chunk reduces its <g,a>, ‖g‖², ‖a‖² in double over a fixed tree and
-// writes them to its own slot of `partials` ([tensor][chunk][3], zeroed); then one block per tensor adds
-// its chunks in chunk order. The same input gives bitwise the same sums on every run.
+// writes them to its own slot of `partials` (3 per chunk, the tensor's chunks from its first_chunk on);
+// then one block per tensor adds its chunks over a fixed tree. Each thread takes the same elements
+// whether the tensor is aligned or not (for_each_ilp_same_threads), so the same values give bitwise the
+// same sums on every run and at any address (DDP's gradient_as_bucket_view hands out offset views). The
+// scratch is 24 bytes per 65 536 elements, however the tensors' sizes are spread.
 using AlignMeta = ChunkMeta<AlignTensor, 320, 1024>;
+
+// A fixed-tree sum over the block of each thread's three values; thread 0 gets the totals.
+__device__ __forceinline__ void block_sum3(double (&acc)[3]) {
+  __shared__ double shared[3][kBlockSize];
+  for (int k = 0; k < 3; ++k) shared[k][threadIdx.x] = acc[k];
+  __syncthreads();
+  for (int width = blockDim.x / 2; width > 0; width /= 2) {
+    if (threadIdx.x < width)
+      for (int k = 0; k < 3; ++k) shared[k][threadIdx.x] += shared[k][threadIdx.x + width];
+    __syncthreads();
+  }
+  for (int k = 0; k < 3; ++k) acc[k] = shared[k][0];
+}
 
 template <class T, bool kUnscale>
 __global__ void __launch_bounds__(kBlockSize)
@@ -37,7 +53,8 @@ __global__ void __launch_bounds__(kBlockSize)
   const T* g = static_cast<const T*>(tensor.grad);
   T* a = static_cast<T*>(tensor.ema);
   double acc[3] = {0.0, 0.0, 0.0};
-  for_each_ilp(begin, end, is_aligned<T>(g) && is_aligned<T>(a), [&](int64_t base, int64_t stride, bool vector) {
+  for_each_ilp_same_threads(begin, end, is_aligned<T>(g) && is_aligned<T>(a), [&](int64_t base, int64_t stride,
+                                                                                  bool vector) {
     S gv[kIlp], av[kIlp];
     load_ilp(gv, g, base, stride, end, vector);
     load_ilp(av, a, base, stride, end, vector);
@@ -52,25 +69,32 @@ __global__ void __launch_bounds__(kBlockSize)
     }
     store_ilp(a, av, base, stride, end, vector);
   });
-  __shared__ double shared[3][kBlockSize];
-  for (int k = 0; k < 3; ++k) shared[k][threadIdx.x] = acc[k];
-  __syncthreads();
-  for (int width = kBlockSize / 2; width > 0; width /= 2) {  // a fixed tree: deterministic
-    if (threadIdx.x < width)
-      for (int k = 0; k < 3; ++k) shared[k][threadIdx.x] += shared[k][threadIdx.x + width];
-    __syncthreads();
-  }
-  if (threadIdx.x < 3)
-    call.partials[(int64_t(tensor.index) * call.max_chunks + chunk) * 3 + threadIdx.x] = shared[threadIdx.x][0];
+  block_sum3(acc);
+  if (threadIdx.x == 0)
+    for (int k = 0; k < 3; ++k) call.partials[(tensor.first_chunk + chunk) * 3 + k] = acc[k];
 }
 
-__global__ void alignment_sums_kernel(const __grid_constant__ AlignCall call) {
-  if (step_is_skipped(call.found_inf) || threadIdx.x >= 3) return;
-  const int64_t i = blockIdx.x;
-  const double* row = call.partials + i * call.max_chunks * 3;
-  double total = 0.0;
-  for (int64_t c = 0; c < call.max_chunks; ++c) total += row[3 * c + threadIdx.x];
-  call.sums[3 * i + threadIdx.x] = total;
+// The second pass: one block per tensor; thread j adds chunks j, j + blockDim.x, ... in order.
+constexpr int kSumsTensors = 1024;
+struct AlignSumsMeta {
+  int64_t first_chunk[kSumsTensors];
+  int64_t num_chunks[kSumsTensors];
+  int32_t index[kSumsTensors];
+};
+constexpr int kSumsBlock = 256;
+static_assert(sizeof(AlignSumsMeta) + sizeof(AlignCall) < 23 * 1024,
+              "kernel argument budget (NOTE: [chunk metadata in the kernel argument])");
+
+__global__ void __launch_bounds__(kSumsBlock)
+    alignment_sums_kernel(const __grid_constant__ AlignSumsMeta meta, const __grid_constant__ AlignCall call) {
+  if (step_is_skipped(call.found_inf)) return;
+  const double* partials = call.partials + meta.first_chunk[blockIdx.x] * 3;
+  double acc[3] = {0.0, 0.0, 0.0};
+  for (int64_t c = threadIdx.x; c < meta.num_chunks[blockIdx.x]; c += blockDim.x)
+    for (int k = 0; k < 3; ++k) acc[k] += partials[3 * c + k];
+  block_sum3(acc);
+  if (threadIdx.x == 0)
+    for (int k = 0; k < 3; ++k) call.sums[3 * int64_t(meta.index[blockIdx.x]) + k] = acc[k];
 }
 
 // ---- Lookahead ----
@@ -112,8 +136,18 @@ void launch_alignment_sums(const AlignCall& call) {
       check_launch("alignment statistics");
     });
   });
-  alignment_sums_kernel<<<unsigned(call.num_tensors), 32, 0, call.stream>>>(call);
-  check_launch("alignment sums");
+  AlignSumsMeta meta;  // every tensor, empty ones too: their sums are 0
+  for (int64_t first = 0; first < call.num_tensors; first += kSumsTensors) {
+    const int64_t count = call.num_tensors - first < kSumsTensors ? call.num_tensors - first : kSumsTensors;
+    for (int64_t j = 0; j < count; ++j) {
+      const AlignTensor& t = call.tensors[first + j];
+      meta.first_chunk[j] = t.first_chunk;
+      meta.num_chunks[j] = alignment_chunks_of(t.numel);
+      meta.index[j] = t.index;
+    }
+    alignment_sums_kernel<<<unsigned(count), kSumsBlock, 0, call.stream>>>(meta, call);
+    check_launch("alignment sums");
+  }
 }
 
 void launch_lookahead(const LookaheadCall& call) {

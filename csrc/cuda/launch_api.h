@@ -40,6 +40,7 @@ struct UpdateCall {
   int64_t num_tensors;
   DType param_dtype, state_dtype;
   bool grad_fp32;  // float32 gradients of 16-bit parameters (torch's param.grad_dtype), read as such
+  bool unscale;    // divide the gradients by grad_scale and store them back (NOTE: [GradScaler and .grad])
   ParamStore store;
   WeightDecay weight_decay_mode;
   int rule_variant;
@@ -63,11 +64,13 @@ void launch_rmsprop(const UpdateCall<RmspropHyper<double>>&);
 void launch_gradient_ascent(const UpdateCall<GradientAscentHyper<double>>&);
 
 // GradientAlignment statistics: sums[3 i + k] (float64, on the device) receives tensor i's <g,a>, ‖g‖²,
-// ‖a‖². `partials` is zeroed scratch of 3 * num_tensors * max_chunks doubles (max_chunks_per_tensor).
+// ‖a‖². `partials` is scratch of 3 doubles per chunk of the call (alignment_chunks_of each tensor),
+// tensor after tensor: first_chunk is where a tensor's own chunks start.
 struct AlignTensor {
   const void* grad;
   void* ema;
   int64_t numel;
+  int64_t first_chunk;
   int32_t index;
 };
 struct AlignCall {
@@ -77,7 +80,6 @@ struct AlignCall {
   DeviceScalar grad_scale, found_inf;
   double beta;
   double* partials;
-  int64_t max_chunks;
   double* sums;
   cudaStream_t stream;
 };

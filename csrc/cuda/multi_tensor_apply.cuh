@@ -106,9 +106,8 @@ __device__ __forceinline__ double read(const DeviceScalar& s) {
   if (s.ptr == nullptr) return s.value;
   return s.is_double ? *static_cast<const double*>(s.ptr) : double(*static_cast<const float*>(s.ptr));
 }
-__device__ __forceinline__ bool step_is_skipped(const DeviceScalar& found_inf) {
-  return found_inf.ptr != nullptr && read(found_inf) != 0.0;
-}
+// A found_inf given as a CPU tensor arrives as a host value (absent is 0): it skips as a device one does.
+__device__ __forceinline__ bool step_is_skipped(const DeviceScalar& found_inf) { return read(found_inf) != 0.0; }
 
 // kIlp elements of one thread: element j sits at base + j * stride. With stride 1 and a 16-byte aligned
 // base the loads and stores are single vector instructions.
@@ -155,17 +154,23 @@ __device__ __forceinline__ bool is_aligned(const void* p) {
   return reinterpret_cast<uintptr_t>(p) % (sizeof(T) * kIlp) == 0;
 }
 
-// Runs body(base, stride, vector) over the elements [begin, end) of a chunk. Aligned chunks go through
-// vector loads (stride 1, kIlp consecutive elements per thread); the ragged end of a tensor and
-// unaligned tensors take strided, coalesced scalar accesses.
+// Runs body(base, stride, vector) over the elements [begin, end) of a chunk, kIlp consecutive elements
+// per thread and call (stride 1), through vector loads where the tensor is aligned (`vector`), scalar
+// ones elsewhere. Every thread takes the same elements whether or not the tensor is aligned, so a
+// reduction over them does not depend on where the tensor lies in memory (NOTE: [deterministic
+// alignment sums]).
+template <class Body>
+__device__ __forceinline__ void for_each_ilp_same_threads(int64_t begin, int64_t end, bool aligned, Body&& body) {
+  int64_t base = begin + int64_t(threadIdx.x) * kIlp;
+  for (; base + kIlp <= end; base += int64_t(blockDim.x) * kIlp) body(base, int64_t(1), aligned);
+  if (base < end) body(base, int64_t(1), false);
+}
+
+// As for_each_ilp_same_threads, for elementwise work, where which thread takes an element does not
+// matter: unaligned tensors take strided, coalesced scalar accesses instead.
 template <class Body>
 __device__ __forceinline__ void for_each_ilp(int64_t begin, int64_t end, bool aligned, Body&& body) {
-  if (aligned) {
-    int64_t base = begin + int64_t(threadIdx.x) * kIlp;
-    for (; base + kIlp <= end; base += int64_t(blockDim.x) * kIlp) body(base, int64_t(1), true);
-    if (base < end) body(base, int64_t(1), false);
-    return;
-  }
+  if (aligned) return for_each_ilp_same_threads(begin, end, true, body);
   for (int64_t base = begin + threadIdx.x; base < end; base += int64_t(blockDim.x) * kIlp)
     body(base, int64_t(blockDim.x), false);
 }

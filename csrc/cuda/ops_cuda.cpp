@@ -4,6 +4,7 @@
 // grad_scale, found_inf, the steps and the alignment scales reach the kernels as device pointers.
 #include <Python.h>
 #include <ATen/ATen.h>
+#include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
@@ -21,17 +22,27 @@ namespace {
 
 using namespace gf::ops;
 
+bool capturing() { return c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None; }
+
 // A host value, or a device pointer to a float32/float64 scalar (other dtypes are converted on the
-// device and kept alive in `keep`). A CPU tensor is read on the host, which costs no device sync.
-DeviceScalar device_scalar(const OptTensor& t, double absent, std::vector<Tensor>& keep) {
+// device and kept alive in `keep`). A CPU tensor is read on the host, which costs no device sync, but
+// a CUDA graph would replay the value read at capture: refused while capturing.
+DeviceScalar device_scalar(const char* op, const char* name, const OptTensor& t, double absent,
+                           std::vector<Tensor>& keep) {
   if (!t) return {nullptr, false, absent};
-  if (t->device().is_cpu()) return {nullptr, false, t->item<double>()};
+  if (t->device().is_cpu()) {
+    TORCH_CHECK(!capturing(), op, ": ", name, " is a CPU tensor, read on the host at each call; a CUDA graph "
+                "would replay the value it had at capture. Put ", name, " on the GPU to capture the step.");
+    return {nullptr, false, t->item<double>()};
+  }
   Tensor s = *t;
   if (s.scalar_type() != at::kFloat && s.scalar_type() != at::kDouble) s = s.to(at::kFloat);
   keep.push_back(s);
   return {s.data_ptr(), s.scalar_type() == at::kDouble, 0.0};
 }
-DeviceScalar device_scalar(double v, double, std::vector<Tensor>&) { return {nullptr, false, v}; }
+DeviceScalar device_scalar(const char*, const char*, double v, double, std::vector<Tensor>&) {
+  return {nullptr, false, v};
+}
 
 // NOTE: [blocks per chunk]; read at each call so that one process can compare the settings.
 int blocks_per_chunk() {
@@ -74,7 +85,7 @@ struct CudaBackend {
       u.index = int32_t(i);
       if (u.numel == 0) continue;
       u.ptr[0] = views.ptr(p, p, true);
-      u.ptr[1] = views.ptr(a.grads[i], p, false);
+      u.ptr[1] = views.ptr(a.grads[i], p, /*written=*/pipeline.grad_scale.has_value());
       int j = 2;
       for (const NamedList& s : a.states) u.ptr[j++] = views.ptr(s.tensors[i], p, true);
       if (!pipeline.master_weights.empty()) u.ptr[kMasterList] = views.ptr(pipeline.master_weights[i], p, true);
@@ -84,13 +95,14 @@ struct CudaBackend {
     call.num_tensors = int64_t(n);
     call.param_dtype = dtype_of(a.params[0]);
     call.grad_fp32 = a.grad_fp32();
+    call.unscale = pipeline.grad_scale.has_value();
     call.state_dtype = a.state_dtype();
     call.store = a.param_store();
     call.weight_decay_mode = a.weight_decay_mode();
     call.rule_variant = a.rule_variant;
-    call.lr = device_scalar(a.lr, 0.0, keep);
-    call.grad_scale = device_scalar(pipeline.grad_scale, 1.0, keep);
-    call.found_inf = device_scalar(pipeline.found_inf, 0.0, keep);
+    call.lr = device_scalar(a.op, "lr", a.lr, 0.0, keep);
+    call.grad_scale = device_scalar(a.op, "grad_scale", pipeline.grad_scale, 1.0, keep);
+    call.found_inf = device_scalar(a.op, "found_inf", pipeline.found_inf, 0.0, keep);
     call.alignment_scales = pipeline.alignment_scales ? pipeline.alignment_scales->template data_ptr<double>() : nullptr;
     call.weight_decay = a.weight_decay;
     call.maximize = pipeline.maximize;
@@ -125,34 +137,33 @@ void lookahead_cuda(TensorList params, TensorList slow_weights, double alpha) {
 
 void alignment_sums_cuda(TensorList grads, TensorList alignment_emas, const Tensor& sums, double beta,
                          const OptTensor& grad_scale, const OptTensor& found_inf) {
-  check_alignment("gradfused.alignment_sums_", c10::DeviceType::CUDA, grads, alignment_emas, sums, beta, grad_scale,
-                  found_inf);
+  const char* op = "gradfused.alignment_sums_";
+  check_alignment(op, c10::DeviceType::CUDA, grads, alignment_emas, sums, beta, grad_scale, found_inf);
   const size_t n = grads.size();
   if (n == 0) return;
   const c10::cuda::CUDAGuard guard(grads[0].device());
   std::vector<Tensor> keep;
   FlatViews views;
   std::vector<AlignTensor> tensors(n);
-  int64_t max_chunks = 1;
+  int64_t num_chunks = 0;
   for (size_t i = 0; i < n; ++i) {
     const Tensor& g = grads[i];
-    tensors[i] = {nullptr, nullptr, g.numel(), int32_t(i)};
-    max_chunks = std::max(max_chunks, alignment_chunks_of(g.numel()));
+    tensors[i] = {nullptr, nullptr, g.numel(), num_chunks, int32_t(i)};
+    num_chunks += alignment_chunks_of(g.numel());
     if (g.numel() == 0) continue;
     tensors[i].grad = views.ptr(g, g, false);
     tensors[i].ema = views.ptr(alignment_emas[i], g, true);
   }
-  // NOTE: [deterministic alignment sums]: one zeroed slot per (tensor, chunk), no atomics.
-  const Tensor partials = at::zeros({int64_t(n) * max_chunks * 3}, sums.options());
+  // NOTE: [deterministic alignment sums]: one slot per chunk, each written once, no atomics.
+  const Tensor partials = at::empty({std::max<int64_t>(num_chunks, 1) * 3}, sums.options());
   AlignCall call{};
   call.tensors = tensors.data();
   call.num_tensors = int64_t(n);
   call.dtype = dtype_of(grads[0]);
-  call.grad_scale = device_scalar(grad_scale, 1.0, keep);
-  call.found_inf = device_scalar(found_inf, 0.0, keep);
+  call.grad_scale = device_scalar(op, "grad_scale", grad_scale, 1.0, keep);
+  call.found_inf = device_scalar(op, "found_inf", found_inf, 0.0, keep);
   call.beta = beta;
   call.partials = partials.data_ptr<double>();
-  call.max_chunks = max_chunks;
   call.sums = sums.data_ptr<double>();
   call.stream = at::cuda::getCurrentCUDAStream().stream();
   launch_alignment_sums(call);

@@ -62,21 +62,22 @@ __global__ void __launch_bounds__(kBlockSize)
   const auto hyper = call.hyper.template cast<S>();
   const double lr = read(call.lr);
   const PipelineScalars<S> ps = PipelineScalars<double>{lr, call.weight_decay, 1.0 - lr * call.weight_decay}.template cast<S>();
-  double grad_mul = (call.maximize ? -1.0 : 1.0) / read(call.grad_scale);  // 1 when absent; a cpu tensor's value
+  double grad_mul = call.maximize ? -1.0 : 1.0;
   if (call.alignment_scales != nullptr) grad_mul *= call.alignment_scales[tensor.index];
   const S grad_mul_s = S(grad_mul);
+  const S grad_scale = S(read(call.grad_scale));  // a cpu tensor's value arrives as a host value
   const RandomKey key{call.random.seed, tensor.param_index, uint32_t(t)};
   const double noise_std = kRandom ? ::sqrt(call.noise_eta / ::pow(1.0 + t, call.noise_gamma)) : 0.0;
 
   T* p = static_cast<T*>(tensor.ptr[0]);
-  const T* g = static_cast<const T*>(tensor.ptr[1]);
+  T* g = static_cast<T*>(tensor.ptr[1]);
   ST* st[kArray];
 #pragma unroll
   for (int j = 0; j < kStates; ++j) st[j] = static_cast<ST*>(tensor.ptr[2 + j]);
   float* master = static_cast<float*>(tensor.ptr[kMasterList]);
   const bool use_master = std::is_same<S, float>::value && call.store == ParamStore::Master;
 
-  const float* g32 = static_cast<const float*>(tensor.ptr[1]);  // when call.grad_fp32
+  float* g32 = static_cast<float*>(tensor.ptr[1]);  // when call.grad_fp32
   const bool grad_fp32 = !std::is_same<T, double>::value && call.grad_fp32;
   bool aligned = is_aligned<T>(p) && (grad_fp32 ? is_aligned<float>(g32) : is_aligned<T>(g)) &&
                  (!use_master || is_aligned<float>(master));
@@ -89,6 +90,12 @@ __global__ void __launch_bounds__(kBlockSize)
     else load_ilp(pv, p, base, stride, end, vector);
     if (grad_fp32) load_ilp(gv, g32, base, stride, end, vector);
     else load_ilp(gv, g, base, stride, end, vector);
+    if (call.unscale) {  // NOTE: [GradScaler and .grad]
+#pragma unroll
+      for (int j = 0; j < kIlp; ++j) gv[j] = unscale_grad(gv[j], grad_scale);
+      if (grad_fp32) store_ilp(g32, gv, base, stride, end, vector);
+      else store_ilp(g, gv, base, stride, end, vector);
+    }
 #pragma unroll
     for (int k = 0; k < kStates; ++k) load_ilp(sv[k], st[k], base, stride, end, vector);
 #pragma unroll

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from ..reference.philox import stochastic_rounding_bits
+from ..reference.pipeline import in_memory_order
 from . import _validation as V
 from ._dtensor import local
 
@@ -73,9 +74,11 @@ def stochastic_round_(dst: Tensor, src: Tensor, key: tuple[int, int, int]) -> No
     cut off. Unbiased for finite values; inf and NaN stay as they are. key = (seed, step t, parameter
     index): the bits are the CUDA kernels' (NOTE: [stochastic rounding bits] in csrc/common/philox.h)."""
     seed, step, index = key
-    noise = stochastic_rounding_bits(src.numel(), seed=seed, param_index=index, step=step,
-                                     device=src.device).view(src.shape)
-    bits = src.contiguous().view(torch.int32)
+    # element k of the stream is the one at memory position k, as in the kernels (a channels_last tensor's
+    # memory order is not its logical one)
+    noise = in_memory_order(stochastic_rounding_bits(src.numel(), seed=seed, param_index=index, step=step,
+                                                     device=src.device), src)
+    bits = src.view(torch.int32)
     rounded = ((bits + noise) & ~0xFFFF).view(torch.float32)
     dst.copy_(torch.where(torch.isfinite(src), rounded, src))
 
@@ -99,18 +102,18 @@ class Fp32Work:
             params = [local(st["master_weight"]) for st in states]
         else:
             params = [p.float() for p in self.targets]
-        grads = [g.float() for g in lists[1]]
-        self.upcast_states = [(lst, [t.float() for t in lst]) if lst and lst[0].dtype != torch.float32 else (lst, lst)
-                              for lst in lists[2:]]
-        self.lists = [params, grads, *[work for _, work in self.upcast_states]]
+        self.upcast = [(lst, [t.float() for t in lst]) if lst and lst[0].dtype != torch.float32 else (lst, lst)
+                       for lst in lists[1:]]  # the gradients, then the states
+        self.lists = [params, *[work for _, work in self.upcast]]
 
-    def write_back(self, param_indices: list[int]) -> None:
+    def write_back(self, param_indices: list[int], grads_written: bool) -> None:
+        """`grads_written`: the op stored the unscaled gradients (NOTE: [GradScaler and .grad])."""
         params = self.lists[0]
         if self.group["stochastic_rounding"]:
             for p, work, st, index in zip(self.targets, params, self.states, param_indices):
                 stochastic_round_(p, work, (self.group["seed"], int(st["step"].item()), index))
         else:
             torch._foreach_copy_(self.targets, params)
-        for original, work in self.upcast_states:
-            if work is not original:
+        for k, (original, work) in enumerate(self.upcast):
+            if work is not original and (k > 0 or grads_written):
                 torch._foreach_copy_(original, work)

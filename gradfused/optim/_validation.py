@@ -23,6 +23,17 @@ def without_device_reads():
         _reading_device_values[0] = True
 
 
+# NOTE: [CUDA graph capture]
+# A captured step replays its kernels with the arguments they had at capture. Values on the GPU (the
+# steps, a tensor lr on the device, GradScaler's scale and found_inf) are read by the kernels at each
+# replay, so they follow; a value read on the host (a CPU tensor, a host-side counter) would be frozen.
+# Where one would decide a captured step, the step refuses capture and names it. (A Python float lr is
+# frozen too, as in torch's capturable optimizers: schedule a tensor lr on the device instead.)
+def refuse_capture(owner: str, what: str) -> None:
+    if not torch.compiler.is_compiling() and torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+        raise RuntimeError(f"{owner} cannot be captured in a CUDA graph: {what}")
+
+
 def _value(x):
     if isinstance(x, torch.Tensor) and x.numel() == 1:
         if x.device.type != "cpu" and not _reading_device_values[0]:

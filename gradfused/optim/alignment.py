@@ -8,6 +8,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from .. import ops
+from ..reference.pipeline import unscale
 from . import _validation as V
 from ._dtensor import is_dtensor, local_shards, sum_over_shards
 from ._wrapper import WrappingOptimizer
@@ -112,16 +113,19 @@ class GradientAlignment(WrappingOptimizer):
         """Any other optimizer: scale the gradients in place (and unscale them, under GradScaler), then step."""
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
-        if found_inf is not None and found_inf.item() != 0:
-            return loss  # a skipped AMP step: nothing changes, the EMAs included
+        if found_inf is not None:
+            V.refuse_capture("gradfused.GradientAlignment", f"over {type(self.base).__name__}, skipping a step that "
+                             "GradScaler found inf in reads found_inf on the host; wrap a gradfused optimizer instead")
+            if found_inf.item() != 0:
+                return loss  # a skipped AMP step: nothing changes, the EMAs included
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             for idx in FusedOptimizer._buckets(params, by_grad_dtype=True):
                 bucket = [params[i] for i in idx]
                 scales = self._stats(bucket, grad_scale, None)
-                if grad_scale is not None:
-                    scales = scales / grad_scale.to(scales)
                 for p, s in zip(bucket, scales):
+                    if grad_scale is not None:  # NOTE: [GradScaler and .grad] in csrc/common/pipeline.h
+                        p.grad.copy_(unscale(p.grad, grad_scale))
                     p.grad.mul_(s.to(p.grad.dtype))
         self.base.step()
         return loss

@@ -140,6 +140,10 @@ class FusedOptimizer(Optimizer):
             raise ValueError(f"{self._name}: {where} is sparse ({p.layout}); only dense parameters are supported")
         if p.dtype not in _SUPPORTED_DTYPES:
             raise ValueError(f"{self._name}: {where} has dtype {p.dtype}; expected float32, float64, bfloat16 or float16")
+        if torch._debug_has_internal_overlap(p) == 1:  # NOTE: [every element once] in csrc/ops_shared.h
+            raise ValueError(f"{self._name}: {where} (shape {tuple(p.shape)}, strides {p.stride()}) has elements that "
+                             "share memory, as an expanded tensor does; an in-place update needs a parameter that "
+                             "holds each element once (.clone() it)")
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -348,10 +352,11 @@ class FusedOptimizer(Optimizer):
                     fp32_grads.append(id(p))  # torch's param.grad_dtype = torch.float32
                 else:
                     self._raise_bad_grad(group, i, p, g)
-            if random and is_dtensor(p):
-                raise ValueError(f"{self._name}: params[{i}] is a sharded DTensor; grad_noise, grad_dropout and "
-                                 "lr_dropout key each element by its index in the whole tensor, which a shard "
-                                 "does not know yet: they are not supported with FSDP2/DTensor parameters")
+            if (random or group["stochastic_rounding"]) and is_dtensor(p):
+                raise ValueError(f"{self._name}: params[{i}] is a sharded DTensor; grad_noise, grad_dropout, "
+                                 "lr_dropout and stochastic_rounding key each element by its index in the whole "
+                                 "tensor, which a shard does not know yet: they are not supported with "
+                                 "FSDP2/DTensor parameters")
             params.append(p)
         self._fp32_grads[self._group_index(group)] = tuple(fp32_grads)
         return params
@@ -475,14 +480,19 @@ class FusedOptimizer(Optimizer):
                 **fused_precision,
             )
             if work is not None:
-                work.write_back(indices if group["stochastic_rounding"] else [])
+                work.write_back(indices if group["stochastic_rounding"] else [], grads_written=grad_scale is not None)
 
     def _op_kwargs(self, group: dict, device: torch.device, indices: list[int], grad_scale: Tensor | None,
                    found_inf: Tensor | None, alignment_scales: Tensor | None = None) -> dict[str, Any]:
         """The op's keyword arguments for one bucket: lr, the hyperparameters and the pipeline options."""
         # Tensor betas, say, as torch.optim allows: the op takes numbers, and the reference would broadcast
         # a tensor of shape [1, 1, 1] into the states' shape
-        hyper = {k: v.item() if isinstance(v, Tensor) else v for k, v in self._op_hyperparameters(group).items()}
+        hyper = self._op_hyperparameters(group)
+        for k, v in hyper.items():
+            if isinstance(v, Tensor):
+                V.refuse_capture(self._name, f"{k} is a tensor, read on the host at each step (only lr may be a "
+                                 "tensor on the GPU); pass it as a number")
+                hyper[k] = v.item()
         keyed = R.is_random(group) or group["stochastic_rounding"]  # else the indices key nothing
         return dict(lr=group["lr"], **hyper, **R.op_kwargs(group), param_indices=indices if keyed else None,
                     maximize=group["maximize"],

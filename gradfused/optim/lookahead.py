@@ -50,6 +50,8 @@ class Lookahead(WrappingOptimizer):
     @torch.no_grad()
     def step(self, closure=None):
         self._step_called[0] = True  # NOTE: [LR schedulers and torch.compile]
+        V.refuse_capture(_NAME, "which steps sync the slow weights (every k-th) is counted on the host, and "
+                         "replays would repeat the choice made at capture; capture the base optimizer's step instead")
         for p in self._params():  # φ0 = θ0, for parameters seen for the first time
             if "lookahead_slow" not in self.state[p]:
                 self.state[p]["lookahead_slow"] = p.detach().clone(memory_format=torch.preserve_format)

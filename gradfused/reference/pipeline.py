@@ -31,6 +31,12 @@ def write_back(dst: Tensor, src: Tensor) -> None:
     dst.copy_(src)  # a 16-bit tensor is rounded once, here
 
 
+def unscale(g: Tensor, grad_scale: Tensor) -> Tensor:
+    """g / grad_scale, a true division as torch's fused kernels do. The scale goes in as a tensor on g's
+    device: a Python number or a CPU scalar would let CUDA multiply by its reciprocal instead."""
+    return g / grad_scale.to(device=g.device, dtype=g.dtype)
+
+
 def as_float(x) -> float:
     return float(x.item()) if isinstance(x, Tensor) else float(x)
 
@@ -85,8 +91,9 @@ def run_pipeline(
             index = i if param_indices is None else param_indices[i]
             normal, grad_u, lr_u = (in_memory_order(x, param) for x in
                                     element_draws(param.numel(), seed=seed, param_index=index, step=int(t)))
-        if grad_scale is not None:  # 1. AMP unscale
-            g = g / grad_scale.item()
+        if grad_scale is not None:  # 1. AMP unscale (NOTE: [GradScaler and .grad] in csrc/common/pipeline.h)
+            g = unscale(g, grad_scale)
+            write_back(grad, g)
         if alignment_scales is not None:  # 2. alignment scale s_T
             g = g * alignment_scales[i].item()
         if maximize:  # 3. maximize
@@ -138,7 +145,7 @@ def alignment_sums_(
     for i, (grad, ema) in enumerate(zip(grads, alignment_emas)):
         g = upcast(grad)
         if grad_scale is not None:
-            g = g / grad_scale.item()
+            g = unscale(g, grad_scale)
         a = upcast(ema)
         a = beta * a + (1 - beta) * g
         write_back(ema, a)
