@@ -132,16 +132,19 @@ inline void check_lists(const char* op, c10::DeviceType device_type, const Named
 }
 
 // Per-tensor scalar state (`state_steps`, NAdam's `mu_products`): one-element float tensors on the
-// parameters' device; float64 is allowed on the CPU.
-inline void check_scalar_list(const char* op, const char* name, TensorList list, TensorList params) {
+// parameters' device; float64 is allowed for the steps, and for everything on the CPU.
+// NOTE: [exact step counts]: a float32 count stops at 2^24 (16.7M steps), where the random streams,
+// keyed by t, would repeat; the optimizers keep float64 counts for the groups that draw.
+inline void check_scalar_list(const char* op, const char* name, TensorList list, TensorList params,
+                              bool float64_ok = false) {
   TORCH_CHECK(list.size() == params.size(), op, ": ", name, " has ", list.size(), " tensors but params has ",
               params.size());
   for (size_t i = 0; i < list.size(); ++i) {
     const Tensor& s = list[i];
-    const bool cpu = params[i].device().is_cpu();
+    const bool double_ok = float64_ok || params[i].device().is_cpu();
     TORCH_CHECK(s.defined() && s.numel() == 1 && s.device() == params[i].device() &&
-                    (s.scalar_type() == at::kFloat || (cpu && s.scalar_type() == at::kDouble)),
-                op, ": ", name, "[", i, "] must be a one-element ", cpu ? "float32 or float64" : "float32",
+                    (s.scalar_type() == at::kFloat || (double_ok && s.scalar_type() == at::kDouble)),
+                op, ": ", name, "[", i, "] must be a one-element ", double_ok ? "float32 or float64" : "float32",
                 " tensor on ", params[i].device(), " (params[", i, "]'s device)");
   }
 }
@@ -274,7 +277,7 @@ void check_update(const UpdateArgs<Hyper, Lr>& a, c10::DeviceType device_type, b
   for (const NamedList& list : a.states) check_owns_each_element(a.op, list);
   if (a.pipeline.grad_scale) check_owns_each_element(a.op, {"grads", a.grads});  // NOTE: [GradScaler and .grad]
   if (!a.pipeline.master_weights.empty()) check_owns_each_element(a.op, {"master_weights", a.pipeline.master_weights});
-  check_scalar_list(a.op, "state_steps", a.steps, a.params);
+  check_scalar_list(a.op, "state_steps", a.steps, a.params, /*float64_ok=*/true);
   if (!a.products.empty() || std::is_same<Hyper, NAdamHyper<double>>::value)
     check_scalar_list(a.op, "mu_products", a.products, a.params);
   if constexpr (std::is_same<Lr, double>::value) check_nonneg(a.op, "lr", a.lr);

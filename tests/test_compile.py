@@ -5,6 +5,7 @@ import torch
 from torch._dynamo.testing import CompileCounter
 
 import gradfused as gf
+from devices import DEVICES
 from optim_table import CASES, all_states
 from torch_versions import needs_compile
 
@@ -112,3 +113,33 @@ def test_compiled_training_step_equals_eager():
         torch.testing.assert_close(compiled(models[0], opts[0], x, y), train_step(models[1], opts[1], x, y))
     for p, q in zip(models[0].parameters(), models[1].parameters()):
         torch.testing.assert_close(p, q)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_compiled_step_in_a_training_loop_never_recompiles(device):
+    """A 20-step training loop, as users write it: zero_grad(set_to_none=False), backward, a compiled
+    `opt.step()` (fullgraph) and an LR scheduler over a tensor lr. At most two frames (the step that
+    creates the state and the steady one), so no recompilation, and eager's numbers bit for bit."""
+    torch.manual_seed(0)
+    models = [torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)).to(device)
+              for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    opts = [gf.AdamW(m.parameters(), lr=torch.tensor(1e-2, device=device), weight_decay=0.1) for m in models]
+    scheds = [torch.optim.lr_scheduler.StepLR(o, step_size=5, gamma=0.5) for o in opts]
+    counter = CompileCounter()
+
+    @torch.compile(fullgraph=True, backend=counter)
+    def step():
+        opts[0].step()
+
+    for _ in range(20):
+        x, y = torch.randn(8, 16, device=device), torch.randint(0, 4, (8,), device=device)
+        for model, opt in zip(models, opts):
+            opt.zero_grad(set_to_none=False)
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+        step()
+        opts[1].step()
+        for s in scheds:
+            s.step()
+    assert counter.frame_count <= 2
+    _assert_bitwise(list(models[0].parameters()), opts[0], list(models[1].parameters()), opts[1])

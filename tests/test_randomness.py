@@ -169,3 +169,30 @@ def test_sharded_parameters_reject_random_options_before_writing(tmp_path):
         assert not opt.state
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["native", "reference"])
+def test_random_draws_keep_changing_past_2_to_the_24_steps(fused):
+    """NOTE: [exact step counts]: a group that draws counts its steps in float64. A float32 count stops
+    at 2^24 (2^24 + 1 rounds back to 2^24), and every later step drew the same masks again."""
+    p = torch.zeros(1000, requires_grad=True)
+    opt = gf.Adam([p], lr=1.0, lr_dropout=0.5, seed=1, fused=fused)
+    p.grad = torch.ones(1000)
+    opt.step()
+    assert opt.state[p]["step"].dtype == torch.float64
+    opt.state[p]["step"].fill_(2**24)
+    masks = []
+    for _ in range(2):
+        before = p.detach().clone()
+        opt.step()
+        masks.append(p.detach() != before)
+    assert opt.state[p]["step"].item() == 2**24 + 2
+    assert not torch.equal(masks[0], masks[1])
+
+
+def test_plain_groups_keep_torchs_float32_step():
+    p = torch.zeros(3, requires_grad=True)
+    opt = gf.Adam([p])
+    p.grad = torch.ones(3)
+    opt.step()
+    assert opt.state[p]["step"].dtype == torch.float32

@@ -135,7 +135,7 @@ struct CpuBackend {
       num_chunks += (slot.numel + kChunkSize - 1) / kChunkSize;
       slot.grad_mul = grad_mul_base * (align ? align[i] : 1.0);
       slot.scalars = tensor_scalars(i, t);
-      slot.random_key = {uint64_t(pipeline.seed), pipeline.param_index(i), uint32_t(t)};
+      slot.random_key = {uint64_t(pipeline.seed), pipeline.param_index(i), uint32_t(uint64_t(t))};
       slot.noise_std = noise_eta == 0.0 ? 0.0 : std::sqrt(noise_eta / std::pow(1.0 + t, noise_gamma));
       if (slot.numel == 0) continue;
       slot.ptr[0] = views.ptr(p, p, true);

@@ -27,7 +27,8 @@ constexpr int kMasterList = 5;
 struct UpdateTensor {
   void* ptr[kMaxLists];   // unused lists are nullptr
   int64_t numel;
-  float* step;            // state_steps[i]: t = *step + 1 during the update
+  void* step;             // state_steps[i]: t = *step + 1 during the update
+  bool step_is_double;    // float64 (exact past 2^24: NOTE: [exact step counts]), else float32
   float* product;         // NAdam's mu_products[i], else nullptr
   uint32_t param_index;   // the Philox key of the random steps and of stochastic rounding
   int32_t index;          // position in the call: alignment_scales[index]

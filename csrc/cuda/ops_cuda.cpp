@@ -79,7 +79,8 @@ struct CudaBackend {
       UpdateTensor& u = tensors[i];
       std::fill(std::begin(u.ptr), std::end(u.ptr), nullptr);
       u.numel = p.numel();
-      u.step = a.steps[i].template data_ptr<float>();
+      u.step = a.steps[i].data_ptr();
+      u.step_is_double = a.steps[i].scalar_type() == at::kDouble;
       u.product = a.products.empty() ? nullptr : a.products[i].template data_ptr<float>();
       u.param_index = pipeline.param_index(i);
       u.index = int32_t(i);

@@ -31,6 +31,10 @@ static_assert(sizeof(UpdateMeta) < 23 * 1024, "kernel argument budget (NOTE: [ch
 
 template <class T> using S_of = typename ComputeOf<T>::type;
 
+__device__ __forceinline__ double read_step(const void* step, bool is_double) {
+  return is_double ? *static_cast<const double*>(step) : double(*static_cast<const float*>(step));
+}
+
 __device__ __forceinline__ uint32_t float_bits(float x) { return __float_as_uint(x); }
 
 // bf16 from fp32 with 16 random bits added below the mantissa (NOTE: [stochastic rounding bits]);
@@ -55,7 +59,7 @@ __global__ void __launch_bounds__(kBlockSize)
   const int64_t begin = slice.begin, end = slice.end;
 
   // Per-tensor scalars, in double, as the CPU engine forms them on the host.
-  const double t = double(*tensor.step) + 1.0;
+  const double t = read_step(tensor.step, tensor.step_is_double) + 1.0;
   double product = 0.0;
   if constexpr (Scalars::kHasProduct) product = double(float(Scalars::product(t, double(*tensor.product), call.hyper)));
   const auto ts = Scalars::at(t, product, call.hyper).template cast<S>();
@@ -66,7 +70,7 @@ __global__ void __launch_bounds__(kBlockSize)
   if (call.alignment_scales != nullptr) grad_mul *= call.alignment_scales[tensor.index];
   const S grad_mul_s = S(grad_mul);
   const S grad_scale = S(read(call.grad_scale));  // a cpu tensor's value arrives as a host value
-  const RandomKey key{call.random.seed, tensor.param_index, uint32_t(t)};
+  const RandomKey key{call.random.seed, tensor.param_index, uint32_t(uint64_t(t))};
   const double noise_std = kRandom ? ::sqrt(call.noise_eta / ::pow(1.0 + t, call.noise_gamma)) : 0.0;
 
   T* p = static_cast<T*>(tensor.ptr[0]);
@@ -141,19 +145,19 @@ __global__ void __launch_bounds__(kBlockSize)
 // unless found_inf skips the step (NOTE: [the op owns the step increment]).
 constexpr int kAdvanceMax = 1024;
 struct AdvanceMeta {
-  float* step[kAdvanceMax];
+  void* step[kAdvanceMax];
   float* product[kAdvanceMax];
+  bool step_is_double[kAdvanceMax];
 };
 
 template <class Scalars, class H>
 __global__ void advance_steps_kernel(const __grid_constant__ AdvanceMeta meta, int n, DeviceScalar found_inf, H hyper) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= n || step_is_skipped(found_inf)) return;
-  if constexpr (Scalars::kHasProduct) {
-    const double t = double(*meta.step[i]) + 1.0;
-    *meta.product[i] = float(Scalars::product(t, double(*meta.product[i]), hyper));
-  }
-  *meta.step[i] += 1.0f;
+  const double t = read_step(meta.step[i], meta.step_is_double[i]) + 1.0;
+  if constexpr (Scalars::kHasProduct) *meta.product[i] = float(Scalars::product(t, double(*meta.product[i]), hyper));
+  if (meta.step_is_double[i]) *static_cast<double*>(meta.step[i]) = t;
+  else *static_cast<float*>(meta.step[i]) += 1.0f;
 }
 
 template <class F>
@@ -200,6 +204,7 @@ void launch_update(const UpdateCall<H>& call) {
     const int n = int(call.num_tensors - first < kAdvanceMax ? call.num_tensors - first : kAdvanceMax);
     for (int i = 0; i < n; ++i) {
       meta.step[i] = call.tensors[first + i].step;
+      meta.step_is_double[i] = call.tensors[first + i].step_is_double;
       meta.product[i] = call.tensors[first + i].product;
     }
     advance_steps_kernel<Scalars, H><<<(n + 255) / 256, 256, 0, call.stream>>>(meta, n, call.found_inf, call.hyper);

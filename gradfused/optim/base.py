@@ -177,14 +177,16 @@ class FusedOptimizer(Optimizer):
                 for p in group["params"]:
                     self.state.get(p, {}).pop("master_weight", None)
         scalar_keys = {"step"}.union(*(self._scalar_state_keys(group) for group in self.param_groups))
+        step_dtypes = {p: self._step_dtype(group) for group in self.param_groups for p in group["params"]}
         for p, st in self.state.items():  # `step` and the like live with their parameter, as float32
             if st and "step" not in st:  # torch.optim.SGD keeps no step count: its state is past step 1
                 st["step"] = 1.0
             for key in scalar_keys & set(st):
+                dtype = step_dtypes[p] if key == "step" else torch.float32
                 if isinstance(st[key], Tensor):
-                    st[key] = st[key].to(device=p.device, dtype=torch.float32)
+                    st[key] = st[key].to(device=p.device, dtype=dtype)
                 else:
-                    st[key] = torch.tensor(float(st[key]), dtype=torch.float32, device=p.device)
+                    st[key] = torch.tensor(float(st[key]), dtype=dtype, device=p.device)
 
     def _states_not_in_param_dtype(self, state_dict: dict[str, Any]) -> list[tuple[Tensor, str, Tensor, torch.dtype]]:
         """(parameter, key, saved tensor, dtype) for each saved state this optimizer keeps in another dtype
@@ -391,10 +393,19 @@ class FusedOptimizer(Optimizer):
         raise RuntimeError(f"{self._name}: the gradient of {where} is on {g.device} but the parameter "
                            f"is on {p.device}")
 
+    @staticmethod
+    def _step_dtype(group: dict) -> torch.dtype:
+        """float32 as torch.optim's, but float64 where the step keys random draws: a float32 count stops at
+        2^24 steps, and the draws would repeat from there (NOTE: [exact step counts] in csrc/ops_shared.h)."""
+        return torch.float64 if R.is_random(group) or group["stochastic_rounding"] else torch.float32
+
     def _init_state(self, p: Tensor, group: dict, specs: list[tuple[str, bool]]) -> dict:
         state = self.state[p]
+        step_dtype = self._step_dtype(group)
         if "step" not in state:
-            state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+            state["step"] = torch.zeros((), dtype=step_dtype, device=p.device)
+        elif state["step"].dtype != step_dtype:  # a checkpoint, or the group's options changed
+            state["step"] = state["step"].to(step_dtype)
         dtype = P.state_dtype(group, p)
         for key, used in specs:
             if used and key not in state:
@@ -440,7 +451,7 @@ class FusedOptimizer(Optimizer):
         for idx in self._buckets(params, by_grad_dtype=True):
             bucket = [params[i] for i in idx]
             states = ([self._init_state(p, group, specs) for p in bucket] if stateful else
-                      [{"step": torch.zeros((), dtype=torch.float32, device=p.device)} for p in bucket])
+                      [{"step": torch.zeros((), dtype=self._step_dtype(group), device=p.device)} for p in bucket])
             plan.append((bucket, states, self._param_indices(bucket)))
         key = key[:2] + (len(self.state),)  # state creation above may have grown it
         if len(self._plans) >= _MAX_PLANS:

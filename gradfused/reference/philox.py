@@ -44,7 +44,7 @@ def _element_words(numel: int, seed: int, param_index: int, step: int, stream_bi
     the counter's second word to pick a stream apart."""
     element = torch.arange(numel, dtype=torch.int64, device=device)
     seed &= (1 << 64) - 1  # the kernels take the seed's 64 bits
-    return philox4x32_10((element & _M32, (element >> 32) | stream_bit, param_index, step), (seed & _M32, seed >> 32))
+    return philox4x32_10((element & _M32, (element >> 32) | stream_bit, param_index, step & _M32), (seed & _M32, seed >> 32))
 
 
 def element_draws(numel: int, *, seed: int, param_index: int, step: int) -> tuple[Tensor, Tensor, Tensor]:
