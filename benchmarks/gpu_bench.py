@@ -1,6 +1,9 @@
-"""GPU step benchmark (benchmarks/gpu_check.sh runs it): every gradfused rule beside torch's fused AdamW
-and SGD, timed with CUDA events, with an in-place `a.add_(b, alpha=0.5)` yardstick over 100M fp32
-(12 bytes per element; 1.2 GB a pass, far beyond L2) measured in the same run, interleaved with the steps.
+"""GPU step benchmark (benchmarks/gpu_check.sh runs it): gradfused's rules beside torch's fused (or
+foreach) optimizers on real parameter layouts (GPT-2 124M, ResNet-50, a 1B-class decoder, 10,000 x 1,000)
+and on 100M in 100 tensors, timed with CUDA events, with two yardsticks measured in the same run,
+interleaved with the steps: an in-place `a.add_(b, alpha=0.5)` over 100M fp32 (12 bytes per element; 1.2 GB
+a pass, far beyond L2) and a 1 GiB device-to-device copy (bytes read plus written). bf16 providers and the
+CUDA-graph replays run in the same rounds as the fp32 eager steps they are compared with.
 
 Each round times every provider once (`--steps` steps between two events), in a fresh order; the
 speed ratios are taken within a round, so the spread over rounds shows the noise. Writes JSON and a text
@@ -18,11 +21,15 @@ import time
 import torch
 
 import gradfused as gf
+from gradfused import benchmarking as B
 
-CASES = {  # name -> (shapes, dtype, gradfused options)
-    "100M-in-100": ([(1_000_000,)] * 100, torch.float32, {}),
-    "10M-in-10000": ([(1_000,)] * 10_000, torch.float32, {}),
-    "100M-in-100-bf16-master": ([(1_000_000,)] * 100, torch.bfloat16, dict(master_weights=True)),
+# The parameter layouts (gradfused/benchmarking.py writes them from the architectures)
+LAYOUTS = {
+    "gpt2-124M": B.gpt2_shapes(),  # 148 tensors
+    "resnet50": B.resnet50_shapes(),  # 161 tensors, 25.6M
+    "decoder-0.94B": B.decoder_1b_shapes(),  # 197 tensors
+    "10000x1000": [(1_000,)] * 10_000,
+    "100M-in-100": [(1_000_000,)] * 100,
 }
 
 class BlocksPerChunk:
@@ -43,12 +50,37 @@ class BlocksPerChunk:
                 os.environ["GRADFUSED_CUDA_BLOCKS_PER_CHUNK"] = old
 
 
-# name -> (factory(params, options), fp32 bytes per element) ; torch's fused kernels beside ours
+class CapturedStep:
+    """`opt.step()` captured once in a CUDA graph; `step()` replays it (torch's capture recipe: the first
+    step, which creates the state, runs eagerly on a side stream)."""
+
+    def __init__(self, opt):
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            opt.step()
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            opt.step()
+
+    def step(self):
+        self.graph.replay()
+
+
+BF16 = (torch.bfloat16, {})
+BF16_MASTER = (torch.bfloat16, dict(master_weights=True))
+# name -> (factory(params, options), fp32 bytes per element[, (dtype, gradfused options)]); torch's fused
+# kernels beside ours. A provider with a dtype of its own runs in the same rounds as the fp32 ones, so the
+# ratio of a bf16 step to the fp32 step is measured side by side.
 PROVIDERS = {
     "gradfused.SGD(momentum)": (lambda p, o: gf.SGD(p, lr=1e-2, momentum=0.9, **o), 20),
     "gradfused.SGD(plain)": (lambda p, o: gf.SGD(p, lr=1e-2, **o), 12),
     "gradfused.PersistentSGD": (lambda p, o: gf.PersistentSGD(p, decay=0.9, **o), 20),
     "gradfused.AdamW": (lambda p, o: gf.AdamW(p, **o), 28),
+    "gradfused.AdamW[graph]": (lambda p, o: CapturedStep(gf.AdamW(p, **o)), 28),
+    "gradfused.AdamW(bf16)": (lambda p, o: gf.AdamW(p, **o), 28, BF16),
+    "gradfused.AdamW(bf16,master)": (lambda p, o: gf.AdamW(p, **o), 28, BF16_MASTER),
     "gradfused.AdamW[1 block/chunk]": (lambda p, o: BlocksPerChunk(gf.AdamW(p, **o), 1), 28),
     "gradfused.PersistentSGD[1 block/chunk]": (lambda p, o: BlocksPerChunk(gf.PersistentSGD(p, decay=0.9, **o), 1), 20),
     "gradfused.AdamW(amsgrad)": (lambda p, o: gf.AdamW(p, amsgrad=True, **o), 36),
@@ -59,23 +91,53 @@ PROVIDERS = {
     "gradfused.GradientAscent": (lambda p, o: gf.GradientAscent(p, **o), 28),
     "gradfused.Align(AdamW)": (lambda p, o: gf.GradientAlignment(gf.AdamW(p, **o)), 40),
     "torch.AdamW(fused)": (lambda p, o: torch.optim.AdamW(p, fused=True), 28),
+    "torch.AdamW(fused,capturable)[graph]": (lambda p, o: CapturedStep(torch.optim.AdamW(p, fused=True, capturable=True)), 28),
+    "torch.AdamW(fused,bf16)": (lambda p, o: torch.optim.AdamW(p, fused=True), 28, BF16),
+    "torch.RAdam(foreach)": (lambda p, o: torch.optim.RAdam(p, foreach=True), 28),
+    "torch.NAdam(foreach)": (lambda p, o: torch.optim.NAdam(p, foreach=True), 28),
     "torch.SGD(fused,momentum)": (lambda p, o: torch.optim.SGD(p, lr=1e-2, momentum=0.9, fused=True), 20),
     "torch.SGD(fused,plain)": (lambda p, o: torch.optim.SGD(p, lr=1e-2, fused=True), 12),
 }
+ALL_RULES = [name for name in PROVIDERS if "[graph]" not in name and "bf16" not in name
+             and not name.startswith(("torch.RAdam", "torch.NAdam"))]
+# case -> (layout, dtype and options of the providers without their own, providers)
+CASES = {
+    "gpt2-124M": ("gpt2-124M", (torch.float32, {}), [
+        "gradfused.AdamW", "torch.AdamW(fused)", "gradfused.SGD(momentum)", "torch.SGD(fused,momentum)",
+        "gradfused.RAdam", "torch.RAdam(foreach)", "gradfused.NAdam", "torch.NAdam(foreach)", "gradfused.Align(AdamW)",
+        "gradfused.AdamW(bf16)", "torch.AdamW(fused,bf16)", "gradfused.AdamW(bf16,master)"]),
+    "resnet50": ("resnet50", (torch.float32, {}), [
+        "gradfused.AdamW", "torch.AdamW(fused)", "gradfused.SGD(momentum)", "torch.SGD(fused,momentum)",
+        "gradfused.Align(AdamW)", "gradfused.AdamW(bf16,master)"]),
+    "decoder-0.94B": ("decoder-0.94B", (torch.float32, {}), [
+        "gradfused.AdamW", "torch.AdamW(fused)", "gradfused.AdamW(bf16,master)"]),
+    "10000x1000": ("10000x1000", (torch.float32, {}), [
+        "gradfused.AdamW", "torch.AdamW(fused)", "gradfused.AdamW[graph]", "torch.AdamW(fused,capturable)[graph]",
+        "gradfused.SGD(plain)", "torch.SGD(fused,plain)", "gradfused.SGD(momentum)", "torch.SGD(fused,momentum)"]),
+    "100M-in-100": ("100M-in-100", (torch.float32, {}), ALL_RULES),
+    "100M-in-100-bf16-master": ("100M-in-100", BF16_MASTER,
+                                [name for name in ALL_RULES if name.startswith("gradfused.")]),
+}
+# (numerator, denominator): each ratio is taken within a round, so its spread over rounds shows the noise
+RATIOS = [
+    ("torch.AdamW(fused)", "gradfused.AdamW"), ("torch.SGD(fused,momentum)", "gradfused.SGD(momentum)"),
+    ("torch.SGD(fused,plain)", "gradfused.SGD(plain)"), ("torch.SGD(fused,momentum)", "gradfused.PersistentSGD"),
+    ("torch.RAdam(foreach)", "gradfused.RAdam"), ("torch.NAdam(foreach)", "gradfused.NAdam"),
+    ("torch.AdamW(fused,bf16)", "gradfused.AdamW(bf16)"),
+    ("torch.AdamW(fused,capturable)[graph]", "gradfused.AdamW[graph]"),
+    ("gradfused.Align(AdamW)", "gradfused.AdamW"), ("gradfused.AdamW(bf16,master)", "gradfused.AdamW"),
+    ("gradfused.AdamW[1 block/chunk]", "gradfused.AdamW"), ("gradfused.PersistentSGD[1 block/chunk]", "gradfused.PersistentSGD"),
+]
 
 
-
-# bytes per element with bf16 parameters and gradients, fp32 master weights and fp32 states (the ideal
-# of one pass: master r/w, bf16 param write, bf16 grad read, each fp32 state r/w)
-def bf16_master_bytes(fp32_bytes: int) -> int:
-    states = (fp32_bytes - 12) // 8  # fp32: param r/w 8 + grad 4 + 8 per state
-    return 8 + 2 + 2 + 8 * states
-
-
-def yardstick(n: int):
-    a = torch.randn(n, device="cuda")
-    b = torch.randn(n, device="cuda")
-    return (lambda: a.add_(b, alpha=0.5)), 12 * n
+def bytes_per_element(fp32_bytes: int, dtype: torch.dtype, options: dict) -> int:
+    """The ideal bytes of one pass: fp32 as given; 16-bit parameters, gradients and states half of it; with
+    master weights, the master read and written, the 16-bit parameter written, the 16-bit gradient read
+    and each fp32 state read and written."""
+    if options.get("master_weights"):
+        states = (fp32_bytes - 12) // 8  # fp32: param r/w 8 + grad 4 + 8 per state
+        return 8 + 2 + 2 + 8 * states
+    return fp32_bytes * dtype.itemsize // 4
 
 
 def time_steps(fn, steps: int) -> float:
@@ -89,14 +151,14 @@ def time_steps(fn, steps: int) -> float:
     return start.elapsed_time(end) / 1e3 / steps
 
 
-def bench_case(case: str, providers: list[str], rounds: int, steps: int) -> dict:
-    shapes, dtype, options = CASES[case]
+def bench_case(case: str, rounds: int, steps: int) -> dict:
+    layout, (case_dtype, case_options), providers = CASES[case]
+    shapes = LAYOUTS[layout]
     numel = sum(torch.Size(s).numel() for s in shapes)
-    opts, peaks = {}, {}
+    opts, peaks, kinds = {}, {}, {}
     gen = torch.Generator(device="cuda").manual_seed(0)
     for name in providers:
-        if name.startswith("torch") and options:  # torch has no fused master weights: not comparable
-            continue
+        dtype, options = PROVIDERS[name][2] if len(PROVIDERS[name]) > 2 else (case_dtype, case_options)
         params = [torch.randn(s, device="cuda", dtype=dtype, generator=gen).requires_grad_() for s in shapes]
         for p in params:
             p.grad = torch.randn(p.shape, device="cuda", dtype=dtype, generator=gen) * 1e-3
@@ -108,47 +170,37 @@ def bench_case(case: str, providers: list[str], rounds: int, steps: int) -> dict
         opt.step()
         torch.cuda.synchronize()
         peaks[name] = torch.cuda.max_memory_allocated() - base
-        opts[name] = opt
-    yard, yard_bytes = yardstick(100_000_000)
+        opts[name], kinds[name] = opt, (dtype, options)
+    yards = B.yardsticks(False, torch.device("cuda"))  # the in-place add over 100M and the 1 GiB copy
     times = {name: [] for name in opts}
-    yard_times = []
+    yard_times = {name: [] for name in yards}
     order = list(opts)
     for _ in range(rounds):
         random.shuffle(order)
-        yard_times.append(time_steps(yard, steps))
+        for name, yard in yards.items():
+            yard_times[name].append(time_steps(yard, steps))
         for name in order:
             times[name].append(time_steps(opts[name].step, steps))
-        yard_times.append(time_steps(yard, steps))
-    yard_gbps = yard_bytes / statistics.median(yard_times) / 1e9
-    out = {"numel": numel, "tensors": len(shapes), "dtype": str(dtype), "options": {k: str(v) for k, v in options.items()},
-           "yardstick_gbps": round(yard_gbps, 1), "providers": {}}
+    yard_gbps = {name: yards[name].bytes / statistics.median(ts) / 1e9 for name, ts in yard_times.items()}
+    out = {"numel": numel, "tensors": len(shapes), "dtype": str(case_dtype),
+           "options": {k: str(v) for k, v in case_options.items()},
+           "yardstick_gbps": {name: round(v, 1) for name, v in yard_gbps.items()}, "providers": {}}
     for name, ts in times.items():
-        fp32_bytes = PROVIDERS[name][1]
-        per_element = bf16_master_bytes(fp32_bytes) if options.get("master_weights") else fp32_bytes
+        per_element = bytes_per_element(PROVIDERS[name][1], *kinds[name])
         med = statistics.median(ts)
         gbps = per_element * numel / med / 1e9
         out["providers"][name] = {
             "median_ms": round(med * 1e3, 4), "min_ms": round(min(ts) * 1e3, 4), "max_ms": round(max(ts) * 1e3, 4),
-            "bytes_per_element": per_element, "gbps": round(gbps, 1), "pct_of_yardstick": round(100 * gbps / yard_gbps, 1),
+            "bytes_per_element": per_element, "gbps": round(gbps, 1),
+            **{f"pct_of_{yard}": round(100 * gbps / v, 1) for yard, v in yard_gbps.items()},
             "step_peak_extra_mib": round(peaks[name] / 2**20, 2),
         }
-    # ratios within each round: the spread shows the noise
-    def ratios(num: str, den: str) -> dict | None:
-        if num not in times or den not in times:
-            return None
-        r = sorted(a / b for a, b in zip(times[num], times[den]))
-        return {"median": round(statistics.median(r), 3), "min": round(r[0], 3), "max": round(r[-1], 3)}
-
-    out["ratios"] = {k: v for k, v in {
-        "torch.AdamW(fused) / gradfused.AdamW": ratios("torch.AdamW(fused)", "gradfused.AdamW"),
-        "torch.SGD(fused,momentum) / gradfused.SGD(momentum)": ratios("torch.SGD(fused,momentum)", "gradfused.SGD(momentum)"),
-        "torch.SGD(fused,plain) / gradfused.SGD(plain)": ratios("torch.SGD(fused,plain)", "gradfused.SGD(plain)"),
-        "torch.SGD(fused,momentum) / gradfused.PersistentSGD": ratios("torch.SGD(fused,momentum)", "gradfused.PersistentSGD"),
-        "gradfused.Align(AdamW) / gradfused.AdamW": ratios("gradfused.Align(AdamW)", "gradfused.AdamW"),
-        "gradfused.AdamW[1 block/chunk] / gradfused.AdamW": ratios("gradfused.AdamW[1 block/chunk]", "gradfused.AdamW"),
-        "gradfused.PersistentSGD[1 block/chunk] / gradfused.PersistentSGD":
-            ratios("gradfused.PersistentSGD[1 block/chunk]", "gradfused.PersistentSGD"),
-    }.items() if v is not None}
+    out["ratios"] = {}
+    for num, den in RATIOS:
+        if num in times and den in times:
+            r = sorted(a / b for a, b in zip(times[num], times[den]))
+            out["ratios"][f"{num} / {den}"] = {"median": round(statistics.median(r), 3), "min": round(r[0], 3),
+                                               "max": round(r[-1], 3)}
     del opts
     torch.cuda.empty_cache()
     return out
@@ -157,12 +209,15 @@ def bench_case(case: str, providers: list[str], rounds: int, steps: int) -> dict
 def format_table(result: dict) -> str:
     lines = [f"device: {result['device']}; torch {result['torch']}; gradfused {result['commit']}; {result['date']}"]
     for case, r in result["cases"].items():
+        yards = r["yardstick_gbps"]
         lines.append(f"\n== {case}: {r['numel']:,} elements in {r['tensors']} tensors, {r['dtype']} {r['options']}; "
-                     f"yardstick {r['yardstick_gbps']} GB/s")
-        lines.append(f"{'provider':44} {'median ms':>10} {'min-max ms':>17} {'B/elem':>6} {'GB/s':>7} {'% yard':>6} {'peak+MiB':>8}")
+                     f"yardsticks (GB/s): " + ", ".join(f"{k} {v}" for k, v in yards.items()))
+        lines.append(f"{'provider':40} {'median ms':>10} {'min-max ms':>17} {'B/elem':>6} {'GB/s':>7} "
+                     + " ".join(f"{'% ' + k:>6}" for k in yards) + f" {'peak+MiB':>8}")
         for name, p in r["providers"].items():
-            lines.append(f"{name:44} {p['median_ms']:10.4f} {p['min_ms']:8.4f}-{p['max_ms']:<8.4f} {p['bytes_per_element']:6d} "
-                         f"{p['gbps']:7.1f} {p['pct_of_yardstick']:6.1f} {p['step_peak_extra_mib']:8.2f}")
+            lines.append(f"{name:40} {p['median_ms']:10.4f} {p['min_ms']:8.4f}-{p['max_ms']:<8.4f} {p['bytes_per_element']:6d} "
+                         f"{p['gbps']:7.1f} " + " ".join(f"{p['pct_of_' + k]:6.1f}" for k in yards)
+                         + f" {p['step_peak_extra_mib']:8.2f}")
         for k, v in r["ratios"].items():
             lines.append(f"  {k}: {v['median']}x (min {v['min']}, max {v['max']} over rounds)")
     return "\n".join(lines)
@@ -181,7 +236,7 @@ def main() -> None:
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "commit": commit or "unknown",
               "date": time.strftime("%Y-%m-%d"), "rounds": args.rounds, "steps_per_timing": args.steps, "cases": {}}
     for case in args.cases:
-        result["cases"][case] = bench_case(case, list(PROVIDERS), args.rounds, args.steps)
+        result["cases"][case] = bench_case(case, args.rounds, args.steps)
         print(format_table({**result, "cases": {case: result["cases"][case]}}), flush=True)
     with open(f"{args.out}/gpu_bench.json", "w") as f:
         json.dump(result, f, indent=1)

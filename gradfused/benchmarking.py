@@ -32,6 +32,29 @@ def gpt2_shapes(n_layer: int = 12, n_embd: int = 768, vocab: int = 50257, n_ctx:
     return [(vocab, n_embd), (n_ctx, n_embd), *block * n_layer, (n_embd,), (n_embd,)]
 
 
+def resnet50_shapes(widths=(64, 128, 256, 512), blocks=(3, 4, 6, 3), classes: int = 1000) -> list[tuple[int, ...]]:
+    """The parameter shapes of ResNet-50 (torchvision's layout: bottleneck blocks, a batch norm's weight
+    and bias after every convolution); the defaults give 25,557,032 parameters in 161 tensors."""
+    def conv_bn(out: int, inp: int, k: int) -> list[tuple[int, ...]]:
+        return [(out, inp, k, k), (out,), (out,)]
+
+    shapes = conv_bn(widths[0], 3, 7)
+    inp = widths[0]
+    for width, count in zip(widths, blocks):
+        for b in range(count):
+            shapes += conv_bn(width, inp, 1) + conv_bn(width, width, 3) + conv_bn(4 * width, width, 1)
+            if b == 0:  # the projection shortcut
+                shapes += conv_bn(4 * width, inp, 1)
+            inp = 4 * width
+    return shapes + [(classes, inp), (classes,)]
+
+
+def decoder_1b_shapes() -> list[tuple[int, ...]]:
+    """A 1B-class decoder (GPU benchmarks only): GPT-2's block at width 2048 with an MLP of 8192, 16 layers,
+    a 32k vocabulary and an untied output head; 944,148,480 parameters in 197 tensors."""
+    return gpt2_shapes(n_layer=16, n_embd=2048, vocab=32768, n_ctx=2048) + [(32768, 2048)]
+
+
 # name -> (shapes(small), dtype, gradfused's mixed-precision options)
 CASES: dict[str, tuple[Callable[[bool], list[tuple[int, ...]]], torch.dtype, dict]] = {
     "a-10M-in-100": (_split(10_000_000, 100), torch.float32, {}),
@@ -41,6 +64,9 @@ CASES: dict[str, tuple[Callable[[bool], list[tuple[int, ...]]], torch.dtype, dic
                      torch.float32, {}),
     # pure per-tensor overhead: 1000 tensors of 100 elements
     "e-1000x100": (_split(100_000, 1000), torch.float32, {}),
+    "f-resnet50": (lambda small: resnet50_shapes(widths=(8, 16, 32, 64), classes=100) if small else resnet50_shapes(),
+                   torch.float32, {}),
+    "g-10000x1000": (_split(10_000_000, 10_000), torch.float32, {}),
     "a-bf16": (_split(10_000_000, 100), torch.bfloat16, {}),
     "a-bf16-state-fp32": (_split(10_000_000, 100), torch.bfloat16, dict(state_dtype=torch.float32)),
     "a-bf16-master": (_split(10_000_000, 100), torch.bfloat16, dict(master_weights=True)),
@@ -112,7 +138,8 @@ PROVIDERS: dict[str, dict[str, Callable]] = {
 
 # The for-loops are the oracle, not contenders: kept to the cases where they finish quickly.
 SLOW_PROVIDERS = {"reference_forloop", "torch_forloop"}
-SLOW_CASES = {"b-10M-in-1000", "d-gpt2-small", "a-bf16"}
+SLOW_CASES = {"b-10M-in-1000", "d-gpt2-small", "a-bf16", "f-resnet50", "g-10000x1000"}
+MANY_TENSORS = {"g-10000x1000"}  # the for-loops take seconds a step there even in a smoke run
 
 
 def case_shapes(case: str, small: bool) -> tuple[list[tuple[int, ...]], torch.dtype]:
@@ -148,7 +175,7 @@ def combinations(optimizers=None, cases=None, providers=None, small=False) -> li
             for p in providers_of(o, c):
                 if providers and p not in providers:
                     continue
-                if p in SLOW_PROVIDERS and c in SLOW_CASES and not small:
+                if p in SLOW_PROVIDERS and (c in SLOW_CASES and not small or c in MANY_TENSORS):
                     continue
                 out.append((o, c, p))
     return out
@@ -178,11 +205,30 @@ def make_params(shapes: list[tuple[int, ...]], dtype: torch.dtype, device="cpu")
 
 
 def yardstick(small: bool = False, device="cpu") -> Callable[[], None]:
-    n = 10_000_000 // (SMALL_SHRINK if small else 1)
+    """The in-place add over 10M fp32 on the CPU, 100M on a GPU (1.2 GB a pass, beyond any L2 cache)."""
+    n = (100_000_000 if torch.device(device).type == "cuda" else 10_000_000) // (SMALL_SHRINK if small else 1)
     a, b = torch.rand(n, device=device), torch.rand(n, device=device)
     step = lambda: a.add_(b, alpha=0.5)  # noqa: E731
     step.bytes = 12 * n
     return step
+
+
+def copy_yardstick(small: bool = False, device="cuda") -> Callable[[], None]:
+    """A device-to-device copy of 1 GiB of fp32, counted as bytes read plus written: a pure stream, the
+    most a GPU's memory moves (the second yardstick on CUDA)."""
+    n = 2**28 // (SMALL_SHRINK if small else 1)
+    src, dst = torch.rand(n, device=device), torch.empty(n, device=device)
+    step = lambda: dst.copy_(src)  # noqa: E731
+    step.bytes = 8 * n
+    return step
+
+
+def yardsticks(small: bool, device: torch.device) -> dict[str, Callable[[], None]]:
+    """The yardsticks a report measures on `device`: the in-place add, and on CUDA the 1 GiB copy too."""
+    out = {"add": yardstick(small, device)}
+    if device.type == "cuda":
+        out["copy"] = copy_yardstick(small, device)
+    return out
 
 
 def timed(fn: Callable[[], object], device: torch.device) -> float:
@@ -258,16 +304,21 @@ def measure(optimizer: str, case: str, provider: str, *, rounds: int, small: boo
     shapes, dtype = case_shapes(case, small)
     opt = make_optimizer(optimizer, case, provider, make_params(shapes, dtype, device))
     opt.step()  # state is created outside the timed steps
-    yard = yardstick(small, device)
-    yard()
-    steps, yards = [], []
+    yards = yardsticks(small, device)
+    for yard in yards.values():
+        yard()
+    steps, yard_times = [], {name: [] for name in yards}
     for _ in range(rounds):
         steps.append(timed(opt.step, device))
-        yards.append(timed(yard, device))
-    (step_q1, step_s, step_q3), yard_s = quartiles(steps), statistics.median(yards)
+        for name, yard in yards.items():
+            yard_times[name].append(timed(yard, device))
+    step_q1, step_s, step_q3 = quartiles(steps)
     gbps = step_bytes(optimizer, shapes, dtype, case_options(case)) / step_s / 1e9
-    yard_gbps = yard.bytes / yard_s / 1e9
-    return dict(optimizer=optimizer, case=case, provider=provider, device=str(device), rounds=rounds,
-                step_ms=1e3 * step_s, step_ms_iqr=[1e3 * step_q1, 1e3 * step_q3], gbps=gbps, yardstick_gbps=yard_gbps, pct_of_yardstick=100 * gbps / yard_gbps,
-                state_mib=state_bytes(opt) / 2**20, step_peak_mib=step_peak_bytes(opt.step, device) / 2**20,
+    out = dict(optimizer=optimizer, case=case, provider=provider, device=str(device), rounds=rounds,
+               step_ms=1e3 * step_s, step_ms_iqr=[1e3 * step_q1, 1e3 * step_q3], gbps=gbps)
+    for name, yard in yards.items():  # the add is "yardstick"; on CUDA the copy is "copy_yardstick" too
+        key = "yardstick" if name == "add" else f"{name}_yardstick"
+        yard_gbps = yard.bytes / statistics.median(yard_times[name]) / 1e9
+        out.update({f"{key}_gbps": yard_gbps, f"pct_of_{key}": 100 * gbps / yard_gbps})
+    return dict(out, state_mib=state_bytes(opt) / 2**20, step_peak_mib=step_peak_bytes(opt.step, device) / 2**20,
                 params=sum(math.prod(s) for s in shapes), tensors=len(shapes), threads=torch.get_num_threads())

@@ -64,6 +64,18 @@ def test_plan_steps_give_the_bits_of_the_checked_path(case, device):
     assert not uses_plan(opt_b)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("options", [dict(master_weights=True), dict(stochastic_rounding=True, seed=3),
+                                     dict(state_dtype=torch.float32)], ids=["master", "stochastic", "fp32_state"])
+def test_plan_runs_the_mixed_precision_options(options, device):
+    """bf16 parameters with master weights (passed beside the plan's lists), stochastic rounding or fp32
+    states step through the plan, with the bits of the checked path."""
+    a, b = make_params(device, torch.bfloat16), make_params(device, torch.bfloat16)
+    opt, ref = gf.AdamW(a, lr=1e-2, **options), gf.AdamW(b, lr=1e-2, **options)
+    step_and_compare(opt, a, ref, b, range(5))
+    assert uses_plan(opt)
+
+
 def test_plan_follows_the_gradients_that_come_and_go():
     params, ref_params = make_params(), make_params()
     opt, ref = gf.AdamW(params, lr=0.1), gf.AdamW(ref_params, lr=0.1)

@@ -274,8 +274,8 @@ class FusedOptimizer(Optimizer):
     # the plan again once the same parameters have had gradients for two steps running.
     def _native_plan_key(self, group: dict) -> tuple:
         """What a live plan was built for: the lists it holds and that a plan may run at all (the native
-        ops fusing the precision options, no master weights)."""
-        runnable = group.get("fused") is not False and self._fuse_precision and not group["master_weights"]
+        ops fusing the precision options)."""
+        runnable = group.get("fused") is not False and self._fuse_precision
         return (tuple(used for _, used in self._state_specs(group)), self._keeps_state(group), id(self.state),
                 len(self.state), len(group["params"]), runnable)
 
@@ -300,7 +300,9 @@ class FusedOptimizer(Optimizer):
                 native.add_list(b, [st[name] for st in states] if used else [])
             for name in [*scalar_keys, "step"]:
                 native.add_list(b, [st[name] for st in states])
-        buckets = [(bucket[0].device, bucket[0].dtype, indices) for bucket, _, indices in plan]
+        # the master weights ride beside the plan's lists: state dicts do not change under a live plan
+        buckets = [(bucket[0].device, indices, P.fused_kwargs(group, bucket[0].dtype, states))
+                   for bucket, states, indices in plan]
         self._native_plans[id(group)] = (key, which, native, buckets)
 
     def _step_through_native_plans(self) -> bool:
@@ -319,9 +321,9 @@ class FusedOptimizer(Optimizer):
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
         for group, native, buckets in plans:
-            for b, (device, dtype, indices) in enumerate(buckets):
+            for b, (device, indices, fused_precision) in enumerate(buckets):
                 ops.run_plan(self.op_name, native, b, **self._op_kwargs(group, device, indices, grad_scale, found_inf),
-                             **P.fused_kwargs(group, dtype, []))  # the plan runs no master weights
+                             **fused_precision)
         return True
 
     def _selected(self, only) -> list[list[Tensor]]:
