@@ -67,7 +67,8 @@ TORCH_LIBRARY(gradfused, m) {
       .def(torch::init<std::vector<at::Tensor>>())
       .def("add_bucket", &gf::ops::StepPlan::add_bucket)
       .def("add_list", &gf::ops::StepPlan::add_list)
-      .def("gather", &gf::ops::StepPlan::gather);
+      .def("gather", &gf::ops::StepPlan::gather)
+      .def("grads", &gf::ops::StepPlan::grads);
   // `grads` are written only with grad_scale: the unscaled gradients are stored back, as torch's fused
   // optimizers do (NOTE: [GradScaler and .grad]).
   // NOTE: [the op owns the step increment]

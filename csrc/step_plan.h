@@ -77,6 +77,8 @@ struct StepPlan : torch::CustomClassHolder {
     TORCH_CHECK(b.lists[1].size() == b.members.size(), "StepPlan: gather() before each step");
     return b.lists;
   }
+  // The bucket's gathered gradients (GradientAlignment's statistics read them before the update).
+  std::vector<at::Tensor> grads(int64_t bucket) { return lists(bucket)[1]; }
   // Lets go of the bucket's gradients, so that a later zero_grad(set_to_none=True) frees them.
   void release(int64_t bucket) { at_bucket(bucket).lists[1].clear(); }
 

@@ -76,6 +76,17 @@ def test_plan_runs_the_mixed_precision_options(options, device):
     assert uses_plan(opt)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", [c for c in CASES if c.name.startswith("Align(")], ids=str)
+def test_alignment_steps_through_the_base_plan(case, device):
+    """GradientAlignment over a gradfused optimizer takes its statistics from the gradients the base's
+    plan gathered, then the plan's update, with the bits of the checked path (EMAs included)."""
+    a, b = make_params(device), make_params(device)
+    opt, ref = case.make(a, True), case.make(b, True)
+    step_and_compare(opt, a, ref, b, range(5))
+    assert uses_plan(opt)
+
+
 def test_plan_follows_the_gradients_that_come_and_go():
     params, ref_params = make_params(), make_params()
     opt, ref = gf.AdamW(params, lr=0.1), gf.AdamW(ref_params, lr=0.1)

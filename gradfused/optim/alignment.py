@@ -49,22 +49,31 @@ class GradientAlignment(WrappingOptimizer):
         V.check_unit_interval(name, "beta", beta)
         V.check_nonneg(name, "eps", eps)
         self.beta, self.eps = float(beta), float(eps)
+        self._plan_emas: dict[tuple[int, int], tuple[Any, list[Tensor]]] = {}  # see _plan_scales
 
     def __repr__(self) -> str:
         return f"GradientAlignment(beta={self.beta}, eps={self.eps}, base={self.base!r})"
 
-    def _stats(self, params: list[Tensor], grad_scale: Tensor | None, found_inf: Tensor | None) -> Tensor:
-        """Updates the EMAs of `params` (one device and dtype) and returns their scales (float64)."""
-        device = params[0].device
+    def _emas(self, params: list[Tensor]) -> list[Tensor]:
+        """The EMAs of `params`, created as needed, in the gradient's dtype (float32 gradients of 16-bit
+        parameters keep a float32 EMA)."""
         emas = []
-        for p in params:  # the EMA is kept in the gradient's dtype (float32 gradients of 16-bit parameters)
+        for p in params:
             st = self.state[p]
             if "alignment_ema" not in st:
                 st["alignment_ema"] = torch.zeros_like(p, dtype=p.grad.dtype, memory_format=torch.preserve_format)
             elif st["alignment_ema"].dtype != p.grad.dtype:
                 st["alignment_ema"] = st["alignment_ema"].to(p.grad.dtype)
             emas.append(st["alignment_ema"])
-        grads = [p.grad for p in params]
+        return emas
+
+    def _stats(self, params: list[Tensor], grad_scale: Tensor | None, found_inf: Tensor | None,
+               grads: list[Tensor] | None = None, emas: list[Tensor] | None = None) -> Tensor:
+        """Updates the EMAs of `params` (one device and dtype) and returns their scales (float64).
+        `grads` and `emas`, where the caller has them, save the lookups."""
+        device = params[0].device
+        emas = self._emas(params) if emas is None else emas
+        grads = [p.grad for p in params] if grads is None else grads
         sharded = is_dtensor(params[0])
         if sharded:
             _, grads, emas = local_shards("gradfused.GradientAlignment", params, grads, emas)
@@ -88,9 +97,23 @@ class GradientAlignment(WrappingOptimizer):
             with torch.enable_grad():
                 loss = closure()
         if isinstance(self.base, FusedOptimizer):
-            self._step_fused(self.base._selected(None))
+            if not self.base._step_through_native_plans(getattr(self, "grad_scale", None),
+                                                        getattr(self, "found_inf", None), self._plan_scales):
+                self._step_fused(self.base._selected(None), build_native_plans=True)
             return loss
         return self._step_torch_base(loss)
+
+    def _plan_scales(self, native, bucket: int, params: list[Tensor]) -> Tensor:
+        """The scales of one bucket of the base's StepPlan (NOTE: [the step plan in C++]), from the
+        gradients it gathered and EMA lists kept per plan: the host work stays O(1) in Python per bucket."""
+        key = (id(native), bucket)
+        cached = self._plan_emas.get(key)
+        if cached is None or cached[0] is not native:
+            if len(self._plan_emas) >= 64:  # plans rebuilt many times: forget the old ones
+                self._plan_emas.clear()
+            cached = self._plan_emas[key] = (native, self._emas(params))
+        return self._stats(params, getattr(self, "grad_scale", None), getattr(self, "found_inf", None),
+                           grads=native.grads(bucket), emas=cached[1])
 
     @torch.no_grad()
     def step_parameters(self, params) -> None:
@@ -101,13 +124,15 @@ class GradientAlignment(WrappingOptimizer):
                             f"not {type(self.base).__name__}")
         self._step_fused(self.base._selected(params))
 
-    def _step_fused(self, selected: list[list[Tensor]]) -> None:
+    def _step_fused(self, selected: list[list[Tensor]], build_native_plans: bool = False) -> None:
         """The alignment scales go straight into the base's fused update; `selected` is from base._selected."""
         grad_scale = getattr(self, "grad_scale", None)  # set by torch.amp.GradScaler
         found_inf = getattr(self, "found_inf", None)
         for group, params in zip(self.param_groups, selected):
             scales = [self._stats(bucket, grad_scale, found_inf) for bucket, _, _ in self.base._plan(group, params)]
             self.base._update(group, params, grad_scale=grad_scale, found_inf=found_inf, alignment_scales=scales)
+            if build_native_plans and not torch.compiler.is_compiling():
+                self.base._build_native_plan(group, params)
 
     def _step_torch_base(self, loss):
         """Any other optimizer: scale the gradients in place (and unscale them, under GradScaler), then step."""
@@ -157,6 +182,7 @@ class GradientAlignment(WrappingOptimizer):
         self.beta = float(state_dict["alignment"]["beta"])
         self.eps = float(state_dict["alignment"]["eps"])
         self.state = defaultdict(dict)
+        self._plan_emas.clear()
         for i, st in emas.items():
             p = order[int(i)]
             self.state[p]["alignment_ema"] = st["alignment_ema"].to(device=p.device, copy=True)

@@ -247,7 +247,7 @@ class FusedOptimizer(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        if not self._step_through_native_plans():
+        if not self._step_through_native_plans(getattr(self, "grad_scale", None), getattr(self, "found_inf", None)):
             self._step(self._selected(None), build_native_plans=True)
         return loss
 
@@ -301,12 +301,15 @@ class FusedOptimizer(Optimizer):
             for name in [*scalar_keys, "step"]:
                 native.add_list(b, [st[name] for st in states])
         # the master weights ride beside the plan's lists: state dicts do not change under a live plan
-        buckets = [(bucket[0].device, indices, P.fused_kwargs(group, bucket[0].dtype, states))
+        buckets = [(bucket[0].device, indices, P.fused_kwargs(group, bucket[0].dtype, states), bucket)
                    for bucket, states, indices in plan]
         self._native_plans[id(group)] = (key, which, native, buckets)
 
-    def _step_through_native_plans(self) -> bool:
-        """Steps every group through its StepPlan; False, having written nothing, where one cannot."""
+    def _step_through_native_plans(self, grad_scale: Tensor | None = None, found_inf: Tensor | None = None,
+                                   alignment_scales=None) -> bool:
+        """Steps every group through its StepPlan; False, having written nothing, where one cannot.
+        `alignment_scales(native, b, bucket params)`, from GradientAlignment, gives bucket b's scales, after
+        every gradient was gathered and before any update."""
         if torch.compiler.is_compiling() or len(self._native_plans) != len(self.param_groups):
             return False
         plans = []
@@ -318,12 +321,11 @@ class FusedOptimizer(Optimizer):
             if not native.gather():
                 return False
             plans.append((group, native, buckets))
-        grad_scale = getattr(self, "grad_scale", None)
-        found_inf = getattr(self, "found_inf", None)
         for group, native, buckets in plans:
-            for b, (device, indices, fused_precision) in enumerate(buckets):
-                ops.run_plan(self.op_name, native, b, **self._op_kwargs(group, device, indices, grad_scale, found_inf),
-                             **fused_precision)
+            for b, (device, indices, fused_precision, params) in enumerate(buckets):
+                scales = None if alignment_scales is None else alignment_scales(native, b, params)
+                ops.run_plan(self.op_name, native, b, **self._op_kwargs(group, device, indices, grad_scale, found_inf,
+                                                                         scales), **fused_precision)
         return True
 
     def _selected(self, only) -> list[list[Tensor]]:
