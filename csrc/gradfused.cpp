@@ -117,6 +117,10 @@ TORCH_LIBRARY(gradfused, m) {
   m.def(
       "alignment_sums_(Tensor[] grads, Tensor(a!)[] alignment_emas, Tensor(b!) sums, *, float beta, "
       "Tensor? grad_scale=None, Tensor? found_inf=None) -> ()");
+  // Block-wise 8-bit quantization (csrc/common/quantize.h, docs/low-bit-states.md): a state's uint8 codes,
+  // laid out like it, and one float32 absmax per 256 elements in memory order; and back, in `dtype`.
+  m.def("quantize_blockwise(Tensor x, bool is_signed) -> (Tensor codes, Tensor absmax)");
+  m.def("dequantize_blockwise(Tensor codes, Tensor absmax, bool is_signed, ScalarType dtype=float) -> Tensor");
   // Build facts for `gradfused info`.
   m.def("cpu_isa() -> str", []() { return std::string(gf::cpu::kernels().isa); });
   // The CUDA engine, a library of its own (csrc/cuda/ops_cuda.cpp), adds cuda_architectures() and

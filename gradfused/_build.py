@@ -25,6 +25,7 @@ CPU_SOURCES = [
     "gradfused.cpp",
     "cpu/ops_cpu.cpp",
     "cpu/cpu_features.cpp",
+    "cpu/quantize_cpu.cpp",
 ] + [f"cpu/kernels/{rules}_{isa}.cpp" for rules in ("adam", "radam_nadam_rmsprop", "sgd")
      for isa in ("generic", "avx2", "avx512")]
 

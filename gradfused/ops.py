@@ -94,6 +94,20 @@ def cuda_architectures() -> str:
     return "" if _native.CUDA_NOT_LOADED else torch.ops.gradfused.cuda_architectures()
 
 
+def quantize_blockwise(x: torch.Tensor, signed: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(uint8 codes laid out like x, one float32 absmax per 256 elements in memory order): the native
+    twin of gradfused.quantization.quantize_blockwise (docs/low-bit-states.md), bit for bit."""
+    _native.require()
+    return torch.ops.gradfused.quantize_blockwise(x, signed)
+
+
+def dequantize_blockwise(codes: torch.Tensor, absmax: torch.Tensor, signed: bool,
+                         dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The values `codes` stand for, in `dtype`: the native twin of gradfused.quantization.dequantize_blockwise."""
+    _native.require()
+    return torch.ops.gradfused.dequantize_blockwise(codes, absmax, signed, dtype)
+
+
 def _fake_in_place(*args, **kwargs) -> None:
     # Every gradfused op mutates its arguments in place and returns nothing: shapes never change.
     return None
@@ -108,6 +122,13 @@ def _register_fakes() -> None:
             torch.library.register_fake(f"gradfused::{name}.{overload}" if overload != "default" else f"gradfused::{name}")(
                 _fake_in_place
             )
+
+
+    torch.library.register_fake("gradfused::quantize_blockwise")(
+        lambda x, is_signed: (torch.empty_like(x, dtype=torch.uint8),
+                              x.new_empty(((x.numel() + 255) // 256,), dtype=torch.float32)))
+    torch.library.register_fake("gradfused::dequantize_blockwise")(
+        lambda codes, absmax, is_signed, dtype=torch.float32: torch.empty_like(codes, dtype=dtype))
 
 
 _native.on_load(_register_fakes)

@@ -127,3 +127,11 @@ def test_grad_scale_divides_and_stores_the_unscaled_gradient(name, device, scale
         assert torch.equal(g, q)
     for a, b in zip(_all_tensors(args), _all_tensors(twin), strict=True):  # bitwise; the samples make some NaN
         torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+
+
+@needs_compile
+def test_opcheck_quantization_ops():
+    x = torch.randn(3, 100)
+    torch.library.opcheck(torch.ops.gradfused.quantize_blockwise.default, (x, True))
+    codes, absmax = torch.ops.gradfused.quantize_blockwise(x, False)
+    torch.library.opcheck(torch.ops.gradfused.dequantize_blockwise.default, (codes, absmax, False, torch.float64))
