@@ -17,11 +17,15 @@ extern "C" PyObject* PyInit__C(void) {
 namespace {
 
 // The hyperparameters and pipeline options that every update op ends with (docs/algorithms.md §1).
-// The random steps draw from (seed, param_indices[i], t, element) (csrc/common/philox.h).
+// The random steps draw from (seed, param_indices[i], t, element) (csrc/common/philox.h). With
+// `state_signed` (one 0/1 per state list) the states are 8-bit: uint8 codes laid out like the parameters,
+// and `state_absmax` holds each one's float32 absmax per 256 elements, state list after state list
+// (NOTE: [8-bit states in the kernel], csrc/cpu/kernels_impl.h).
 constexpr const char* kPipelineArgs =
     "bool maximize=False, Tensor? grad_scale=None, Tensor? found_inf=None, Tensor? alignment_scales=None, "
     "float[]? grad_noise=None, float grad_dropout=0., float lr_dropout=0., int seed=0, int[]? param_indices=None, "
-    "Tensor(z!)[]? master_weights=None, bool stochastic_rounding=False";
+    "Tensor(z!)[]? master_weights=None, bool stochastic_rounding=False, Tensor(y!)[]? state_absmax=None, "
+    "int[]? state_signed=None";
 
 // NOTE: [lr as a float or a Tensor]
 // As aten::_fused_adam_, each update op has two overloads: the default one takes `float lr`, and

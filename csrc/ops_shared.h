@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "common/quantize.h"
 #include "common/rules.h"
 
 namespace gf {
@@ -163,11 +164,13 @@ inline void check_scalar_tensor(const char* op, const char* name, const OptTenso
 #define GF_PIPELINE_PARAMS                                                                                   \
   bool maximize, const OptTensor &grad_scale, const OptTensor &found_inf, const OptTensor &alignment_scales, \
       std::optional<at::ArrayRef<double>> grad_noise, double grad_dropout, double lr_dropout, int64_t seed,  \
-      at::OptionalIntArrayRef param_indices, std::optional<TensorList> master_weights, bool stochastic_rounding
+      at::OptionalIntArrayRef param_indices, std::optional<TensorList> master_weights, bool stochastic_rounding, \
+      std::optional<TensorList> state_absmax, at::OptionalIntArrayRef state_signed
 #define GF_PIPELINE_ARGS                                                                                         \
   PipelineArgs {                                                                                                 \
     maximize, grad_scale, found_inf, alignment_scales, grad_noise, grad_dropout, lr_dropout, seed, param_indices, \
-        master_weights.value_or(TensorList()), stochastic_rounding                                               \
+        master_weights.value_or(TensorList()), stochastic_rounding, state_absmax.value_or(TensorList()),          \
+        state_signed                                                                                             \
   }
 
 struct PipelineArgs {
@@ -181,6 +184,10 @@ struct PipelineArgs {
   at::OptionalIntArrayRef param_indices;  // each tensor's position in its optimizer; default 0..n-1
   TensorList master_weights;              // fp32 master weights of 16-bit params, or empty
   bool stochastic_rounding;
+  TensorList state_absmax;                // 8-bit states: each state's absmax per block, list after list
+  at::OptionalIntArrayRef state_signed;   // 8-bit states: 1 where a state list takes the signed map
+
+  bool quantized() const { return state_signed.has_value(); }
 
   double noise_eta() const { return grad_noise ? (*grad_noise)[0] : 0.0; }
   double noise_gamma() const { return grad_noise ? (*grad_noise)[1] : 0.0; }
@@ -255,7 +262,9 @@ struct UpdateArgs {
     return weight_decay == 0.0 ? WeightDecay::None : (decoupled ? WeightDecay::Decoupled : WeightDecay::L2);
   }
   // NOTE: [mixed precision in one pass], for a checked call with parameters
-  DType state_dtype() const { return states.empty() ? dtype_of(params[0]) : dtype_of(states[0].tensors[0]); }
+  DType state_dtype() const {  // 8-bit states are decoded into the compute type: the parameters' layout
+    return states.empty() || pipeline.quantized() ? dtype_of(params[0]) : dtype_of(states[0].tensors[0]);
+  }
   bool grad_fp32() const { return grads[0].scalar_type() != params[0].scalar_type(); }
   ParamStore param_store() const {
     return !pipeline.master_weights.empty() ? ParamStore::Master
@@ -264,12 +273,46 @@ struct UpdateArgs {
   }
 };
 
+// 8-bit states: uint8 codes shaped like the parameters, a 0/1 per state list in state_signed, and per
+// state and tensor a contiguous float32 absmax of one element per kQuantBlock.
+inline void check_quantized_states(const char* op, TensorList params, const std::vector<NamedList>& states,
+                                   const PipelineArgs& pipeline) {
+  const size_t n = params.size();
+  TORCH_CHECK(pipeline.state_signed->size() == states.size(), op, ": state_signed has ",
+              pipeline.state_signed->size(), " entries but the call has ", states.size(), " state lists");
+  for (int64_t s : *pipeline.state_signed)
+    TORCH_CHECK(s == 0 || s == 1, op, ": state_signed entries must be 0 or 1, got ", s);
+  TORCH_CHECK(pipeline.state_absmax.size() == states.size() * n, op, ": state_absmax has ",
+              pipeline.state_absmax.size(), " tensors but ", states.size(), " state lists of ", n, " need ",
+              states.size() * n);
+  for (size_t k = 0; k < states.size(); ++k) {
+    const NamedList& list = states[k];
+    TORCH_CHECK(list.tensors.size() == n, op, ": ", list.name, " has ", list.tensors.size(), " tensors but params has ", n);
+    for (size_t i = 0; i < n; ++i) {
+      const Tensor& c = list.tensors[i];
+      const Tensor& p = params[i];
+      TORCH_CHECK(c.defined() && c.layout() == at::kStrided && c.scalar_type() == at::kByte && c.device() == p.device() &&
+                      c.sizes() == p.sizes(),
+                  op, ": ", list.name, "[", i, "] must hold uint8 codes of params[", i, "]'s shape and device (8-bit "
+                  "states), got ", c.scalar_type(), " of shape ", c.sizes(), " on ", c.device());
+      const Tensor& m = pipeline.state_absmax[k * n + i];
+      const int64_t blocks = (p.numel() + kQuantBlock - 1) / kQuantBlock;
+      TORCH_CHECK(m.defined() && m.scalar_type() == at::kFloat && m.dim() == 1 && m.numel() == blocks &&
+                      m.is_contiguous() && m.device() == p.device(),
+                  op, ": state_absmax[", k * n + i, "] (", list.name, "[", i, "]) must be a contiguous float32 "
+                  "tensor of ", blocks, " elements on ", p.device());
+    }
+  }
+}
+
 template <class Hyper, class Lr>
 void check_update(const UpdateArgs<Hyper, Lr>& a, c10::DeviceType device_type, bool fp32_ok) {
+  const bool quantized = a.pipeline.quantized();
   std::vector<NamedList> lists{{"grads", a.grads}};
-  lists.insert(lists.end(), a.states.begin(), a.states.end());
+  if (!quantized) lists.insert(lists.end(), a.states.begin(), a.states.end());
   check_lists(a.op, device_type, {"params", a.params}, {}, lists, fp32_ok);
-  for (size_t k = 1; fp32_ok && !a.params.empty() && k < a.states.size(); ++k)  // one state dtype per call
+  if (quantized) check_quantized_states(a.op, a.params, a.states, a.pipeline);
+  for (size_t k = 1; fp32_ok && !quantized && !a.params.empty() && k < a.states.size(); ++k)  // one state dtype
     TORCH_CHECK(a.states[k].tensors[0].scalar_type() == a.states[0].tensors[0].scalar_type(), a.op, ": ",
                 a.states[k].name, " has dtype ", a.states[k].tensors[0].scalar_type(), " but ", a.states[0].name,
                 " has ", a.states[0].tensors[0].scalar_type(), "; all states of one call share a dtype");

@@ -63,18 +63,20 @@ def lookahead_(params, slow_weights, *, alpha) -> None:
 _FALLBACK_WARNED: set[tuple[str, str]] = set()
 
 
-def backend_for(name: str, fused: bool | None, device: torch.device):
+def backend_for(name: str, fused: bool | None, device: torch.device, eight_bit: bool = False, warn: bool = True):
     """The module whose ops step `device`'s tensors: this one (the native kernels) or gradfused.reference.
     fused=False asks for the reference; fused=None falls back to it, with one warning, on a device that has no
-    native kernels (NOTE: [two engines]); fused=True refuses such a device."""
+    native kernels (NOTE: [two engines]) or, for 8-bit states, no fused 8-bit kernels; fused=True refuses."""
     if fused is False:
         return reference
     missing = _native.kernels_missing(device)
+    if missing is None and eight_bit and device.type != "cpu":
+        missing = "8-bit optimizer states are fused on the CPU only so far"
     if missing is None:
         return sys.modules[__name__]
     if fused:
         raise RuntimeError(f"{name}: fused=True, but {missing}")
-    if (device.type, missing) not in _FALLBACK_WARNED:
+    if warn and (device.type, missing) not in _FALLBACK_WARNED:
         _FALLBACK_WARNED.add((device.type, missing))
         warnings.warn(f"gradfused: no native kernels for {device.type} tensors ({missing}); {name} steps them with "
                       "the pure-PyTorch reference, which gives the same numbers more slowly (fused=False silences "

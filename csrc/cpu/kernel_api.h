@@ -16,7 +16,8 @@ constexpr int kMasterList = 5;
 // One tensor of a call, with its per-tensor scalars (computed once, in double).
 template <class TensorScalars>
 struct Slot {
-  void* ptr[kMaxLists];
+  void* ptr[kMaxLists];  // 8-bit states: the states' entries point to uint8 codes
+  float* absmax[kMaxLists - 3];  // 8-bit states: each state's absmax per block, else unused
   int64_t numel;
   int64_t first_chunk;  // index of this tensor's first chunk among all chunks of the call
   double grad_mul;      // docs/algorithms.md §1 steps 2-3 folded: ±s_T
@@ -33,6 +34,8 @@ struct UpdateLaunch {
   DType dtype;        // the parameters'
   DType state_dtype;  // the parameters', or Float32 for 16-bit parameters (NOTE: [mixed precision in one pass])
   bool grad_fp32;     // float32 gradients of 16-bit parameters
+  bool quantized;     // 8-bit states (NOTE: [8-bit states in the kernel])
+  bool state_signed[kMaxLists - 3];  // which map each state takes
   bool unscale;       // divide the gradients by grad_scale and store them back (NOTE: [GradScaler and .grad])
   double grad_scale;
   ParamStore store;

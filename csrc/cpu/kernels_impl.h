@@ -6,6 +6,7 @@
 #include <type_traits>
 #include "simd.h"
 #include "../common/pipeline.h"
+#include "../common/quantize.h"
 #include "kernel_api.h"
 
 GF_CODE_BEGIN
@@ -92,8 +93,10 @@ GF_HD void draw_lanes(StepDraws<V>& draws, const RandomOptions& random, const Ra
 // the parameters' type and TS the states' (T, or float for 16-bit T); the fp32 gradient of a 16-bit
 // parameter, the master weight and stochastic rounding are uniform branches (NOTE: [mixed precision in
 // one pass]). Every value is computed in Compute<T>::S and rounded once, on its store.
+// `key_offset` is added to an element's position for its random keys (a block of 8-bit states is stepped
+// with pointers that start at the block).
 template <class Rule, bool kRandom, WeightDecay kWd, class T, class TS, class SlotT, class Launch>
-GF_HD void update_chunk(const SlotT& slot, int64_t begin, int64_t end, const Launch& L) {
+GF_HD void update_chunk(const SlotT& slot, int64_t begin, int64_t end, const Launch& L, int64_t key_offset = 0) {
   using S = typename Compute<T>::S;
   using V = typename Compute<T>::V;
   constexpr bool kHalf = !std::is_same_v<T, float> && !std::is_same_v<T, double>;
@@ -137,14 +140,14 @@ GF_HD void update_chunk(const SlotT& slot, int64_t begin, int64_t end, const Lau
     }
     V sv[kArray];
     for (int j = 0; j < kStates; ++j) sv[j] = load(st[j] + i);
-    if constexpr (kRandom) draw_lanes<V, S>(draws, L.random, key, slot.noise_std, i);
+    if constexpr (kRandom) draw_lanes<V, S>(draws, L.random, key, slot.noise_std, i + key_offset);
     pipeline_step<Rule, kRandom, kWd>(pv, gv, sv, grad_mul, ps, hyper, ts, L.random, draws);
     for (int j = 0; j < kStates; ++j) store(st[j] + i, sv[j]);
     if constexpr (kHalf) {
       if (use_master) store(master + i, pv);
       if constexpr (std::is_same_v<T, bf16>) {
         if (stochastic) {
-          store_stochastic(p + i, pv, key, i);
+          store_stochastic(p + i, pv, key, i + key_offset);
           continue;
         }
       }
@@ -162,19 +165,57 @@ GF_HD void update_chunk(const SlotT& slot, int64_t begin, int64_t end, const Lau
     }
     S sv[kArray];
     for (int j = 0; j < kStates; ++j) sv[j] = to_compute(st[j][i]);
-    if constexpr (kRandom) scalar_draws = element_draws<S>(L.random, key, slot.noise_std, uint64_t(i));
+    if constexpr (kRandom) scalar_draws = element_draws<S>(L.random, key, slot.noise_std, uint64_t(i + key_offset));
     pipeline_step<Rule, kRandom, kWd>(pv, gv, sv, grad_mul, ps, hyper, ts, L.random, scalar_draws);
     for (int j = 0; j < kStates; ++j) store_scalar(st[j] + i, sv[j]);
     if constexpr (kHalf) {
       if (use_master) master[i] = float(pv);
       if constexpr (std::is_same_v<T, bf16>) {
         if (stochastic) {
-          store_stochastic(p + i, float(pv), key, i);
+          store_stochastic(p + i, float(pv), key, i + key_offset);
           continue;
         }
       }
     }
     store_scalar(p + i, pv);
+  }
+}
+
+// NOTE: [8-bit states in the kernel]
+// With 8-bit states (docs/low-bit-states.md) a chunk is stepped block by block (chunks are whole blocks of
+// kQuantBlock elements). Each state's codes of the block are decoded into a buffer in the compute type;
+// update_chunk runs over the buffers as over full-precision states, so the parameter is updated from the
+// new, unquantized states; then each state's new absmax is reduced over the block and its codes are
+// written. One pass over memory, every reduction inside one block, nothing allocated.
+template <class Rule, bool kRandom, WeightDecay kWd, class T, class SlotT, class Launch>
+GF_HD void update_chunk_8bit(const SlotT& slot, int64_t begin, int64_t end, const Launch& L) {
+  using S = typename Compute<T>::S;
+  constexpr int kStates = Rule::kNumStates;
+  constexpr bool kHalf = !std::is_same_v<T, float> && !std::is_same_v<T, double>;
+  const size_t grad_size = kHalf && L.grad_fp32 ? sizeof(float) : sizeof(T);
+  alignas(64) S buffer[kStateArrayLength<Rule>][kQuantBlock];
+  SlotT block_slot = slot;
+  for (int64_t first = begin; first < end; first += kQuantBlock) {
+    const int n = int(end - first < kQuantBlock ? end - first : kQuantBlock);
+    const int64_t block = first / kQuantBlock;
+    for (int j = 0; j < kStates; ++j) {
+      const QuantMap& map = L.state_signed[j] ? kSignedMap : kUnsignedMap;
+      const uint8_t* codes = static_cast<const uint8_t*>(slot.ptr[2 + j]) + first;
+      const S absmax = S(slot.absmax[j][block]);
+      for (int e = 0; e < n; ++e) buffer[j][e] = dequantize_value(codes[e], absmax, map);
+      block_slot.ptr[2 + j] = buffer[j];
+    }
+    block_slot.ptr[0] = static_cast<T*>(slot.ptr[0]) + first;
+    block_slot.ptr[1] = static_cast<char*>(slot.ptr[1]) + first * int64_t(grad_size);
+    if (slot.ptr[kMasterList] != nullptr) block_slot.ptr[kMasterList] = static_cast<float*>(slot.ptr[kMasterList]) + first;
+    update_chunk<Rule, kRandom, kWd, T, S>(block_slot, 0, n, L, first);
+    for (int j = 0; j < kStates; ++j) {
+      const QuantMap& map = L.state_signed[j] ? kSignedMap : kUnsignedMap;
+      const float absmax = block_absmax(buffer[j], n);
+      slot.absmax[j][block] = absmax;
+      uint8_t* codes = static_cast<uint8_t*>(slot.ptr[2 + j]) + first;
+      for (int e = 0; e < n; ++e) codes[e] = quantize_value(buffer[j][e], S(absmax), map, L.state_signed[j]);
+    }
   }
 }
 
@@ -203,8 +244,10 @@ void update_chunks(const Launch& L, int64_t chunk_begin, int64_t chunk_end) {
           using TS = typename decltype(state_tag)::type;
           for_each_chunk(L.slots, L.num_slots, L.chunk_size, chunk_begin, chunk_end,
                          [&](const auto& slot, int64_t, int64_t begin, int64_t end) {
-                           update_chunk<Rule, decltype(is_random)::value, decltype(wd)::value, T, TS>(slot, begin,
-                                                                                                      end, L);
+                           constexpr bool kRandom = decltype(is_random)::value;
+                           constexpr WeightDecay kWd = decltype(wd)::value;
+                           if (L.quantized) update_chunk_8bit<Rule, kRandom, kWd, T>(slot, begin, end, L);
+                           else update_chunk<Rule, kRandom, kWd, T, TS>(slot, begin, end, L);
                          });
         });
       });

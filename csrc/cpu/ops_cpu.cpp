@@ -142,6 +142,8 @@ struct CpuBackend {
       slot.ptr[1] = views.ptr(a.grads[i], p, /*written=*/unscale);
       int j = 2;
       for (const NamedList& s : a.states) slot.ptr[j++] = views.ptr(s.tensors[i], p, true);
+      for (size_t k = 0; pipeline.quantized() && k < a.states.size(); ++k)
+        slot.absmax[k] = pipeline.state_absmax[k * n + i].data_ptr<float>();
       slot.ptr[kMasterList] = pipeline.master_weights.empty() ? nullptr : views.ptr(pipeline.master_weights[i], p, true);
     }
 
@@ -153,6 +155,8 @@ struct CpuBackend {
     launch.state_dtype = a.state_dtype();
     launch.grad_fp32 = a.grad_fp32();
     launch.unscale = unscale;
+    launch.quantized = pipeline.quantized();
+    for (size_t k = 0; launch.quantized && k < a.states.size(); ++k) launch.state_signed[k] = (*pipeline.state_signed)[k] != 0;
     launch.grad_scale = unscale ? pipeline.grad_scale->item<double>() : 1.0;
     launch.store = a.param_store();
     launch.weight_decay_mode = a.weight_decay_mode();

@@ -67,6 +67,8 @@ struct CudaBackend {
   template <Rule R, class Hyper, class Lr>
   static void update(const UpdateArgs<Hyper, Lr>& a) {
     check_update(a, c10::DeviceType::CUDA, /*fp32_ok=*/true);
+    TORCH_CHECK(!a.pipeline.quantized(), a.op, ": 8-bit states are fused on the CPU only so far; gradfused's "
+                "optimizers step CUDA tensors with 8-bit states through the reference (fused=False)");
     const size_t n = a.params.size();
     if (n == 0) return;
     const PipelineArgs& pipeline = a.pipeline;

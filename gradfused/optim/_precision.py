@@ -102,8 +102,9 @@ class Fp32Work:
             params = [local(st["master_weight"]) for st in states]
         else:
             params = [p.float() for p in self.targets]
-        self.upcast = [(lst, [t.float() for t in lst]) if lst and lst[0].dtype != torch.float32 else (lst, lst)
-                       for lst in lists[1:]]  # the gradients, then the states
+        # the gradients, then the states (8-bit codes stay as they are: the op decodes them)
+        self.upcast = [(lst, [t.float() for t in lst]) if lst and lst[0].is_floating_point() and lst[0].dtype != torch.float32
+                       else (lst, lst) for lst in lists[1:]]
         self.lists = [params, *[work for _, work in self.upcast]]
 
     def write_back(self, param_indices: list[int], grads_written: bool) -> None:

@@ -10,6 +10,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from .. import _native, ops
+from . import _low_bit as L
 from . import _precision as P
 from . import _randomness as R
 from . import _validation as V
@@ -25,7 +26,8 @@ _SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16
 # place, outside autograd.
 SWITCH_DEFAULTS = dict(foreach=None, capturable=False, differentiable=False)
 # This optimizer's choices, kept when a checkpoint is loaded: the implementation and the precision scheme.
-_IMPLEMENTATION_KEYS = ("fused", *SWITCH_DEFAULTS, "state_dtype", "master_weights", "stochastic_rounding")
+_IMPLEMENTATION_KEYS = ("fused", *SWITCH_DEFAULTS, "state_dtype", "master_weights", "stochastic_rounding",
+                        *L.DEFAULTS)
 _MAX_PLANS = 256  # NOTE: [the step plan]
 
 
@@ -66,10 +68,10 @@ class FusedOptimizer(Optimizer):
 
     def __init__(self, params, defaults: dict[str, Any], options: dict[str, Any] | None = None):
         """`options`: the shared keyword options (mixed precision, randomness) a subclass was given."""
-        unknown = set(options or {}) - set(SWITCH_DEFAULTS) - set(P.DEFAULTS) - set(R.DEFAULTS)
+        unknown = set(options or {}) - set(SWITCH_DEFAULTS) - set(P.DEFAULTS) - set(R.DEFAULTS) - set(L.DEFAULTS)
         if unknown:
             raise TypeError(f"gradfused.{type(self).__name__}: unexpected keyword argument {sorted(unknown)[0]!r}")
-        defaults = {**defaults, **SWITCH_DEFAULTS, **P.DEFAULTS, **R.DEFAULTS, **(options or {})}
+        defaults = {**defaults, **SWITCH_DEFAULTS, **P.DEFAULTS, **R.DEFAULTS, **L.DEFAULTS, **(options or {})}
         self._check_hyperparameters(defaults)  # before `params` is looked at, as torch.optim does
         if defaults["fused"] is not False:
             _native.load()  # here, eagerly: not inside a step that torch.compile traces
@@ -129,7 +131,7 @@ class FusedOptimizer(Optimizer):
                 self._check_param(p, f"params[{i}]")
                 P.check_param(self._name, merged, p, f"params[{i}]")
                 if merged["fused"]:  # as torch.optim: fused=True refuses a device it cannot fuse on, here
-                    ops.backend_for(self._name, True, p.device)
+                    ops.backend_for(self._name, True, p.device, L.quantized(merged, p))
         super().add_param_group(param_group)
 
     def _check_param(self, p: Tensor, where: str) -> None:
@@ -176,6 +178,7 @@ class FusedOptimizer(Optimizer):
             if not group["master_weights"]:
                 for p in group["params"]:
                     self.state.get(p, {}).pop("master_weight", None)
+        self._convert_state_formats()
         scalar_keys = {"step"}.union(*(self._scalar_state_keys(group) for group in self.param_groups))
         step_dtypes = {p: self._step_dtype(group) for group in self.param_groups for p in group["params"]}
         for p, st in self.state.items():  # `step` and the like live with their parameter, as float32
@@ -188,6 +191,19 @@ class FusedOptimizer(Optimizer):
                 else:
                     st[key] = torch.tensor(float(st[key]), dtype=dtype, device=p.device)
 
+    def _convert_state_formats(self) -> None:
+        """A checkpoint's states in this optimizer's format: full-precision ones encoded where its states are
+        8-bit, 8-bit ones decoded where they are not (docs/low-bit-states.md)."""
+        for group in self.param_groups:
+            keys = [key for key, _ in self._state_specs(group)]
+            for p in group["params"]:
+                st = self.state.get(p)
+                for key in [k for k in keys if st and k in st]:
+                    if L.quantized(group, p) and not L.is_codes(st[key]):
+                        L.encode(st, key)
+                    elif not L.quantized(group, p) and L.is_codes(st[key]):
+                        L.decode(st, key, P.state_dtype(group, p))
+
     def _states_not_in_param_dtype(self, state_dict: dict[str, Any]) -> list[tuple[Tensor, str, Tensor, torch.dtype]]:
         """(parameter, key, saved tensor, dtype) for each saved state this optimizer keeps in another dtype
         than its parameter's (mixed precision)."""
@@ -198,6 +214,8 @@ class FusedOptimizer(Optimizer):
                 dtype = P.state_dtype(group, p)
                 for key, value in state_dict["state"].get(idx, {}).items():
                     want = torch.float32 if key == "master_weight" else dtype
+                    if L.is_codes(value) or key.endswith(L.ABSMAX):  # 8-bit states keep their dtypes
+                        want = value.dtype
                     if key not in scalar_keys and isinstance(value, Tensor) and want != p.dtype:
                         out.append((p, key, value, want))
         return out
@@ -218,7 +236,8 @@ class FusedOptimizer(Optimizer):
             self._upgrade_group(hyper)
             specs = self._state_specs(hyper)
             scalar_keys = self._scalar_state_keys(hyper)
-            allowed = {key for key, _ in specs} | {"step", "master_weight", *scalar_keys}
+            allowed = {key for key, _ in specs} | {key + L.ABSMAX for key, _ in specs} | {"step", "master_weight",
+                                                                                        *scalar_keys}
             required = [key for key, used in specs if used]
             for idx, p in zip(saved["params"], group["params"]):
                 st = state_dict["state"].get(idx)
@@ -236,6 +255,13 @@ class FusedOptimizer(Optimizer):
                     if tuple(st[key].shape) != tuple(p.shape):
                         raise ValueError(f"{where}: {key!r} has shape {tuple(st[key].shape)} but the parameter "
                                          f"has shape {tuple(p.shape)}")
+                    if L.is_codes(st[key]):  # 8-bit: the codes need their absmax, one per block
+                        absmax = st.get(key + L.ABSMAX)
+                        blocks = -(-p.numel() // 256)
+                        if not isinstance(absmax, Tensor) or absmax.dtype != torch.float32 or absmax.shape != (blocks,):
+                            raise ValueError(f"{where}: {key!r} holds 8-bit codes, which need {key + L.ABSMAX!r}, a "
+                                             f"float32 tensor of {blocks} elements (one per 256), got "
+                                             f"{None if absmax is None else (absmax.dtype, tuple(absmax.shape))}")
 
     # ---- the step ----------------------------------------------------------------------------
     @tracks_step_calls
@@ -289,8 +315,11 @@ class FusedOptimizer(Optimizer):
         if previous[0] == key or not params or not key[-1]:
             return  # the plan is live, there is nothing to step, or no plan can run this group
         plan = self._plan(group, params)
-        if any(is_dtensor(bucket[0]) or _native.kernels_missing(bucket[0].device) for bucket, _, _ in plan):
-            return  # local shards, or a device without native kernels: the checked path
+        if any(is_dtensor(bucket[0]) or ops.backend_for(self._name, False if group.get("fused") is False else None,
+                                                          bucket[0].device, L.quantized(group, bucket[0]),
+                                                          warn=False) is not ops
+               for bucket, _, _ in plan):
+            return  # local shards, or a bucket without native kernels: the checked path
         native = torch.classes.gradfused.StepPlan(group["params"])
         position = {id(p): i for i, p in enumerate(group["params"])}
         specs, scalar_keys = self._state_specs(group), self._scalar_state_keys(group)
@@ -301,7 +330,9 @@ class FusedOptimizer(Optimizer):
             for name in [*scalar_keys, "step"]:
                 native.add_list(b, [st[name] for st in states])
         # the master weights ride beside the plan's lists: state dicts do not change under a live plan
-        buckets = [(bucket[0].device, indices, P.fused_kwargs(group, bucket[0].dtype, states), bucket)
+        buckets = [(bucket[0].device, indices,
+                    {**P.fused_kwargs(group, bucket[0].dtype, states), **self._low_bit_kwargs(group, bucket, states)},
+                    bucket)
                    for bucket, states, indices in plan]
         self._native_plans[id(group)] = (key, which, native, buckets)
 
@@ -358,6 +389,9 @@ class FusedOptimizer(Optimizer):
                     fp32_grads.append(id(p))  # torch's param.grad_dtype = torch.float32
                 else:
                     self._raise_bad_grad(group, i, p, g)
+            if group["state_bits"] == 8 and is_dtensor(p):
+                raise ValueError(f"{self._name}: params[{i}] is a sharded DTensor; state_bits=8 is not supported "
+                                 "with FSDP2/DTensor parameters yet (their blocks would have to lie in each shard)")
             if (random or group["stochastic_rounding"]) and is_dtensor(p):
                 raise ValueError(f"{self._name}: params[{i}] is a sharded DTensor; grad_noise, grad_dropout, "
                                  "lr_dropout and stochastic_rounding key each element by its index in the whole "
@@ -411,9 +445,13 @@ class FusedOptimizer(Optimizer):
         elif state["step"].dtype != step_dtype:  # a checkpoint, or the group's options changed
             state["step"] = state["step"].to(step_dtype)
         dtype = P.state_dtype(group, p)
+        eight_bit = L.quantized(group, p)
         for key, used in specs:
             if used and key not in state:
-                state[key] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
+                if eight_bit:
+                    state.update(L.new_state(p, key))
+                else:
+                    state[key] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
         for key, initial in self._scalar_state_specs(group):
             if key not in state:
                 state[key] = torch.full((), initial, dtype=torch.float32, device=p.device)
@@ -422,12 +460,13 @@ class FusedOptimizer(Optimizer):
         return state
 
     @staticmethod
-    def _buckets(params: list[Tensor], by_grad_dtype: bool = False) -> list[list[int]]:
-        """Indices of `params` grouped by (device, dtype[, gradient dtype]): one op call per bucket, in a
-        fixed order."""
+    def _buckets(params: list[Tensor], by_grad_dtype: bool = False, group: dict | None = None) -> list[list[int]]:
+        """Indices of `params` grouped by (device, dtype[, gradient dtype][, 8-bit states in `group`]): one op
+        call per bucket, in a fixed order."""
         buckets: dict[tuple, list[int]] = defaultdict(list)
         for i, p in enumerate(params):
-            buckets[(p.device, p.dtype, p.grad.dtype if by_grad_dtype else None)].append(i)
+            buckets[(p.device, p.dtype, p.grad.dtype if by_grad_dtype else None,
+                     group is not None and L.quantized(group, p))].append(i)
         return list(buckets.values())
 
     # NOTE: [the step plan]
@@ -452,7 +491,7 @@ class FusedOptimizer(Optimizer):
         if cached is not None and cached[0] == key:
             return cached[1]
         plan = []
-        for idx in self._buckets(params, by_grad_dtype=True):
+        for idx in self._buckets(params, by_grad_dtype=True, group=group):
             bucket = [params[i] for i in idx]
             states = ([self._init_state(p, group, specs) for p in bucket] if stateful else
                       [{"step": torch.zeros((), dtype=self._step_dtype(group), device=p.device)} for p in bucket])
@@ -473,7 +512,7 @@ class FusedOptimizer(Optimizer):
         scalar_keys = self._scalar_state_keys(group)
         for b, (bucket, states, indices) in enumerate(self._plan(group, params)):
             device = bucket[0].device
-            backend = ops.backend_for(self._name, group.get("fused"), device)
+            backend = ops.backend_for(self._name, group.get("fused"), device, L.quantized(group, bucket[0]))
             op = getattr(backend, self.op_name)
             tensors = [bucket, [p.grad for p in bucket], *[[st[key] for st in states] if used else []
                                                            for key, used in specs]]
@@ -493,9 +532,16 @@ class FusedOptimizer(Optimizer):
                 **self._op_kwargs(group, device, indices, grad_scale, found_inf,
                                   None if alignment_scales is None else alignment_scales[b]),
                 **fused_precision,
+                **self._low_bit_kwargs(group, bucket, states),
             )
             if work is not None:
                 work.write_back(indices if group["stochastic_rounding"] else [], grads_written=grad_scale is not None)
+
+    def _low_bit_kwargs(self, group: dict, bucket: list[Tensor], states: list[dict]) -> dict:
+        """The op's 8-bit state arguments for a bucket (docs/low-bit-states.md); none at full precision."""
+        if not L.quantized(group, bucket[0]):
+            return {}
+        return L.op_kwargs([key for key, used in self._state_specs(group) if used], states)
 
     def _op_kwargs(self, group: dict, device: torch.device, indices: list[int], grad_scale: Tensor | None,
                    found_inf: Tensor | None, alignment_scales: Tensor | None = None) -> dict[str, Any]:
@@ -532,5 +578,6 @@ class FusedOptimizer(Optimizer):
                                       "in place, outside autograd (use torch.optim for a differentiable step)")
         P.check(self._name, group)
         R.check(self._name, group)
+        L.check(self._name, group)
 
 

@@ -8,6 +8,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
+from .. import quantization
 from .philox import element_draws
 
 
@@ -76,10 +77,15 @@ def run_pipeline(
     lr_dropout: float = 0.0,
     seed: int = 0,
     param_indices: Sequence[int] | None = None,
+    state_absmax: Sequence[Tensor] | None = None,
+    state_signed: Sequence[int] | None = None,
 ) -> None:
-    """Applies docs/algorithms.md §1 to each parameter; `states[k][i]` is state k of parameter i."""
+    """Applies docs/algorithms.md §1 to each parameter; `states[k][i]` is state k of parameter i. With
+    `state_signed`, the states are 8-bit codes and `state_absmax[k * n + i]` their absmax (docs/low-bit-states.md):
+    decoded before the rule, and encoded again from the new states, which the parameter's update uses."""
     if step_is_skipped(found_inf):  # step 1: a skipped AMP step changes nothing at all
         return
+    n = len(params)
     lr = as_float(lr)
     noise = grad_noise is not None and grad_noise[0] > 0
     random = noise or grad_dropout > 0 or lr_dropout > 0
@@ -105,7 +111,11 @@ def run_pipeline(
             g = g + (math.sqrt(eta / (1 + t) ** gamma) * normal).to(g.dtype)
         if grad_dropout > 0:  # 6. gradient dropout
             g = g * (grad_u >= grad_dropout).to(g.dtype)
-        st = [upcast(s[i]) for s in states]
+        if state_signed is None:
+            st = [upcast(s[i]) for s in states]
+        else:
+            st = [quantization.dequantize_blockwise(s[i], state_absmax[k * n + i], bool(state_signed[k]),
+                                                    compute_dtype(param)) for k, s in enumerate(states)]
         d = rule(g, st, t, i)  # 7. the rule
         if lr_dropout > 0:  # 8. learning-rate dropout
             d = d * (lr_u >= lr_dropout).to(d.dtype)
@@ -114,8 +124,13 @@ def run_pipeline(
         else:
             p = p - lr * d
         write_back(param, p)
-        for s, s_new in zip(states, st):
-            write_back(s[i], s_new)
+        for k, (s, s_new) in enumerate(zip(states, st)):
+            if state_signed is None:
+                write_back(s[i], s_new)
+            else:
+                codes, absmax = quantization.quantize_blockwise(s_new, bool(state_signed[k]))
+                s[i].copy_(codes)
+                state_absmax[k * n + i].copy_(absmax)
     for step in state_steps:  # NOTE: [the op owns the step increment]
         step += 1
 

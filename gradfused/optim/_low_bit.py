@@ -1,0 +1,79 @@
+"""8-bit optimizer states (docs/low-bit-states.md): the options every gradfused optimizer takes.
+
+- ``state_bits=8``: each state tensor of a parameter with at least ``quantize_min_numel`` elements
+  (default 4096, counted over the whole parameter, so a DTensor shard does not change the decision) is
+  kept as uint8 codes under its own key (laid out like the parameter) and one float32 absmax per 256
+  elements under ``<key>_absmax``. Smaller parameters keep full-precision states (in ``state_dtype``).
+- ``state_bits=32`` (the default): every state at full precision.
+
+The CPU kernels decode, update and encode the states in the same pass (NOTE: [8-bit states in the
+kernel] in csrc/cpu/kernels_impl.h); the reference (gradfused/reference/pipeline.py) does the same with
+gradfused/quantization.py, and is what CUDA tensors step with until the CUDA kernels fuse it too.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .. import quantization as Q
+from . import _validation as V
+
+DEFAULTS = dict(state_bits=32, quantize_min_numel=4096)
+ABSMAX = "_absmax"  # the suffix of a state's absmax key
+# the states that cannot be negative take the unsigned map; every other state the signed one
+UNSIGNED_STATES = frozenset({"exp_avg_sq", "max_exp_avg_sq", "square_avg"})
+
+
+def check(owner: str, group: dict) -> None:
+    bits = group["state_bits"]
+    if isinstance(bits, bool) or bits not in (8, 32):
+        raise V.invalid(owner, "state_bits", bits, "8 or 32")
+    least = group["quantize_min_numel"]
+    if isinstance(least, bool) or not isinstance(least, int) or least < 0:
+        raise V.invalid(owner, "quantize_min_numel", least, "a whole number >= 0")
+
+
+def quantized(group: dict, p: Tensor) -> bool:
+    """Whether `p`'s states are 8-bit in `group`."""
+    return group["state_bits"] == 8 and p.numel() >= group["quantize_min_numel"]
+
+
+def new_state(p: Tensor, key: str) -> dict[str, Tensor]:
+    """Zero states of `p` as codes and absmax (an absmax of 0 decodes every code to 0)."""
+    signed = key not in UNSIGNED_STATES
+    codes = torch.full_like(p, Q.zero_code(signed), dtype=torch.uint8, memory_format=torch.preserve_format)
+    return {key: codes, key + ABSMAX: torch.zeros(Q.num_blocks(p.numel()), dtype=torch.float32, device=p.device)}
+
+
+def op_kwargs(keys: list[str], states: list[dict]) -> dict:
+    """The op's 8-bit arguments for a bucket whose states `keys` (in the op's order) are 8-bit."""
+    return dict(state_absmax=[st[key + ABSMAX] for key in keys for st in states],
+                state_signed=[int(key not in UNSIGNED_STATES) for key in keys])
+
+
+def encode(state: dict, key: str) -> None:
+    """A full-precision state (a checkpoint's) as codes and absmax, in place of it."""
+    codes, absmax = Q.quantize_blockwise(state[key], key not in UNSIGNED_STATES)
+    state[key], state[key + ABSMAX] = codes, absmax
+
+
+def decode(state: dict, key: str, dtype: torch.dtype) -> None:
+    """8-bit codes (a checkpoint's) as a full-precision state in `dtype`, in place of them."""
+    state[key] = Q.dequantize_blockwise(state[key], state.pop(key + ABSMAX), key not in UNSIGNED_STATES, dtype)
+
+
+def is_codes(value) -> bool:
+    return isinstance(value, Tensor) and value.dtype == torch.uint8
+
+
+def full_precision_state_dict(optimizer) -> dict:
+    """`optimizer.state_dict()` with every 8-bit state decoded to float32 and its absmax dropped: a
+    checkpoint that torch.optim (and gradfused with state_bits=32) loads."""
+    sd = optimizer.state_dict()
+    state = {}
+    for index, st in sd["state"].items():
+        st = dict(st)
+        for key in [k for k, v in st.items() if is_codes(v)]:
+            decode(st, key, torch.float32)
+        state[index] = st
+    return {**sd, "state": state}
