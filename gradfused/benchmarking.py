@@ -71,6 +71,8 @@ CASES: dict[str, tuple[Callable[[bool], list[tuple[int, ...]]], torch.dtype, dic
     "a-bf16-state-fp32": (_split(10_000_000, 100), torch.bfloat16, dict(state_dtype=torch.float32)),
     "a-bf16-master": (_split(10_000_000, 100), torch.bfloat16, dict(master_weights=True)),
     "a-bf16-stochastic": (_split(10_000_000, 100), torch.bfloat16, dict(stochastic_rounding=True, seed=0)),
+    "a-8bit-states": (_split(10_000_000, 100), torch.float32, dict(state_bits=8)),
+    "d-gpt2-small-8bit-states": (lambda small: CASES["d-gpt2-small"][0](small), torch.float32, dict(state_bits=8)),
 }
 # A case with options runs gradfused's fused kernels against the same optimizer stepping fp32 working copies
 # (`_fuse_precision = False`, the path the CPU took before the kernels fused mixed precision).
@@ -154,6 +156,8 @@ def case_options(case: str) -> dict:
 def providers_of(optimizer: str, case: str) -> list[str]:
     if not case_options(case):
         return list(PROVIDERS[optimizer])
+    if "state_bits" in case_options(case):  # 8-bit states: gradfused's own; compare with the fp32 case's rows
+        return [] if optimizer == "Align(AdamW)" else ["gradfused"]
     # the ideal bytes below count an optimizer's states, which GradientAlignment's statistics pass exceeds
     return [] if optimizer == "Align(AdamW)" else list(OPTION_PROVIDERS)
 
@@ -246,6 +250,8 @@ def step_bytes(optimizer: str, shapes: list[tuple[int, ...]], dtype: torch.dtype
     narrow = dtype.itemsize / 4
     per_element = fp32 * narrow
     options = options or {}
+    if options.get("state_bits") == 8:  # each state: a code read and written, and its absmax per 256
+        return (12 * narrow + (fp32 - 12) / 8 * (2 + 8 / 256)) * sum(math.prod(s) for s in shapes)
     if dtype.itemsize == 2 and (options.get("state_dtype") == torch.float32 or options.get("master_weights")):
         states = (fp32 - 12) / 8  # param read and written, grad read: 12 bytes; each state read and written: 8
         per_element += states * 8 * (1 - narrow)

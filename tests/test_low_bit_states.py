@@ -183,3 +183,15 @@ def test_eight_bit_states_train_as_well(make):
             opt.step()
         losses[bits] = loss.item()
     assert math.isfinite(losses[8]) and losses[8] <= 1.1 * losses[32] + 1e-4, losses
+
+
+def test_compare_spec_takes_state_bits():
+    """`gradfused compare --optimizers adamw:state_bits=8`: users run their own 8-bit comparisons."""
+    from gradfused.experiments.optimizers import parse_all
+
+    (spec,) = parse_all(["adamw:lr=1e-3,state_bits=8,quantize_min_numel=0"])
+    p = torch.zeros(300, requires_grad=True)
+    opt = spec.build([p])
+    p.grad = torch.ones(300)
+    opt.step()
+    assert opt.state[p]["exp_avg"].dtype == torch.uint8

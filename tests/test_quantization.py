@@ -102,3 +102,19 @@ def test_dequantize_names_a_bad_absmax():
         gf.ops.dequantize_blockwise(codes, torch.ones(1), True)
     with pytest.raises(RuntimeError, match="codes must be a uint8 CPU tensor"):
         gf.ops.dequantize_blockwise(codes.float(), torch.ones(2), True)
+
+
+@pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
+def test_values_on_the_midpoints_take_the_lower_code(signed):
+    """Ties: every midpoint itself (and its negative, signed), in a block whose absmax is 1, takes the
+    smaller neighbour's code, in the native lookup (NOTE: [the code lookup]) as in the reference."""
+    mids = Q._midpoints(Q.map_values(signed))
+    values = torch.cat([mids, -mids]) if signed else mids
+    x = torch.cat([torch.ones(1), values, torch.nextafter(values, torch.full_like(values, 2.0))])
+    codes, absmax = gf.ops.quantize_blockwise(x, signed)
+    ref_codes, ref_absmax = Q.quantize_blockwise(x, signed)
+    assert torch.equal(codes, ref_codes) and torch.equal(absmax, ref_absmax)
+    lower = torch.arange(len(mids), dtype=torch.uint8)  # midpoint k lies between codes k and k + 1
+    if not signed:
+        lower[0] = 1  # except that a positive value never takes the code of 0
+    assert torch.equal(codes[1:1 + len(mids)], lower)

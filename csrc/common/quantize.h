@@ -4,6 +4,7 @@
 // from the same decimal literals with the same double operations, and the same rounding rule, so both
 // give the same codes bit for bit.
 #pragma once
+#include <cmath>
 #include <cstdint>
 #include "config.h"
 
@@ -11,13 +12,24 @@ namespace gf {
 
 constexpr int kQuantBlock = 256;  // elements per absmax
 
+// NOTE: [the code lookup]
+// A code is the number of midpoints below a value. Rather than search the 255 midpoints, a float32 value
+// in [2^-25, 2) is cut into buckets by its exponent and the top 8 bits of its mantissa (256 buckets an
+// octave, 0.4 % wide), and `below[bucket]` holds the number of midpoints under the bucket's low edge.
+// The map's values are at least 0.7 % apart, so at most one midpoint falls inside a bucket (checked when
+// the table is built): the code is below[bucket] plus one comparison with the next midpoint.
+constexpr int kLutLowestExponent = -25;  // smaller magnitudes lie below every non-zero midpoint
+constexpr int kLutOctaves = 26;          // exponents -25 .. 0
+constexpr int kLutBucketBits = 8;
+
 // A map: its sorted values in [-1, 1] (signed) or [0, 1] (unsigned), padded with 0 to 256 entries (the
-// signed map uses 255 codes), and the float32 midpoints between neighbours, padded with +inf, so that a
-// value's code is the number of midpoints below it.
+// signed map uses 255 codes), the float32 midpoints between neighbours, padded with +inf, so that a
+// value's code is the number of midpoints below it, and the lookup of NOTE: [the code lookup].
 struct QuantMap {
   float value[256];
   float midpoint[256];
   int zero_code;
+  uint8_t below[kLutOctaves << kLutBucketBits];
 };
 
 namespace quantize_detail {
@@ -67,6 +79,18 @@ constexpr QuantMap make_map(bool is_signed) {
     map.midpoint[i] = i + 1 < n ? static_cast<float>((lower + upper) * 0.5) : __builtin_inff();
     if (i < n && v[i] == 0.0) map.zero_code = i;
   }
+  int below = 0;  // the buckets rise with k: one walk over the midpoints
+  for (int k = 0; k < (kLutOctaves << kLutBucketBits); ++k) {
+    double octave = 1.0;  // the bucket is [low, low + width), exactly
+    for (int e = kLutLowestExponent + (k >> kLutBucketBits); e < 0; ++e) octave *= 0.5;
+    const double width = octave / (1 << kLutBucketBits);
+    const double low = octave + width * (k & ((1 << kLutBucketBits) - 1));
+    while (below + 1 < n && double(map.midpoint[below]) < low) ++below;
+    int inside = below;
+    while (inside + 1 < n && double(map.midpoint[inside]) < low + width) ++inside;
+    if (inside - below > 1) throw "two midpoints in one bucket: NOTE: [the code lookup] needs finer buckets";
+    map.below[k] = uint8_t(below);
+  }
   return map;
 }
 }  // namespace quantize_detail
@@ -78,16 +102,49 @@ inline constexpr QuantMap kUnsignedMap = quantize_detail::make_map(false);
 
 GF_CODE_BEGIN
 
+// |x| without a branch (a sign test would be a jump mispredicted half the time on momentum).
+GF_HD float magnitude(float x) { return ::fabsf(x); }
+GF_HD double magnitude(double x) { return ::fabs(x); }
+
+
+// The number of midpoints below a >= 0 (NOTE: [the code lookup]).
+GF_HD int count_below(float a, const QuantMap& map) {
+  uint32_t bits = 0;
+  __builtin_memcpy(&bits, &a, sizeof bits);
+  int exponent = int((bits >> 23) & 0xFF) - 127;
+  if (exponent < kLutLowestExponent) return map.zero_code;  // 0 and below every positive midpoint
+  int bucket = ((exponent > 0 ? 0 : exponent) - kLutLowestExponent) << kLutBucketBits;
+  bucket |= exponent > 0 ? (1 << kLutBucketBits) - 1 : int((bits >> (23 - kLutBucketBits)) & 0xFF);
+  const int base = map.below[bucket];
+  return base + int(map.midpoint[base] < a);
+}
+// The same for any compute type, by a branch-free binary search (float64 states).
+template <class S>
+GF_HD int count_below_search(S u, const QuantMap& map) {
+  int code = 0;
+  for (int step = 128; step > 0; step >>= 1) code += step & -int(S(map.midpoint[code + step - 1]) < u);
+  return code;
+}
+
 // The code of one value x, given its block's absmax, in the compute type S (float, or double for float64
 // states): the number of midpoints below x / absmax (nearest value; a tie goes to the smaller one). A NaN
 // takes the zero code; an unsigned map never turns a positive x into 0.
 template <class S>
 GF_HD uint8_t quantize_value(S x, S absmax, const QuantMap& map, bool is_signed) {
-  const S normalized = x / absmax;
-  if (normalized != normalized) return uint8_t(map.zero_code);
-  int code = 0;
-  for (int step = 128; step > 0; step >>= 1)
-    if (S(map.midpoint[code + step - 1]) < normalized) code += step;
+  const S u = x / absmax;
+  if (u != u) return uint8_t(map.zero_code);
+  int code;
+  if constexpr (sizeof(S) == sizeof(float)) {
+    // Branch-free in the sign, which momentum flips at random. For u < 0 the signed map's symmetry gives
+    // the midpoints below u = -a as the positive ones above a: zero_code - (those below a, and one equal
+    // to a); the unsigned map has no negative midpoint, so its code is 0 there.
+    const float a = magnitude(u);
+    const int below = count_below(a, map);
+    const int mirrored = 2 * map.zero_code - below - int(map.midpoint[below] == a);
+    code = !(u < S(0)) ? below : is_signed ? mirrored : 0;
+  } else {
+    code = count_below_search(u, map);
+  }
   if (!is_signed && code == map.zero_code && x > S(0)) code += 1;
   return uint8_t(code);
 }
@@ -98,14 +155,28 @@ GF_HD S dequantize_value(uint8_t code, S absmax, const QuantMap& map) {
 }
 
 // The absmax of n values, NaN-propagating (a NaN anywhere makes the block's absmax NaN), as float32.
+// Eight running maxima, independent chains that the CPU overlaps (one chain waits a compare and a
+// select per element), and a NaN flag: max is exact, so the order changes nothing.
 template <class S>
 GF_HD float block_absmax(const S* x, int n) {
-  S m = S(0);
-  for (int i = 0; i < n; ++i) {
-    const S a = x[i] < S(0) ? -x[i] : x[i];
-    m = (a > m || a != a) ? a : m;
+  constexpr int kChains = 8;
+  S m[kChains] = {};
+  bool nan = false;
+  int i = 0;
+  for (; i + kChains <= n; i += kChains)
+    for (int k = 0; k < kChains; ++k) {
+      const S a = magnitude(x[i + k]);
+      nan |= a != a;
+      m[k] = a > m[k] ? a : m[k];
+    }
+  for (; i < n; ++i) {
+    const S a = magnitude(x[i]);
+    nan |= a != a;
+    m[0] = a > m[0] ? a : m[0];
   }
-  return float(m);
+  S top = m[0];
+  for (int k = 1; k < kChains; ++k) top = m[k] > top ? m[k] : top;
+  return nan ? __builtin_nanf("") : float(top);
 }
 
 GF_CODE_END

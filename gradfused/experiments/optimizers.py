@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 import gradfused as gf
-from gradfused.optim import _precision, _randomness
+from gradfused.optim import _low_bit, _precision, _randomness
 
 from ..errors import CommandError
 
@@ -152,7 +152,7 @@ def parse(spec: str) -> OptimizerSpec:
         align = {k: hyper.pop(k) for k in WRAPPER_KEYS if k in hyper}
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "params", "fused", "foreach", "options"}
     if name in GRADFUSED:  # the options every gradfused optimizer takes as keywords
-        accepted |= set(_precision.DEFAULTS) | set(_randomness.DEFAULTS)
+        accepted |= set(_precision.DEFAULTS) | set(_randomness.DEFAULTS) | set(_low_bit.DEFAULTS)
     unknown = set(hyper) - accepted
     if unknown:
         raise CommandError(f"{spec!r}: {cls.__name__} has no hyperparameter {', '.join(sorted(unknown))} "
