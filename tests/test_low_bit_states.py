@@ -25,8 +25,15 @@ def set_grads(params, gen):
         p.grad = torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p.dtype)
 
 
-def codes_of(opt):
-    return [(key, t) for key, t in all_states(opt) if t.dtype == torch.uint8]
+def step_twins(pairs, steps, seed):
+    """`steps` times: the same gradients to every (optimizer, params) pair, then each steps; yields after
+    each step."""
+    gens = [torch.Generator().manual_seed(seed) for _ in pairs]
+    for step in range(steps):
+        for (opt, params), gen in zip(pairs, gens):
+            set_grads(params, gen)
+            opt.step()
+        yield step
 
 
 def _assert_match(s, t, dtype, what):
@@ -48,12 +55,7 @@ def test_fused_kernel_equals_the_reference(case, dtype):
     every step: bit for bit in float32, within one code in float64 (_assert_match)."""
     a, b = make_params(dtype), make_params(dtype)
     native, ref = case.make(a, True, **EIGHT_BIT), case.make(b, False, **EIGHT_BIT)
-    gen_a, gen_b = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
-    for step in range(4):
-        set_grads(a, gen_a)
-        set_grads(b, gen_b)
-        native.step()
-        ref.step()
+    for step in step_twins([(native, a), (ref, b)], steps=4, seed=1):
         for p, q in zip(a, b):
             _assert_match(p, q, dtype, f"step {step}")
         for (key, s), (_, t) in zip(all_states(native), all_states(ref), strict=True):
@@ -101,12 +103,7 @@ def test_checkpoint_round_trips_bit_for_bit():
     twin = [p.detach().clone().requires_grad_() for p in params]
     resumed = gf.AdamW(twin, lr=1e-2, **EIGHT_BIT)
     resumed.load_state_dict(saved)
-    gen_a, gen_b = torch.Generator().manual_seed(9), torch.Generator().manual_seed(9)
-    for _ in range(2):
-        set_grads(params, gen_a)
-        set_grads(twin, gen_b)
-        opt.step()
-        resumed.step()
+    list(step_twins([(opt, params), (resumed, twin)], steps=2, seed=9))
     for (_, s), (_, t) in zip(all_states(opt), all_states(resumed), strict=True):
         assert torch.equal(s, t)
     assert all(torch.equal(p, q) for p, q in zip(params, twin))
