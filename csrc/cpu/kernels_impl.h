@@ -181,6 +181,15 @@ GF_HD void update_chunk(const SlotT& slot, int64_t begin, int64_t end, const Lau
   }
 }
 
+// update_chunk compiled once, out of line, for each combination: the full-precision path and the 8-bit
+// path's blocks (whose states are compute-type buffers, the fp32-state layout) share one body. Inlined
+// into both, it doubled the kernel units' compile time.
+template <class Rule, bool kRandom, WeightDecay kWd, class T, class TS, class SlotT, class Launch>
+__attribute__((noinline)) void update_span(const SlotT& slot, int64_t begin, int64_t end, const Launch& L,
+                                           int64_t key_offset) {
+  update_chunk<Rule, kRandom, kWd, T, TS>(slot, begin, end, L, key_offset);
+}
+
 // NOTE: [8-bit states in the kernel]
 // With 8-bit states (docs/low-bit-states.md) a chunk is stepped block by block (chunks are whole blocks of
 // kQuantBlock elements). Each state's codes of the block are decoded into a buffer in the compute type;
@@ -208,7 +217,7 @@ GF_HD void update_chunk_8bit(const SlotT& slot, int64_t begin, int64_t end, cons
     block_slot.ptr[0] = static_cast<T*>(slot.ptr[0]) + first;
     block_slot.ptr[1] = static_cast<char*>(slot.ptr[1]) + first * int64_t(grad_size);
     if (slot.ptr[kMasterList] != nullptr) block_slot.ptr[kMasterList] = static_cast<float*>(slot.ptr[kMasterList]) + first;
-    update_chunk<Rule, kRandom, kWd, T, S>(block_slot, 0, n, L, first);
+    update_span<Rule, kRandom, kWd, T, S>(block_slot, 0, n, L, first);
     for (int j = 0; j < kStates; ++j) {
       const QuantMap& map = L.state_signed[j] ? kSignedMap : kUnsignedMap;
       const float absmax = block_absmax(buffer[j], n);
@@ -247,7 +256,7 @@ void update_chunks(const Launch& L, int64_t chunk_begin, int64_t chunk_end) {
                            constexpr bool kRandom = decltype(is_random)::value;
                            constexpr WeightDecay kWd = decltype(wd)::value;
                            if (L.quantized) update_chunk_8bit<Rule, kRandom, kWd, T>(slot, begin, end, L);
-                           else update_chunk<Rule, kRandom, kWd, T, TS>(slot, begin, end, L);
+                           else update_span<Rule, kRandom, kWd, T, TS>(slot, begin, end, L, 0);
                          });
         });
       });
