@@ -10,7 +10,7 @@ import warnings
 
 import torch
 
-from . import _native, reference
+from . import _native, quantization, reference
 
 # Update ops in the order of their schemas in csrc/gradfused.cpp; each has a `.tensor_lr` overload
 # (NOTE: [lr as a float or a Tensor]).
@@ -124,11 +124,9 @@ def _register_fakes() -> None:
             torch.library.register_fake(f"gradfused::{name}.{overload}" if overload != "default" else f"gradfused::{name}")(
                 _fake_in_place
             )
-
-
     torch.library.register_fake("gradfused::quantize_blockwise")(
         lambda x, is_signed: (torch.empty_like(x, dtype=torch.uint8),
-                              x.new_empty(((x.numel() + 255) // 256,), dtype=torch.float32)))
+                              x.new_empty((quantization.num_blocks(x.numel()),), dtype=torch.float32)))
     torch.library.register_fake("gradfused::dequantize_blockwise")(
         lambda codes, absmax, is_signed, dtype=torch.float32: torch.empty_like(codes, dtype=dtype))
 

@@ -8,8 +8,6 @@ or [0, 1] (unsigned, for states that cannot), denser near zero in absolute terms
 relative terms decade by decade."""
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
@@ -114,4 +112,6 @@ def dequantize_blockwise(codes: Tensor, absmax: Tensor, signed: bool, dtype: tor
 
 
 def num_blocks(numel: int) -> int:
-    return math.ceil(numel / BLOCK_SIZE)
+    """Blocks of BLOCK_SIZE over numel elements, the last one possibly short (integer arithmetic, so that
+    a symbolic numel under torch.compile works too)."""
+    return (numel + BLOCK_SIZE - 1) // BLOCK_SIZE

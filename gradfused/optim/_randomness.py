@@ -39,6 +39,12 @@ def is_random(group: dict) -> bool:
     return group["grad_noise"] is not None or group["grad_dropout"] > 0 or group["lr_dropout"] > 0
 
 
+def draws(group: dict) -> bool:
+    """Whether the group's steps draw from the Philox streams (keyed by seed, parameter index, step and
+    element): the random options, or stochastic rounding."""
+    return is_random(group) or group["stochastic_rounding"]
+
+
 def resolve_seed(group: dict, needed: bool) -> None:
     """Draws the group's seed from torch's global generator if it has none and `needed` (only then, so an
     optimizer without randomness leaves torch's random stream as torch.optim would)."""

@@ -131,7 +131,7 @@ class GradientAlignment(WrappingOptimizer):
         for group, params in zip(self.param_groups, selected):
             scales = [self._stats(bucket, grad_scale, found_inf) for bucket, _, _ in self.base._plan(group, params)]
             self.base._update(group, params, grad_scale=grad_scale, found_inf=found_inf, alignment_scales=scales)
-            if build_native_plans and not torch.compiler.is_compiling():
+            if build_native_plans:
                 self.base._build_native_plan(group, params)
 
     def _step_torch_base(self, loss):

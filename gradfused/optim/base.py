@@ -10,6 +10,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from .. import _native, ops
+from .. import quantization as Q
 from . import _low_bit as L
 from . import _precision as P
 from . import _randomness as R
@@ -117,7 +118,7 @@ class FusedOptimizer(Optimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         merged = {**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}}
         self._check_hyperparameters(merged)
-        R.resolve_seed(merged, needed=R.is_random(merged) or merged["stochastic_rounding"])
+        R.resolve_seed(merged, needed=R.draws(merged))
         if merged["seed"] is not None:
             param_group["seed"] = merged["seed"]
         self._plans.clear()
@@ -257,7 +258,7 @@ class FusedOptimizer(Optimizer):
                                          f"has shape {tuple(p.shape)}")
                     if L.is_codes(st[key]):  # 8-bit: the codes need their absmax, one per block
                         absmax = st.get(key + L.ABSMAX)
-                        blocks = -(-p.numel() // 256)
+                        blocks = Q.num_blocks(p.numel())
                         if not isinstance(absmax, Tensor) or absmax.dtype != torch.float32 or absmax.shape != (blocks,):
                             raise ValueError(f"{where}: {key!r} holds 8-bit codes, which need {key + L.ABSMAX!r}, a "
                                              f"float32 tensor of {blocks} elements (one per 256), got "
@@ -289,7 +290,7 @@ class FusedOptimizer(Optimizer):
         found_inf = getattr(self, "found_inf", None)
         for group, params in zip(self.param_groups, selected):
             self._update(group, params, grad_scale=grad_scale, found_inf=found_inf)
-            if build_native_plans and not torch.compiler.is_compiling():
+            if build_native_plans:
                 self._build_native_plan(group, params)
 
     # NOTE: [the step plan in C++]
@@ -306,6 +307,8 @@ class FusedOptimizer(Optimizer):
                 len(self.state), len(group["params"]), runnable)
 
     def _build_native_plan(self, group: dict, params: list[Tensor]) -> None:
+        if torch.compiler.is_compiling():  # a traced step runs the checked path (NOTE: [the step plan in C++])
+            return
         which = tuple(map(id, params))
         previous = self._native_plans.get(id(group))
         if previous is None or previous[1] != which:  # not the same parameters two steps running: wait
@@ -379,7 +382,7 @@ class FusedOptimizer(Optimizer):
         can differ."""
         self._recheck_hyperparameters(group)
         params, fp32_grads = [], []
-        random = R.is_random(group)
+        draws = R.draws(group)
         for i, p in enumerate(group["params"]):
             g = p.grad
             if g is None or (wanted is not None and id(p) not in wanted):
@@ -392,7 +395,7 @@ class FusedOptimizer(Optimizer):
             if group["state_bits"] == 8 and is_dtensor(p):
                 raise ValueError(f"{self._name}: params[{i}] is a sharded DTensor; state_bits=8 is not supported "
                                  "with FSDP2/DTensor parameters yet (their blocks would have to lie in each shard)")
-            if (random or group["stochastic_rounding"]) and is_dtensor(p):
+            if draws and is_dtensor(p):
                 raise ValueError(f"{self._name}: params[{i}] is a sharded DTensor; grad_noise, grad_dropout, "
                                  "lr_dropout and stochastic_rounding key each element by its index in the whole "
                                  "tensor, which a shard does not know yet: they are not supported with "
@@ -435,7 +438,7 @@ class FusedOptimizer(Optimizer):
     def _step_dtype(group: dict) -> torch.dtype:
         """float32 as torch.optim's, but float64 where the step keys random draws: a float32 count stops at
         2^24 steps, and the draws would repeat from there (NOTE: [exact step counts] in csrc/ops_shared.h)."""
-        return torch.float64 if R.is_random(group) or group["stochastic_rounding"] else torch.float32
+        return torch.float64 if R.draws(group) else torch.float32
 
     def _init_state(self, p: Tensor, group: dict, specs: list[tuple[str, bool]]) -> dict:
         state = self.state[p]
@@ -554,8 +557,8 @@ class FusedOptimizer(Optimizer):
                 V.refuse_capture(self._name, f"{k} is a tensor, read on the host at each step (only lr may be a "
                                  "tensor on the GPU); pass it as a number")
                 hyper[k] = v.item()
-        keyed = R.is_random(group) or group["stochastic_rounding"]  # else the indices key nothing
-        return dict(lr=group["lr"], **hyper, **R.op_kwargs(group), param_indices=indices if keyed else None,
+        return dict(lr=group["lr"], **hyper, **R.op_kwargs(group),
+                    param_indices=indices if R.draws(group) else None,  # else the indices key nothing
                     maximize=group["maximize"],
                     grad_scale=None if grad_scale is None else grad_scale.to(device),
                     found_inf=None if found_inf is None else found_inf.to(device), alignment_scales=alignment_scales)
