@@ -179,4 +179,20 @@ GF_HD float block_absmax(const S* x, int n) {
   return nan ? __builtin_nanf("") : float(top);
 }
 
+GF_HD const QuantMap& quant_map(bool is_signed) { return is_signed ? kSignedMap : kUnsignedMap; }
+
+// One block: n values decoded from their codes and the block's absmax, and encoded back (its new absmax
+// returned, to be stored). The CPU kernels and the CPU ops both go through these two.
+template <class S>
+GF_HD void decode_block(const uint8_t* codes, int n, S absmax, const QuantMap& map, S* out) {
+  for (int i = 0; i < n; ++i) out[i] = dequantize_value(codes[i], absmax, map);
+}
+template <class S>
+GF_HD float encode_block(const S* x, int n, bool is_signed, uint8_t* codes) {
+  const QuantMap& map = quant_map(is_signed);
+  const float absmax = block_absmax(x, n);
+  for (int i = 0; i < n; ++i) codes[i] = quantize_value(x[i], S(absmax), map, is_signed);
+  return absmax;
+}
+
 GF_CODE_END

@@ -208,23 +208,16 @@ GF_HD void update_chunk_8bit(const SlotT& slot, int64_t begin, int64_t end, cons
     const int n = int(end - first < kQuantBlock ? end - first : kQuantBlock);
     const int64_t block = first / kQuantBlock;
     for (int j = 0; j < kStates; ++j) {
-      const QuantMap& map = L.state_signed[j] ? kSignedMap : kUnsignedMap;
-      const uint8_t* codes = static_cast<const uint8_t*>(slot.ptr[2 + j]) + first;
-      const S absmax = S(slot.absmax[j][block]);
-      for (int e = 0; e < n; ++e) buffer[j][e] = dequantize_value(codes[e], absmax, map);
+      decode_block(static_cast<const uint8_t*>(slot.ptr[2 + j]) + first, n, S(slot.absmax[j][block]),
+                   quant_map(L.state_signed[j]), buffer[j]);
       block_slot.ptr[2 + j] = buffer[j];
     }
     block_slot.ptr[0] = static_cast<T*>(slot.ptr[0]) + first;
     block_slot.ptr[1] = static_cast<char*>(slot.ptr[1]) + first * int64_t(grad_size);
     if (slot.ptr[kMasterList] != nullptr) block_slot.ptr[kMasterList] = static_cast<float*>(slot.ptr[kMasterList]) + first;
     update_span<Rule, kRandom, kWd, T, S>(block_slot, 0, n, L, first);
-    for (int j = 0; j < kStates; ++j) {
-      const QuantMap& map = L.state_signed[j] ? kSignedMap : kUnsignedMap;
-      const float absmax = block_absmax(buffer[j], n);
-      slot.absmax[j][block] = absmax;
-      uint8_t* codes = static_cast<uint8_t*>(slot.ptr[2 + j]) + first;
-      for (int e = 0; e < n; ++e) codes[e] = quantize_value(buffer[j][e], S(absmax), map, L.state_signed[j]);
-    }
+    for (int j = 0; j < kStates; ++j)
+      slot.absmax[j][block] = encode_block(buffer[j], n, L.state_signed[j], static_cast<uint8_t*>(slot.ptr[2 + j]) + first);
   }
 }
 

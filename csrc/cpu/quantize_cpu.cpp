@@ -14,8 +14,6 @@ namespace gf {
 namespace cpu {
 namespace {
 
-const QuantMap& map_of(bool is_signed) { return is_signed ? kSignedMap : kUnsignedMap; }
-
 // x's elements lie in memory order over [data_ptr, data_ptr + numel) when x is dense; else a contiguous
 // copy serves (logical order).
 at::Tensor dense(const at::Tensor& x) { return x.is_non_overlapping_and_dense() ? x : x.contiguous(); }
@@ -32,15 +30,11 @@ std::tuple<at::Tensor, at::Tensor> quantize_blockwise_cpu(const at::Tensor& x, b
   at::Tensor absmax = at::empty({blocks}, x.options().dtype(at::kFloat));
   uint8_t* out = codes.data_ptr<uint8_t>();
   float* scales = absmax.data_ptr<float>();
-  const QuantMap& map = map_of(is_signed);
   auto run = [&](auto* in) {
-    using S = std::remove_const_t<std::remove_pointer_t<decltype(in)>>;
     at::parallel_for(0, blocks, 64, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
-        const int64_t begin = b * kQuantBlock, count = std::min<int64_t>(kQuantBlock, n - begin);
-        const float m = block_absmax(in + begin, int(count));
-        scales[b] = m;
-        for (int64_t i = begin; i < begin + count; ++i) out[i] = quantize_value(in[i], S(m), map, is_signed);
+        const int64_t begin = b * kQuantBlock;
+        scales[b] = encode_block(in + begin, int(std::min<int64_t>(kQuantBlock, n - begin)), is_signed, out + begin);
       }
     });
   };
@@ -65,11 +59,14 @@ at::Tensor dequantize_blockwise_cpu(const at::Tensor& codes, const at::Tensor& a
   const uint8_t* c = in.data_ptr<uint8_t>();
   const at::Tensor scales = absmax.contiguous();
   const float* s = scales.data_ptr<float>();
-  const QuantMap& map = map_of(is_signed);
   auto run = [&](auto* out) {
     using S = std::remove_pointer_t<decltype(out)>;
-    at::parallel_for(0, n, 4096, [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) out[i] = dequantize_value(c[i], S(s[i / kQuantBlock]), map);
+    at::parallel_for(0, blocks, 64, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t begin = b * kQuantBlock;
+        decode_block(c + begin, int(std::min<int64_t>(kQuantBlock, n - begin)), S(s[b]), quant_map(is_signed),
+                     out + begin);
+      }
     });
   };
   if (wide) run(values.data_ptr<double>());
