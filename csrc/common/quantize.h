@@ -13,14 +13,20 @@ namespace gf {
 constexpr int kQuantBlock = 256;  // elements per absmax
 
 // NOTE: [the code lookup]
-// A code is the number of midpoints below a value. Rather than search the 255 midpoints, a float32 value
-// in [2^-25, 2) is cut into buckets by its exponent and the top 8 bits of its mantissa (256 buckets an
-// octave, 0.4 % wide), and `below[bucket]` holds the number of midpoints under the bucket's low edge.
-// The map's values are at least 0.7 % apart, so at most one midpoint falls inside a bucket (checked when
-// the table is built): the code is below[bucket] plus one comparison with the next midpoint.
+// A code is the number of midpoints below a value. Rather than search the 255 midpoints, a float32
+// magnitude in [2^-25, 2) is cut into buckets by its exponent and the top 8 bits of its mantissa (256
+// buckets an octave, 0.4 % wide). The map's values are at least 0.7 % apart, so at most one midpoint falls
+// inside a bucket (checked when the table is built). `lookup[bucket]` holds, in its low 8 bits, the number
+// of midpoints below the bucket, and above them the low 15 mantissa bits of the midpoint inside it
+// (kNoMidpoint when none): a magnitude in the bucket lies above that midpoint when its own low 15 bits are
+// greater, and on it when they are equal. One table read and two integer compares a value, the same on a
+// scalar and on SIMD lanes (csrc/cpu/kernels_impl.h gathers the entries). The octave [1, 2) holds no
+// midpoint (the largest value is 1), so magnitudes of 2 and more share its top bucket.
 constexpr int kLutLowestExponent = -25;  // smaller magnitudes lie below every non-zero midpoint
 constexpr int kLutOctaves = 26;          // exponents -25 .. 0
 constexpr int kLutBucketBits = 8;
+constexpr int kLutLowBits = 23 - kLutBucketBits;  // the mantissa bits below the bucket's
+constexpr uint32_t kNoMidpoint = 1u << kLutLowBits;   // above every magnitude's low bits
 
 // A map: its sorted values in [-1, 1] (signed) or [0, 1] (unsigned), padded with 0 to 256 entries (the
 // signed map uses 255 codes), the float32 midpoints between neighbours, padded with +inf, so that a
@@ -29,7 +35,7 @@ struct QuantMap {
   float value[256];
   float midpoint[256];
   int zero_code;
-  uint8_t below[kLutOctaves << kLutBucketBits];
+  uint32_t lookup[kLutOctaves << kLutBucketBits];
 };
 
 namespace quantize_detail {
@@ -81,15 +87,19 @@ constexpr QuantMap make_map(bool is_signed) {
   }
   int below = 0;  // the buckets rise with k: one walk over the midpoints
   for (int k = 0; k < (kLutOctaves << kLutBucketBits); ++k) {
+    const int exponent = kLutLowestExponent + (k >> kLutBucketBits);
     double octave = 1.0;  // the bucket is [low, low + width), exactly
-    for (int e = kLutLowestExponent + (k >> kLutBucketBits); e < 0; ++e) octave *= 0.5;
+    for (int e = exponent; e < 0; ++e) octave *= 0.5;
     const double width = octave / (1 << kLutBucketBits);
     const double low = octave + width * (k & ((1 << kLutBucketBits) - 1));
     while (below + 1 < n && double(map.midpoint[below]) < low) ++below;
     int inside = below;
     while (inside + 1 < n && double(map.midpoint[inside]) < low + width) ++inside;
     if (inside - below > 1) throw "two midpoints in one bucket: NOTE: [the code lookup] needs finer buckets";
-    map.below[k] = uint8_t(below);
+    if (inside > below && exponent == 0) throw "a midpoint in [1, 2): NOTE: [the code lookup] assumes none";
+    // the midpoint's mantissa bits below the bucket's, exactly: its distance from low in units of 2^-23 octaves
+    const uint32_t low_bits = inside > below ? uint32_t((double(map.midpoint[below]) - low) / width * kNoMidpoint) : kNoMidpoint;
+    map.lookup[k] = uint32_t(below) | low_bits << 8;
   }
   return map;
 }
@@ -107,16 +117,21 @@ GF_HD float magnitude(float x) { return ::fabsf(x); }
 GF_HD double magnitude(double x) { return ::fabs(x); }
 
 
-// The number of midpoints below a >= 0 (NOTE: [the code lookup]).
-GF_HD int count_below(float a, const QuantMap& map) {
+// The number of midpoints below a float32 magnitude a (not NaN), and whether a is one of them (NOTE: [the
+// code lookup]).
+struct MagnitudeCode {
+  int below;
+  bool on_midpoint;
+};
+GF_HD MagnitudeCode count_below(float a, const QuantMap& map) {
   uint32_t bits = 0;
   __builtin_memcpy(&bits, &a, sizeof bits);
-  int exponent = int((bits >> 23) & 0xFF) - 127;
-  if (exponent < kLutLowestExponent) return map.zero_code;  // 0 and below every positive midpoint
-  int bucket = ((exponent > 0 ? 0 : exponent) - kLutLowestExponent) << kLutBucketBits;
-  bucket |= exponent > 0 ? (1 << kLutBucketBits) - 1 : int((bits >> (23 - kLutBucketBits)) & 0xFF);
-  const int base = map.below[bucket];
-  return base + int(map.midpoint[base] < a);
+  const int exponent = int(bits >> 23) - 127;
+  if (exponent < kLutLowestExponent) return {map.zero_code, false};  // 0 and below every positive midpoint
+  const int bucket = (((exponent > 0 ? 0 : exponent) - kLutLowestExponent) << kLutBucketBits) |
+                     (exponent > 0 ? (1 << kLutBucketBits) - 1 : int((bits >> kLutLowBits) & 0xFF));
+  const uint32_t entry = map.lookup[bucket], low_bits = bits & (kNoMidpoint - 1);
+  return {int(entry & 0xFF) + int(low_bits > entry >> 8), low_bits == entry >> 8};
 }
 // The same for any compute type, by a branch-free binary search (float64 states).
 template <class S>
@@ -138,10 +153,9 @@ GF_HD uint8_t quantize_value(S x, S absmax, const QuantMap& map, bool is_signed)
     // Branch-free in the sign, which momentum flips at random. For u < 0 the signed map's symmetry gives
     // the midpoints below u = -a as the positive ones above a: zero_code - (those below a, and one equal
     // to a); the unsigned map has no negative midpoint, so its code is 0 there.
-    const float a = magnitude(u);
-    const int below = count_below(a, map);
-    const int mirrored = 2 * map.zero_code - below - int(map.midpoint[below] == a);
-    code = !(u < S(0)) ? below : is_signed ? mirrored : 0;
+    const MagnitudeCode m = count_below(magnitude(u), map);
+    const int mirrored = 2 * map.zero_code - m.below - int(m.on_midpoint);
+    code = !(u < S(0)) ? m.below : is_signed ? mirrored : 0;
   } else {
     code = count_below_search(u, map);
   }

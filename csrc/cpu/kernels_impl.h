@@ -6,8 +6,8 @@
 #include <type_traits>
 #include "simd.h"
 #include "../common/pipeline.h"
-#include "../common/quantize.h"
 #include "kernel_api.h"
+#include "quantize_simd.h"
 
 GF_CODE_BEGIN
 namespace kernels {
@@ -208,8 +208,8 @@ GF_HD void update_chunk_8bit(const SlotT& slot, int64_t begin, int64_t end, cons
     const int n = int(end - first < kQuantBlock ? end - first : kQuantBlock);
     const int64_t block = first / kQuantBlock;
     for (int j = 0; j < kStates; ++j) {
-      decode_block(static_cast<const uint8_t*>(slot.ptr[2 + j]) + first, n, S(slot.absmax[j][block]),
-                   quant_map(L.state_signed[j]), buffer[j]);
+      decode_state_block(static_cast<const uint8_t*>(slot.ptr[2 + j]) + first, n, slot.absmax[j][block],
+                         quant_map(L.state_signed[j]), buffer[j]);
       block_slot.ptr[2 + j] = buffer[j];
     }
     block_slot.ptr[0] = static_cast<T*>(slot.ptr[0]) + first;
@@ -217,7 +217,8 @@ GF_HD void update_chunk_8bit(const SlotT& slot, int64_t begin, int64_t end, cons
     if (slot.ptr[kMasterList] != nullptr) block_slot.ptr[kMasterList] = static_cast<float*>(slot.ptr[kMasterList]) + first;
     update_span<Rule, kRandom, kWd, T, S>(block_slot, 0, n, L, first);
     for (int j = 0; j < kStates; ++j)
-      slot.absmax[j][block] = encode_block(buffer[j], n, L.state_signed[j], static_cast<uint8_t*>(slot.ptr[2 + j]) + first);
+      slot.absmax[j][block] =
+          encode_state_block(buffer[j], n, L.state_signed[j], static_cast<uint8_t*>(slot.ptr[2 + j]) + first);
   }
 }
 
