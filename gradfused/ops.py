@@ -63,15 +63,13 @@ def lookahead_(params, slow_weights, *, alpha) -> None:
 _FALLBACK_WARNED: set[tuple[str, str]] = set()
 
 
-def backend_for(name: str, fused: bool | None, device: torch.device, eight_bit: bool = False, warn: bool = True):
+def backend_for(name: str, fused: bool | None, device: torch.device, warn: bool = True):
     """The module whose ops step `device`'s tensors: this one (the native kernels) or gradfused.reference.
     fused=False asks for the reference; fused=None falls back to it, with one warning, on a device that has no
-    native kernels (NOTE: [two engines]) or, for 8-bit states, no fused 8-bit kernels; fused=True refuses."""
+    native kernels (NOTE: [two engines]); fused=True refuses."""
     if fused is False:
         return reference
     missing = _native.kernels_missing(device)
-    if missing is None and eight_bit and device.type != "cpu":
-        missing = "8-bit optimizer states are fused on the CPU only so far"
     if missing is None:
         return sys.modules[__name__]
     if fused:

@@ -1,6 +1,6 @@
-"""8-bit optimizer states (state_bits=8, docs/low-bit-states.md): the fused CPU kernels against the
-reference (fused=False) for every optimizer of the table, the memory they save, checkpoints in and out
-of the format, bad checkpoints, GradScaler's skipped step, and training that still trains."""
+"""8-bit optimizer states (state_bits=8, docs/low-bit-states.md): the fused CPU and CUDA kernels against
+the reference (fused=False) for every optimizer of the table, the memory they save, checkpoints in and
+out of the format, bad checkpoints, GradScaler's skipped step, and training that still trains."""
 import copy
 import math
 
@@ -9,7 +9,8 @@ import torch
 
 import gradfused as gf
 from gradfused import quantization as Q
-from optim_table import CASES, all_states
+from devices import CUDA_SKIP
+from optim_table import CASES, all_states, tolerance
 
 EIGHT_BIT = dict(state_bits=8, quantize_min_numel=0)
 SHAPES = [(4097,), (300,), (3, 5), (1,)]  # whole blocks and not
@@ -63,6 +64,89 @@ def test_fused_kernel_equals_the_reference(case, dtype):
     full_size = [key for key, t in all_states(native) if t.numel() > 1 and t.dtype != torch.uint8
                  and not key[2].endswith("_absmax") and key[2] != "alignment_ema"]
     assert not full_size, f"states left at full precision: {full_size}"
+
+
+@pytest.mark.cuda
+@CUDA_SKIP
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_cuda_kernel_matches_the_reference(case, dtype):
+    """NOTE: [8-bit states on CUDA]: the fused CUDA step against the CPU reference. Codes within one: the
+    per-tensor scalars are formed in double on both devices, but CUDA's pow is not glibc's, so an fp32
+    state may differ in its last bit and cross a midpoint. Scales and parameters within the dtype's
+    tolerance; most codes equal."""
+    ref_params = make_params(dtype)
+    cuda_params = [p.detach().to("cuda", copy=True).requires_grad_() for p in ref_params]
+    cuda, ref = case.make(cuda_params, True, **EIGHT_BIT), case.make(ref_params, False, **EIGHT_BIT)
+    gen = torch.Generator().manual_seed(1)
+    for step in range(4):
+        for p, q in zip(cuda_params, ref_params):
+            q.grad = torch.randn(q.shape, generator=gen, dtype=torch.float64).to(dtype)
+            p.grad = q.grad.to("cuda", copy=True)
+        cuda.step()
+        ref.step()
+        for p, q in zip(cuda_params, ref_params):
+            torch.testing.assert_close(p.cpu(), q, **tolerance(dtype), msg=lambda m: f"step {step}: {m}")
+        for (key, s), (_, t) in zip(all_states(cuda), all_states(ref), strict=True):
+            s = s.cpu()
+            if s.dtype == torch.uint8:
+                assert (s.int() - t.int()).abs().max().item() <= 1, f"step {step} {key}"
+                assert (s == t).float().mean().item() >= 0.99, f"step {step} {key}"
+            else:
+                torch.testing.assert_close(s, t, **tolerance(dtype), equal_nan=True, msg=lambda m: f"step {step} {key}: {m}")
+
+
+@pytest.mark.cuda
+@CUDA_SKIP
+def test_cuda_and_cpu_encode_the_same_states_alike():
+    """The same fp32 states give the same codes and scales on both devices: one step from zero states
+    with lr 0, where m = (1 - beta1) g and v = (1 - beta2) g² are single products, the same on both."""
+    shapes = [(4097,), (300,), (70000,)]
+    cpu_params = make_params(shapes=shapes)
+    cuda_params = [p.detach().to("cuda", copy=True).requires_grad_() for p in cpu_params]
+    gen = torch.Generator().manual_seed(4)
+    for p, q in zip(cuda_params, cpu_params):
+        q.grad = torch.randn(q.shape, generator=gen)
+        p.grad = q.grad.to("cuda", copy=True)
+    opts = [gf.AdamW(params, lr=0.0, fused=True, **EIGHT_BIT) for params in (cuda_params, cpu_params)]
+    for opt in opts:
+        opt.step()
+    for (key, s), (_, t) in zip(all_states(opts[0]), all_states(opts[1]), strict=True):
+        assert torch.equal(s.cpu(), t), key
+
+
+@pytest.mark.cuda
+@CUDA_SKIP
+def test_cuda_skipped_step_and_capture():
+    """A found_inf on the GPU skips the 8-bit step without a host sync (codes and scales untouched), and a
+    captured 8-bit step replays as the eager one."""
+    params = [torch.randn(5000, device="cuda", requires_grad=True) for _ in range(2)]
+    twin = [p.detach().clone().requires_grad_() for p in params]
+    opts = [gf.AdamW(ps, lr=1e-2, capturable=True, **EIGHT_BIT) for ps in (params, twin)]
+    for ps in (params, twin):
+        for p in ps:
+            p.grad = torch.ones_like(p)
+    for opt in opts:
+        opt.step()
+    before = [(k, t.clone()) for k, t in all_states(opts[0])]
+    opts[0].grad_scale, opts[0].found_inf = torch.tensor(2.0, device="cuda"), torch.tensor(1.0, device="cuda")
+    opts[0].step()
+    assert all(torch.equal(t, u) for (_, t), (_, u) in zip(all_states(opts[0]), before, strict=True))
+    opts[0].grad_scale = opts[0].found_inf = None
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            opts[0].step()
+    torch.cuda.current_stream().wait_stream(stream)
+    for _ in range(3):
+        graph.replay()
+        opts[1].step()
+    torch.cuda.synchronize()
+    for (key, s), (_, t) in zip(all_states(opts[0]), all_states(opts[1]), strict=True):
+        assert torch.equal(s, t), key
+    assert all(torch.equal(p, q) for p, q in zip(params, twin))
 
 
 @pytest.mark.parametrize("make, per_param", [

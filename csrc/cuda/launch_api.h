@@ -22,6 +22,7 @@ struct DeviceScalar {
 // param, grad, up to three states (in the rule's order), and the fp32 master weight
 constexpr int kMaxLists = 6;
 constexpr int kMasterList = 5;
+constexpr int kMaxStates = kMaxLists - 3;
 
 // One tensor of an update call.
 struct UpdateTensor {
@@ -54,6 +55,10 @@ struct UpdateCall {
   Hyper hyper;
   int blocks_per_chunk;  // NOTE: [blocks per chunk]
   cudaStream_t stream;
+  // 8-bit states (NOTE: [8-bit states on CUDA]): the state lists hold uint8 codes; state_absmax[k *
+  // num_tensors + i] is state k's absmax per block of tensor i (on the device); nullptr otherwise.
+  float* const* state_absmax;
+  bool state_signed[kMaxStates];  // which map each state takes
 };
 
 void launch_persistent_sgd(const UpdateCall<SgdHyper<double>>&);

@@ -67,8 +67,6 @@ struct CudaBackend {
   template <Rule R, class Hyper, class Lr>
   static void update(const UpdateArgs<Hyper, Lr>& a) {
     check_update(a, c10::DeviceType::CUDA, /*fp32_ok=*/true);
-    TORCH_CHECK(!a.pipeline.quantized(), a.op, ": 8-bit states are fused on the CPU only so far; gradfused's "
-                "optimizers step CUDA tensors with 8-bit states through the reference (fused=False)");
     const size_t n = a.params.size();
     if (n == 0) return;
     const PipelineArgs& pipeline = a.pipeline;
@@ -76,6 +74,8 @@ struct CudaBackend {
     std::vector<Tensor> keep;
     FlatViews views;
     std::vector<UpdateTensor> tensors(n);
+    std::vector<float*> absmax;
+    for (const Tensor& m : pipeline.state_absmax) absmax.push_back(m.data_ptr<float>());
     for (size_t i = 0; i < n; ++i) {
       const Tensor& p = a.params[i];
       UpdateTensor& u = tensors[i];
@@ -115,6 +115,8 @@ struct CudaBackend {
     call.hyper = a.hyper;
     call.blocks_per_chunk = blocks_per_chunk();
     call.stream = at::cuda::getCurrentCUDAStream().stream();
+    call.state_absmax = pipeline.quantized() ? absmax.data() : nullptr;
+    for (size_t k = 0; pipeline.quantized() && k < a.states.size(); ++k) call.state_signed[k] = (*pipeline.state_signed)[k] != 0;
     LaunchOf<R>::fn(call);
     views.write_back();
   }

@@ -3,8 +3,10 @@
 // ninja compiles the rules in parallel and rebuilds only the one that changed.
 #pragma once
 #include <type_traits>
+#include <vector>
 
 #include "../common/pipeline.h"
+#include "../common/quantize.h"
 #include "multi_tensor_apply.cuh"
 
 namespace gf {
@@ -45,6 +47,57 @@ __device__ __forceinline__ __nv_bfloat16 stochastic_round(float x, uint32_t nois
   return __ushort_as_bfloat16(uint16_t(bits >> 16));
 }
 
+// What the kernels need of one tensor at this step, formed in each thread from the call and the tensor's
+// step: the per-tensor scalars in double, as the CPU engine forms them on the host, then cast to S.
+template <class S, class Scalars, class H>
+struct TensorStep {
+  decltype(Scalars::at(0.0, 0.0, H{}).template cast<S>()) scalars;
+  decltype(H{}.template cast<S>()) hyper;
+  PipelineScalars<S> pipeline;
+  S grad_mul, grad_scale;
+  RandomKey key;
+  double noise_std;
+};
+template <class S, class Scalars, bool kRandom, class H>
+__device__ __forceinline__ TensorStep<S, Scalars, H> tensor_step(const UpdateTensor& tensor, const UpdateCall<H>& call) {
+  const double t = read_step(tensor.step, tensor.step_is_double) + 1.0;
+  double product = 0.0;
+  if constexpr (Scalars::kHasProduct) product = double(float(Scalars::product(t, double(*tensor.product), call.hyper)));
+  const double lr = read(call.lr);
+  double grad_mul = call.maximize ? -1.0 : 1.0;
+  if (call.alignment_scales != nullptr) grad_mul *= call.alignment_scales[tensor.index];
+  return {Scalars::at(t, product, call.hyper).template cast<S>(),
+          call.hyper.template cast<S>(),
+          PipelineScalars<double>{lr, call.weight_decay, 1.0 - lr * call.weight_decay}.template cast<S>(),
+          S(grad_mul),
+          S(read(call.grad_scale)),  // a cpu tensor's value arrives as a host value
+          RandomKey{call.random.seed, tensor.param_index, uint32_t(uint64_t(t))},
+          kRandom ? ::sqrt(call.noise_eta / ::pow(1.0 + t, call.noise_gamma)) : 0.0};
+}
+
+// One element through the pipeline: its draws, then the rule with the call's weight-decay mode (uniform
+// over the launch: no divergence).
+template <class Rule, bool kRandom, class S, class Step, class H>
+__device__ __forceinline__ void step_element(S& p, S& g, S (&s)[kStateArrayLength<Rule>], const Step& ts,
+                                             const UpdateCall<H>& call, int64_t i) {
+  StepDraws<S> draws{};
+  if constexpr (kRandom) draws = element_draws<S>(call.random, ts.key, ts.noise_std, uint64_t(i));
+  switch (call.weight_decay_mode) {
+    case WeightDecay::None:
+      pipeline_step<Rule, kRandom, WeightDecay::None>(p, g, s, ts.grad_mul, ts.pipeline, ts.hyper, ts.scalars,
+                                                      call.random, draws);
+      break;
+    case WeightDecay::L2:
+      pipeline_step<Rule, kRandom, WeightDecay::L2>(p, g, s, ts.grad_mul, ts.pipeline, ts.hyper, ts.scalars, call.random,
+                                                    draws);
+      break;
+    case WeightDecay::Decoupled:
+      pipeline_step<Rule, kRandom, WeightDecay::Decoupled>(p, g, s, ts.grad_mul, ts.pipeline, ts.hyper, ts.scalars,
+                                                           call.random, draws);
+      break;
+  }
+}
+
 template <class Rule, class Scalars, bool kRandom, class T, class ST, class H>
 __global__ void __launch_bounds__(kBlockSize)
     update_kernel(const __grid_constant__ UpdateMeta meta, const __grid_constant__ UpdateCall<H> call) {
@@ -57,21 +110,7 @@ __global__ void __launch_bounds__(kBlockSize)
   const ChunkSlice slice = chunk_slice(meta.block_chunk[entry], tensor.numel, call.blocks_per_chunk);
   if (slice.begin >= slice.end) return;
   const int64_t begin = slice.begin, end = slice.end;
-
-  // Per-tensor scalars, in double, as the CPU engine forms them on the host.
-  const double t = read_step(tensor.step, tensor.step_is_double) + 1.0;
-  double product = 0.0;
-  if constexpr (Scalars::kHasProduct) product = double(float(Scalars::product(t, double(*tensor.product), call.hyper)));
-  const auto ts = Scalars::at(t, product, call.hyper).template cast<S>();
-  const auto hyper = call.hyper.template cast<S>();
-  const double lr = read(call.lr);
-  const PipelineScalars<S> ps = PipelineScalars<double>{lr, call.weight_decay, 1.0 - lr * call.weight_decay}.template cast<S>();
-  double grad_mul = call.maximize ? -1.0 : 1.0;
-  if (call.alignment_scales != nullptr) grad_mul *= call.alignment_scales[tensor.index];
-  const S grad_mul_s = S(grad_mul);
-  const S grad_scale = S(read(call.grad_scale));  // a cpu tensor's value arrives as a host value
-  const RandomKey key{call.random.seed, tensor.param_index, uint32_t(uint64_t(t))};
-  const double noise_std = kRandom ? ::sqrt(call.noise_eta / ::pow(1.0 + t, call.noise_gamma)) : 0.0;
+  const auto ts = tensor_step<S, Scalars, kRandom>(tensor, call);
 
   T* p = static_cast<T*>(tensor.ptr[0]);
   T* g = static_cast<T*>(tensor.ptr[1]);
@@ -96,7 +135,7 @@ __global__ void __launch_bounds__(kBlockSize)
     else load_ilp(gv, g, base, stride, end, vector);
     if (call.unscale) {  // NOTE: [GradScaler and .grad]
 #pragma unroll
-      for (int j = 0; j < kIlp; ++j) gv[j] = unscale_grad(gv[j], grad_scale);
+      for (int j = 0; j < kIlp; ++j) gv[j] = unscale_grad(gv[j], ts.grad_scale);
       if (grad_fp32) store_ilp(g32, gv, base, stride, end, vector);
       else store_ilp(g, gv, base, stride, end, vector);
     }
@@ -107,20 +146,7 @@ __global__ void __launch_bounds__(kBlockSize)
       S s[kArray];
 #pragma unroll
       for (int k = 0; k < kStates; ++k) s[k] = sv[k][j];
-      StepDraws<S> draws{};
-      if constexpr (kRandom) draws = element_draws<S>(call.random, key, noise_std, uint64_t(base + j * stride));
-      switch (call.weight_decay_mode) {  // uniform over the launch: no divergence
-        case WeightDecay::None:
-          pipeline_step<Rule, kRandom, WeightDecay::None>(pv[j], gv[j], s, grad_mul_s, ps, hyper, ts, call.random, draws);
-          break;
-        case WeightDecay::L2:
-          pipeline_step<Rule, kRandom, WeightDecay::L2>(pv[j], gv[j], s, grad_mul_s, ps, hyper, ts, call.random, draws);
-          break;
-        case WeightDecay::Decoupled:
-          pipeline_step<Rule, kRandom, WeightDecay::Decoupled>(pv[j], gv[j], s, grad_mul_s, ps, hyper, ts, call.random,
-                                                               draws);
-          break;
-      }
+      step_element<Rule, kRandom>(pv[j], gv[j], s, ts, call, base + j * stride);
 #pragma unroll
       for (int k = 0; k < kStates; ++k) sv[k][j] = s[k];
     }
@@ -132,13 +158,131 @@ __global__ void __launch_bounds__(kBlockSize)
 #pragma unroll
         for (int j = 0; j < kIlp; ++j) {
           const int64_t i = base + j * stride;
-          if (i < end) p[i] = stochastic_round(pv[j], stochastic_rounding_bits(key, uint64_t(i)));
+          if (i < end) p[i] = stochastic_round(pv[j], stochastic_rounding_bits(ts.key, uint64_t(i)));
         }
         return;
       }
     }
     store_ilp(p, pv, base, stride, end, vector);
   });
+}
+
+// NOTE: [8-bit states on CUDA]
+// With 8-bit states (docs/low-bit-states.md) one warp steps one block of kQuantBlock elements, lane l
+// taking elements l, l + 32, ... of it (coalesced). It decodes each state's codes with the block's old
+// absmax, runs the pipeline as the full-precision kernel does (the parameter is updated from the new,
+// unquantized states), reduces each new state's absmax over the warp with shuffles (no reduction leaves
+// the block, nothing is allocated), and stores the codes: the same functions of csrc/common/quantize.h
+// as the CPU kernels, so both devices give the same codes and scales. The maps live in device memory
+// (each .cu holds a copy), read through the L1 cache.
+__device__ const QuantMap kDeviceMaps[2] = {kUnsignedMap, kSignedMap};
+
+struct UpdateTensor8bit : UpdateTensor {
+  float* absmax[kMaxStates];  // each state's absmax per block
+};
+using UpdateMeta8bit = ChunkMeta<UpdateTensor8bit, 144, 1024>;  // fewer tensors: each is 24 bytes larger
+static_assert(sizeof(UpdateMeta8bit) < 23 * 1024, "kernel argument budget (NOTE: [chunk metadata in the kernel argument])");
+
+constexpr int kWarp = 32;
+constexpr int kPerLane = kQuantBlock / kWarp;
+static_assert(kChunkSize % (8 * kQuantBlock) == 0, "every slice of a chunk is whole blocks (NOTE: [blocks per chunk])");
+
+// The absmax of the warp's block, as block_absmax: the largest magnitude, NaN if any lane saw one.
+template <class S>
+__device__ __forceinline__ float warp_absmax(const S (&x)[kPerLane], int64_t first, int64_t end) {
+  S top = S(0);
+  bool nan = false;
+#pragma unroll
+  for (int j = 0; j < kPerLane; ++j) {
+    if (first + j * kWarp >= end) continue;
+    const S a = magnitude(x[j]);
+    nan |= a != a;
+    top = a > top ? a : top;
+  }
+#pragma unroll
+  for (int offset = kWarp / 2; offset > 0; offset /= 2) {
+    const S other = __shfl_xor_sync(0xFFFFFFFFu, top, offset);
+    top = other > top ? other : top;
+  }
+  return __any_sync(0xFFFFFFFFu, nan) ? __int_as_float(0x7FC00000) : float(top);
+}
+
+template <class Rule, class Scalars, bool kRandom, class T, class H>
+__global__ void __launch_bounds__(kBlockSize)
+    update_kernel_8bit(const __grid_constant__ UpdateMeta8bit meta, const __grid_constant__ UpdateCall<H> call) {
+  using S = S_of<T>;
+  constexpr int kStates = Rule::kNumStates;
+  constexpr int kArray = kStateArrayLength<Rule>;
+  if (step_is_skipped(call.found_inf)) return;  // codes and scales untouched
+  const int entry = blockIdx.x / call.blocks_per_chunk;
+  const UpdateTensor8bit& tensor = meta.tensor[meta.block_tensor[entry]];
+  const ChunkSlice slice = chunk_slice(meta.block_chunk[entry], tensor.numel, call.blocks_per_chunk);
+  if (slice.begin >= slice.end) return;
+  const auto ts = tensor_step<S, Scalars, kRandom>(tensor, call);
+
+  T* p = static_cast<T*>(tensor.ptr[0]);
+  T* g = static_cast<T*>(tensor.ptr[1]);
+  float* g32 = static_cast<float*>(tensor.ptr[1]);
+  float* master = static_cast<float*>(tensor.ptr[kMasterList]);
+  const bool use_master = std::is_same<S, float>::value && call.store == ParamStore::Master;
+  const bool grad_fp32 = !std::is_same<T, double>::value && call.grad_fp32;
+  const int lane = threadIdx.x % kWarp, warps = blockDim.x / kWarp;
+
+  for (int64_t first = slice.begin + int64_t(threadIdx.x / kWarp) * kQuantBlock; first < slice.end;
+       first += int64_t(warps) * kQuantBlock) {
+    const int64_t block = first / kQuantBlock, mine = first + lane;  // element j of the lane: mine + 32 j
+    S pv[kPerLane], gv[kPerLane], sv[kArray][kPerLane];
+#pragma unroll
+    for (int k = 0; k < kStates; ++k) {
+      const uint8_t* codes = static_cast<const uint8_t*>(tensor.ptr[2 + k]);
+      const QuantMap& map = kDeviceMaps[call.state_signed[k]];
+      const S absmax = S(tensor.absmax[k][block]);
+#pragma unroll
+      for (int j = 0; j < kPerLane; ++j) {
+        const int64_t i = mine + j * kWarp;
+        sv[k][j] = i < slice.end ? dequantize_value(codes[i], absmax, map) : S(0);
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < kPerLane; ++j) {
+      const int64_t i = mine + j * kWarp;
+      if (i >= slice.end) continue;
+      pv[j] = use_master ? S(master[i]) : to_compute(p[i]);
+      gv[j] = grad_fp32 ? S(g32[i]) : to_compute(g[i]);
+      if (call.unscale) {  // NOTE: [GradScaler and .grad]
+        gv[j] = unscale_grad(gv[j], ts.grad_scale);
+        if (grad_fp32) g32[i] = float(gv[j]);
+        else g[i] = from_compute<T>(gv[j]);
+      }
+      S s[kArray];
+#pragma unroll
+      for (int k = 0; k < kStates; ++k) s[k] = sv[k][j];
+      step_element<Rule, kRandom>(pv[j], gv[j], s, ts, call, i);
+#pragma unroll
+      for (int k = 0; k < kStates; ++k) sv[k][j] = s[k];
+      if (use_master) master[i] = float(pv[j]);
+      if constexpr (std::is_same<T, __nv_bfloat16>::value) {
+        if (call.store == ParamStore::Stochastic) {
+          p[i] = stochastic_round(pv[j], stochastic_rounding_bits(ts.key, uint64_t(i)));
+          continue;
+        }
+      }
+      p[i] = from_compute<T>(pv[j]);
+    }
+#pragma unroll
+    for (int k = 0; k < kStates; ++k) {
+      const float absmax = warp_absmax(sv[k], mine, slice.end);
+      if (lane == 0) tensor.absmax[k][block] = absmax;
+      uint8_t* codes = static_cast<uint8_t*>(tensor.ptr[2 + k]);
+      const bool is_signed = call.state_signed[k];
+      const QuantMap& map = kDeviceMaps[is_signed];
+#pragma unroll
+      for (int j = 0; j < kPerLane; ++j) {
+        const int64_t i = mine + j * kWarp;
+        if (i < slice.end) codes[i] = quantize_value(sv[k][j], S(absmax), map, is_signed);
+      }
+    }
+  }
 }
 
 // After the update: step += 1 and NAdam's mu_product, for every tensor of the call (empty ones too),
@@ -184,11 +328,32 @@ void variant_switch(int v, F&& f) {
   f(std::integral_constant<int, I>{});
 }
 
+// The 8-bit launches: each tensor with its state's absmax pointers.
+template <class Rule, class Scalars, class T, class H>
+void launch_update_8bit(const UpdateCall<H>& call, bool random) {
+  std::vector<UpdateTensor8bit> tensors(call.num_tensors);
+  for (int64_t i = 0; i < call.num_tensors; ++i) {
+    static_cast<UpdateTensor&>(tensors[i]) = call.tensors[i];
+    for (int k = 0; k < Rule::kNumStates; ++k) tensors[i].absmax[k] = call.state_absmax[k * call.num_tensors + i];
+  }
+  auto kernel = random ? &update_kernel_8bit<Rule, Scalars, true, T, H> : &update_kernel_8bit<Rule, Scalars, false, T, H>;
+  for_each_batch<UpdateMeta8bit>(tensors.data(), call.num_tensors, [&](const UpdateMeta8bit& meta, int blocks) {
+    kernel<<<blocks * call.blocks_per_chunk, kBlockSize, 0, call.stream>>>(meta, call);
+    check_launch("8-bit update");
+  });
+}
+
 template <template <int> class RuleT, class Scalars, class H>
 void launch_update(const UpdateCall<H>& call) {
   const bool random = call.random.noise || call.random.grad_dropout || call.random.lr_dropout;
   variant_switch<RuleT<0>::kNumVariants>(call.rule_variant, [&](auto variant) {
     using Rule = RuleT<decltype(variant)::value>;
+    if (call.state_absmax != nullptr) {  // the state dtype is the codes': switch on the parameters' alone
+      dtype_pair_switch(call.param_dtype, call.param_dtype, [&](auto param_tag, auto) {
+        launch_update_8bit<Rule, Scalars, decltype(param_tag)>(call, random);
+      });
+      return;
+    }
     dtype_pair_switch(call.param_dtype, call.state_dtype, [&](auto param_tag, auto state_tag) {
       using T = decltype(param_tag);
       using ST = decltype(state_tag);

@@ -6,9 +6,9 @@
   elements under ``<key>_absmax``. Smaller parameters keep full-precision states (in ``state_dtype``).
 - ``state_bits=32`` (the default): every state at full precision.
 
-The CPU kernels decode, update and encode the states in the same pass (NOTE: [8-bit states in the
-kernel] in csrc/cpu/kernels_impl.h); the reference (gradfused/reference/pipeline.py) does the same with
-gradfused/quantization.py, and is what CUDA tensors step with until the CUDA kernels fuse it too.
+The kernels decode, update and encode the states in the same pass (NOTE: [8-bit states in the kernel] in
+csrc/cpu/kernels_impl.h, NOTE: [8-bit states on CUDA] in csrc/cuda/update_kernel.cuh); the reference
+(gradfused/reference/pipeline.py) does the same with gradfused/quantization.py.
 """
 from __future__ import annotations
 

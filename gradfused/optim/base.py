@@ -132,7 +132,7 @@ class FusedOptimizer(Optimizer):
                 self._check_param(p, f"params[{i}]")
                 P.check_param(self._name, merged, p, f"params[{i}]")
                 if merged["fused"]:  # as torch.optim: fused=True refuses a device it cannot fuse on, here
-                    ops.backend_for(self._name, True, p.device, L.quantized(merged, p))
+                    ops.backend_for(self._name, True, p.device)
         super().add_param_group(param_group)
 
     def _check_param(self, p: Tensor, where: str) -> None:
@@ -319,8 +319,7 @@ class FusedOptimizer(Optimizer):
             return  # the plan is live, there is nothing to step, or no plan can run this group
         plan = self._plan(group, params)
         if any(is_dtensor(bucket[0]) or ops.backend_for(self._name, False if group.get("fused") is False else None,
-                                                          bucket[0].device, L.quantized(group, bucket[0]),
-                                                          warn=False) is not ops
+                                                          bucket[0].device, warn=False) is not ops
                for bucket, _, _ in plan):
             return  # local shards, or a bucket without native kernels: the checked path
         native = torch.classes.gradfused.StepPlan(group["params"])
@@ -515,7 +514,7 @@ class FusedOptimizer(Optimizer):
         scalar_keys = self._scalar_state_keys(group)
         for b, (bucket, states, indices) in enumerate(self._plan(group, params)):
             device = bucket[0].device
-            backend = ops.backend_for(self._name, group.get("fused"), device, L.quantized(group, bucket[0]))
+            backend = ops.backend_for(self._name, group.get("fused"), device)
             op = getattr(backend, self.op_name)
             tensors = [bucket, [p.grad for p in bucket], *[[st[key] for st in states] if used else []
                                                            for key, used in specs]]
