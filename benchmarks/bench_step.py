@@ -35,7 +35,7 @@ def bench_step(benchmark, optimizer, case, provider, device):
     yards = B.yardsticks(SMALL, device)
     before = {name: _yardstick_gbps(yard, device) for name, yard in yards.items()}
     benchmark.pedantic(step, rounds=ROUNDS, iterations=1, warmup_rounds=1)
-    gbps = B.step_bytes(optimizer, shapes, dtype, B.case_options(case)) / benchmark.stats.stats.median / 1e9
+    gbps = B.step_bytes(optimizer, shapes, dtype, B.provider_options(case, provider)) / benchmark.stats.stats.median / 1e9
     for name, yard in yards.items():  # around the timed steps, same run
         yard_gbps = (before[name] + _yardstick_gbps(yard, device)) / 2
         key = "yardstick" if name == "add" else f"{name}_yardstick"

@@ -70,6 +70,15 @@ class CapturedStep:
 
 BF16 = (torch.bfloat16, {})
 BF16_MASTER = (torch.bfloat16, dict(master_weights=True))
+EIGHT_BIT = (torch.float32, dict(state_bits=8))
+BF16_EIGHT_BIT = (torch.bfloat16, dict(state_bits=8))
+
+
+def _bitsandbytes():
+    """bitsandbytes, for the 8-bit comparison: gpu_check.sh installs its wheel from .whl/ when carried."""
+    import bitsandbytes
+
+    return bitsandbytes
 # name -> (factory(params, options), fp32 bytes per element[, (dtype, gradfused options)]); torch's fused
 # kernels beside ours. A provider with a dtype of its own runs in the same rounds as the fp32 ones, so the
 # ratio of a bf16 step to the fp32 step is measured side by side.
@@ -90,6 +99,11 @@ PROVIDERS = {
     "gradfused.RMSprop": (lambda p, o: gf.RMSprop(p, **o), 20),
     "gradfused.GradientAscent": (lambda p, o: gf.GradientAscent(p, **o), 28),
     "gradfused.Align(AdamW)": (lambda p, o: gf.GradientAlignment(gf.AdamW(p, **o)), 40),
+    "gradfused.AdamW(8-bit)": (lambda p, o: gf.AdamW(p, **o), 28, EIGHT_BIT),
+    "gradfused.AdamW(bf16,8-bit)": (lambda p, o: gf.AdamW(p, **o), 28, BF16_EIGHT_BIT),
+    "gradfused.AdEMA(8-bit)": (lambda p, o: gf.AdEMA(p, **o), 36, EIGHT_BIT),
+    "gradfused.SGD(momentum,8-bit)": (lambda p, o: gf.SGD(p, lr=1e-2, momentum=0.9, **o), 20, EIGHT_BIT),
+    "bitsandbytes.AdamW8bit": (lambda p, o: _bitsandbytes().optim.AdamW8bit(p), 28, EIGHT_BIT),
     "torch.AdamW(fused)": (lambda p, o: torch.optim.AdamW(p, fused=True), 28),
     "torch.AdamW(fused,capturable)[graph]": (lambda p, o: CapturedStep(torch.optim.AdamW(p, fused=True, capturable=True)), 28),
     "torch.AdamW(fused,bf16)": (lambda p, o: torch.optim.AdamW(p, fused=True), 28, BF16),
@@ -115,6 +129,10 @@ CASES = {
         "gradfused.AdamW", "torch.AdamW(fused)", "gradfused.AdamW[graph]", "torch.AdamW(fused,capturable)[graph]",
         "gradfused.SGD(plain)", "torch.SGD(fused,plain)", "gradfused.SGD(momentum)", "torch.SGD(fused,momentum)"]),
     "100M-in-100": ("100M-in-100", (torch.float32, {}), ALL_RULES),
+    "gpt2-124M-8bit": ("gpt2-124M", (torch.float32, {}), [
+        "gradfused.AdamW(8-bit)", "gradfused.AdamW", "torch.AdamW(fused)", "bitsandbytes.AdamW8bit",
+        "gradfused.AdamW(bf16,8-bit)", "gradfused.AdamW(bf16)", "gradfused.AdEMA(8-bit)", "gradfused.AdEMA",
+        "gradfused.SGD(momentum,8-bit)", "gradfused.SGD(momentum)"]),
     "100M-in-100-bf16-master": ("100M-in-100", BF16_MASTER,
                                 [name for name in ALL_RULES if name.startswith("gradfused.")]),
 }
@@ -127,13 +145,21 @@ RATIOS = [
     ("torch.AdamW(fused,capturable)[graph]", "gradfused.AdamW[graph]"),
     ("gradfused.Align(AdamW)", "gradfused.AdamW"), ("gradfused.AdamW(bf16,master)", "gradfused.AdamW"),
     ("gradfused.AdamW[1 block/chunk]", "gradfused.AdamW"), ("gradfused.PersistentSGD[1 block/chunk]", "gradfused.PersistentSGD"),
+    ("gradfused.AdamW", "gradfused.AdamW(8-bit)"), ("torch.AdamW(fused)", "gradfused.AdamW(8-bit)"),
+    ("bitsandbytes.AdamW8bit", "gradfused.AdamW(8-bit)"), ("gradfused.AdamW", "gradfused.AdamW(bf16,8-bit)"),
+    ("gradfused.AdamW(bf16)", "gradfused.AdamW(bf16,8-bit)"), ("gradfused.AdEMA", "gradfused.AdEMA(8-bit)"),
+    ("gradfused.SGD(momentum)", "gradfused.SGD(momentum,8-bit)"),
 ]
 
 
 def bytes_per_element(fp32_bytes: int, dtype: torch.dtype, options: dict) -> int:
     """The ideal bytes of one pass: fp32 as given; 16-bit parameters, gradients and states half of it; with
     master weights, the master read and written, the 16-bit parameter written, the 16-bit gradient read
-    and each fp32 state read and written."""
+    and each fp32 state read and written; with 8-bit states, each state's code read and written (its
+    absmax, 8 bytes per 256 elements, left out)."""
+    if options.get("state_bits") == 8:
+        states = (fp32_bytes - 12) // 8
+        return 3 * dtype.itemsize + 2 * states
     if options.get("master_weights"):
         states = (fp32_bytes - 12) // 8  # fp32: param r/w 8 + grad 4 + 8 per state
         return 8 + 2 + 2 + 8 * states
@@ -162,7 +188,11 @@ def bench_case(case: str, rounds: int, steps: int) -> dict:
         params = [torch.randn(s, device="cuda", dtype=dtype, generator=gen).requires_grad_() for s in shapes]
         for p in params:
             p.grad = torch.randn(p.shape, device="cuda", dtype=dtype, generator=gen) * 1e-3
-        opt = PROVIDERS[name][0](params, options)
+        try:
+            opt = PROVIDERS[name][0](params, options)
+        except ImportError as e:  # bitsandbytes without its wheel: the case runs without it
+            print(f"{name} left out: {e}", flush=True)
+            continue
         opt.step()  # state creation outside the timed region
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()

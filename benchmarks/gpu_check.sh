@@ -23,8 +23,10 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,clocks.max
 grep -m1 "model name" /proc/cpuinfo | tee -a "$OUT/machine.txt"
 echo "commit ${GRADFUSED_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null)}" | tee -a "$OUT/machine.txt"
 
-# torch's optimizer test inputs (tests/test_torch_conformance.py) import expecttest, which the GPU machine
-# lacks and cannot fetch: carry its wheel in .whl/ (pip download expecttest==0.3.0 -d .whl)
+# torch's optimizer test inputs (tests/test_torch_conformance.py) import expecttest, and the 8-bit
+# comparison (gpu_bench.py's gpt2-124M-8bit) bitsandbytes, which the GPU machine lacks and cannot fetch:
+# carry their wheels in .whl/, untracked (pip download expecttest==0.3.0 -d .whl; pip download --no-deps
+# bitsandbytes==0.50.2 -d .whl). Without bitsandbytes the case runs without it.
 if ls .whl/*.whl >/dev/null 2>&1; then
   "$PY" -m pip install -q --no-index --no-deps --target /tmp/gf-site .whl/*.whl && export PYTHONPATH="/tmp/gf-site${PYTHONPATH:+:$PYTHONPATH}"
 fi

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"--rounds must be >= 1, got {args.rounds}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise CommandError("--device cuda: no CUDA device is available")
-    known = {p for providers in B.PROVIDERS.values() for p in providers} | set(B.OPTION_PROVIDERS)
+    known = {p for providers in B.PROVIDERS.values() for p in providers} | set(B.OPTION_PROVIDERS) | set(B.EIGHT_BIT_PROVIDERS)
     unknown = set(args.providers or ()) - known
     if unknown:
         raise CommandError(f"unknown provider {', '.join(sorted(unknown))} (expected some of: {', '.join(sorted(known))})")

@@ -6,6 +6,7 @@ read-modify-write pattern as an optimizer step (DESIGN.md, performance model).""
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import math
 import os
 import statistics
@@ -73,10 +74,14 @@ CASES: dict[str, tuple[Callable[[bool], list[tuple[int, ...]]], torch.dtype, dic
     "a-bf16-stochastic": (_split(10_000_000, 100), torch.bfloat16, dict(stochastic_rounding=True, seed=0)),
     "a-8bit-states": (_split(10_000_000, 100), torch.float32, dict(state_bits=8)),
     "d-gpt2-small-8bit-states": (lambda small: CASES["d-gpt2-small"][0](small), torch.float32, dict(state_bits=8)),
+    "h-1M-8bit-states": (lambda small: [(10_000,)] if small else [(1_000_000,)], torch.float32, dict(state_bits=8)),
 }
 # A case with options runs gradfused's fused kernels against the same optimizer stepping fp32 working copies
 # (`_fuse_precision = False`, the path the CPU took before the kernels fused mixed precision).
 OPTION_PROVIDERS = ("gradfused", "gradfused_working_copies")
+# A case with 8-bit states runs them against the same optimizer with fp32 states and, for AdamW, against
+# bitsandbytes' AdamW8bit where it is installed.
+EIGHT_BIT_PROVIDERS = ("gradfused", "gradfused_32bit", "bitsandbytes")
 
 # fp32 bytes moved per element per step (DESIGN.md); 16-bit tensors move half as many.
 BYTES_PER_ELEMENT = {"SGD": 20, "PersistentSGD": 20, "AdamW": 28, "RAdam": 28, "AdEMA": 36, "NAdam": 28, "RMSprop": 20,
@@ -156,19 +161,34 @@ def case_options(case: str) -> dict:
 def providers_of(optimizer: str, case: str) -> list[str]:
     if not case_options(case):
         return list(PROVIDERS[optimizer])
-    if "state_bits" in case_options(case):  # 8-bit states: gradfused's own; compare with the fp32 case's rows
-        return [] if optimizer == "Align(AdamW)" else ["gradfused"]
+    if "state_bits" in case_options(case):
+        if optimizer == "Align(AdamW)":
+            return []
+        has_bitsandbytes = optimizer == "AdamW" and importlib.util.find_spec("bitsandbytes") is not None
+        return list(EIGHT_BIT_PROVIDERS[:3 if has_bitsandbytes else 2])
     # the ideal bytes below count an optimizer's states, which GradientAlignment's statistics pass exceeds
     return [] if optimizer == "Align(AdamW)" else list(OPTION_PROVIDERS)
 
 
 def make_optimizer(optimizer: str, case: str, provider: str, params: list[torch.Tensor]) -> torch.optim.Optimizer:
-    options = case_options(case)
+    options = provider_options(case, provider)
     if provider == "gradfused_working_copies":
         opt = PROVIDERS[optimizer]["gradfused"](params, **options)
         opt._fuse_precision = False
         return opt
+    if provider == "gradfused_32bit":
+        return PROVIDERS[optimizer]["gradfused"](params, **options)
+    if provider == "bitsandbytes":
+        import bitsandbytes
+
+        return bitsandbytes.optim.AdamW8bit(params)
     return PROVIDERS[optimizer][provider](params, **options)
+
+
+def provider_options(case: str, provider: str) -> dict:
+    """The case's options as `provider` runs them: gradfused_32bit drops the 8-bit states."""
+    options = case_options(case)
+    return {k: v for k, v in options.items() if k != "state_bits"} if provider == "gradfused_32bit" else options
 
 
 def combinations(optimizers=None, cases=None, providers=None, small=False) -> list[tuple[str, str, str]]:
@@ -319,7 +339,7 @@ def measure(optimizer: str, case: str, provider: str, *, rounds: int, small: boo
         for name, yard in yards.items():
             yard_times[name].append(timed(yard, device))
     step_q1, step_s, step_q3 = quartiles(steps)
-    gbps = step_bytes(optimizer, shapes, dtype, case_options(case)) / step_s / 1e9
+    gbps = step_bytes(optimizer, shapes, dtype, provider_options(case, provider)) / step_s / 1e9
     out = dict(optimizer=optimizer, case=case, provider=provider, device=str(device), rounds=rounds,
                step_ms=1e3 * step_s, step_ms_iqr=[1e3 * step_q1, 1e3 * step_q3], gbps=gbps)
     for name, yard in yards.items():  # the add is "yardstick"; on CUDA the copy is "copy_yardstick" too
