@@ -82,7 +82,7 @@ def format_tables(rows: list[dict]) -> str:
             group = [r for r in rows if r["optimizer"] == optimizer and r["case"] == case]
             ours = next((r for r in group if r["provider"] == "gradfused"), None)
             lines = [("provider", "ms/step [IQR]", "µs/tensor", "GB/s", "% yardstick", "gradfused speedup [range]",
-                      "step peak MiB")]
+                      "state MiB", "step peak MiB")]
             for r in sorted(group, key=lambda r: r["step_ms"]):
                 speedup = ""
                 if ours and r is not ours:  # the range pairs the quartiles: the slowest against the fastest
@@ -92,10 +92,9 @@ def format_tables(rows: list[dict]) -> str:
                 lines.append((r["provider"], f"{r['step_ms']:.3f} [{iqr[0]:.3f}-{iqr[1]:.3f}]",
                               f"{1e3 * r['step_ms'] / r['tensors']:.2f}", f"{r['gbps']:.1f}",
                               f"{r['pct_of_yardstick']:.0f} % of {r['yardstick_gbps']:.0f}", speedup,
-                              f"{r['step_peak_mib']:.2f}"))
+                              f"{r['state_mib']:.2f}", f"{r['step_peak_mib']:.2f}"))
             widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
-            out.append(f"{optimizer}, {case}: {group[0]['params']:,} parameters in {group[0]['tensors']} tensors "
-                       f"(state {group[0]['state_mib']:.1f} MiB)")
+            out.append(f"{optimizer}, {case}: {group[0]['params']:,} parameters in {group[0]['tensors']} tensors")
             out += ["  " + "  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in lines]
             out.append("")
     return "\n".join(out)
