@@ -66,34 +66,90 @@ def test_fused_kernel_equals_the_reference(case, dtype):
     assert not full_size, f"states left at full precision: {full_size}"
 
 
+def _cuda_twin_steps(make, ref_params, steps=4, seed=1, **step_options):
+    """The same optimizer on a CUDA copy of `ref_params` (fused) and on them (the reference), stepped with
+    the same gradients; yields (step, cuda optimizer, cuda params, reference optimizer) after each step.
+    step_options: grad_scale / found_inf handed to both as GradScaler does (on each one's device)."""
+    cuda_params = [p.detach().to("cuda", copy=True).requires_grad_() for p in ref_params]
+    cuda, ref = make(cuda_params, True), make(ref_params, False)
+    for key, value in step_options.items():
+        setattr(cuda, key, value.to("cuda"))
+        setattr(ref, key, value)
+    gen = torch.Generator().manual_seed(seed)
+    for step in range(steps):
+        scale = float(step_options["grad_scale"]) if "grad_scale" in step_options else 1.0
+        for p, q in zip(cuda_params, ref_params):
+            q.grad = (torch.randn(q.shape, generator=gen, dtype=torch.float64) * scale).to(q.dtype)
+            p.grad = q.grad.to("cuda", copy=True)
+        cuda.step()
+        ref.step()
+        yield step, cuda, cuda_params, ref
+
+
+def _assert_cuda_close(step, cuda, cuda_params, ref, ref_params, dtype):
+    """Parameters and full-precision states within the dtype's tolerance; codes within one of the
+    reference's, and at least 99 % of them equal."""
+    for p, q in zip(cuda_params, ref_params):
+        torch.testing.assert_close(p.cpu(), q, **tolerance(dtype), msg=lambda m: f"step {step}: {m}")
+    for (key, s), (_, t) in zip(all_states(cuda), all_states(ref), strict=True):
+        s = s.cpu()
+        if s.dtype == torch.uint8:
+            assert (s.int() - t.int()).abs().max().item() <= 1, f"step {step} {key}"
+            assert (s == t).float().mean().item() >= 0.99, f"step {step} {key}"
+        else:
+            torch.testing.assert_close(s, t, **tolerance(dtype), equal_nan=True, msg=lambda m: f"step {step} {key}: {m}")
+
+
+CUDA_SHAPES = SHAPES + [(70_001,)]  # 70,001: two chunks, several slices of each (NOTE: [blocks per chunk])
+
+
 @pytest.mark.cuda
 @CUDA_SKIP
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64], ids=str)
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_cuda_kernel_matches_the_reference(case, dtype):
     """NOTE: [8-bit states on CUDA]: the fused CUDA step against the CPU reference. Codes within one: the
     per-tensor scalars are formed in double on both devices, but CUDA's pow is not glibc's, so an fp32
-    state may differ in its last bit and cross a midpoint. Scales and parameters within the dtype's
-    tolerance; most codes equal."""
-    ref_params = make_params(dtype)
-    cuda_params = [p.detach().to("cuda", copy=True).requires_grad_() for p in ref_params]
-    cuda, ref = case.make(cuda_params, True, **EIGHT_BIT), case.make(ref_params, False, **EIGHT_BIT)
-    gen = torch.Generator().manual_seed(1)
-    for step in range(4):
+    state may differ in its last bit and cross a midpoint."""
+    ref_params = make_params(dtype, shapes=CUDA_SHAPES)
+    for step, cuda, cuda_params, ref in _cuda_twin_steps(lambda p, fused: case.make(p, fused, **EIGHT_BIT), ref_params):
+        _assert_cuda_close(step, cuda, cuda_params, ref, ref_params, dtype)
+
+
+@pytest.mark.cuda
+@CUDA_SKIP
+@pytest.mark.parametrize("options, step_options", [
+    (dict(master_weights=True), {}),
+    (dict(stochastic_rounding=True, seed=3), {}),
+    ({}, dict(grad_scale=torch.tensor(1024.0), found_inf=torch.tensor(0.0))),
+], ids=["master-weights", "stochastic-rounding", "grad-scaler-unscale"])
+def test_cuda_kernel_composes_with_mixed_precision(options, step_options):
+    """bf16 parameters with 8-bit states and master weights, stochastic rounding, or GradScaler's unscale
+    (the gradients stored back unscaled, NOTE: [GradScaler and .grad]), against the CPU reference."""
+    ref_params = make_params(torch.bfloat16, shapes=CUDA_SHAPES)
+    make = lambda p, fused: gf.AdamW(p, lr=1e-2, weight_decay=0.1, fused=fused, **options, **EIGHT_BIT)
+    for step, cuda, cuda_params, ref in _cuda_twin_steps(make, ref_params, **step_options):
+        _assert_cuda_close(step, cuda, cuda_params, ref, ref_params, torch.bfloat16)
         for p, q in zip(cuda_params, ref_params):
-            q.grad = torch.randn(q.shape, generator=gen, dtype=torch.float64).to(dtype)
-            p.grad = q.grad.to("cuda", copy=True)
-        cuda.step()
-        ref.step()
-        for p, q in zip(cuda_params, ref_params):
-            torch.testing.assert_close(p.cpu(), q, **tolerance(dtype), msg=lambda m: f"step {step}: {m}")
-        for (key, s), (_, t) in zip(all_states(cuda), all_states(ref), strict=True):
-            s = s.cpu()
-            if s.dtype == torch.uint8:
-                assert (s.int() - t.int()).abs().max().item() <= 1, f"step {step} {key}"
-                assert (s == t).float().mean().item() >= 0.99, f"step {step} {key}"
-            else:
-                torch.testing.assert_close(s, t, **tolerance(dtype), equal_nan=True, msg=lambda m: f"step {step} {key}: {m}")
+            torch.testing.assert_close(p.grad.cpu(), q.grad, rtol=0, atol=0)
+
+
+@pytest.mark.cuda
+@CUDA_SKIP
+@pytest.mark.parametrize("blocks_per_chunk", ["1", "8"])
+def test_cuda_blocks_per_chunk_change_nothing(blocks_per_chunk, monkeypatch):
+    """However many thread blocks share a chunk (NOTE: [blocks per chunk]), every block of 256 is one
+    warp's: the same codes, scales and parameters, bit for bit, as the default."""
+    params = make_params(shapes=[(200_003,), (4097,)])
+    runs = []
+    for setting in ("4", blocks_per_chunk):
+        monkeypatch.setenv("GRADFUSED_CUDA_BLOCKS_PER_CHUNK", setting)
+        runs.append(list(_cuda_twin_steps(lambda p, fused: gf.AdamW(p, lr=1e-2, fused=fused, **EIGHT_BIT),
+                                          [p.detach().clone() for p in params], steps=2))[-1])
+    (_, a, pa, _), (_, b, pb, _) = runs
+    assert all(torch.equal(p, q) for p, q in zip(pa, pb))
+    for (key, s), (_, t) in zip(all_states(a), all_states(b), strict=True):
+        assert torch.equal(s, t), key
 
 
 @pytest.mark.cuda

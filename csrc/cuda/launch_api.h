@@ -56,7 +56,8 @@ struct UpdateCall {
   int blocks_per_chunk;  // NOTE: [blocks per chunk]
   cudaStream_t stream;
   // 8-bit states (NOTE: [8-bit states on CUDA]): the state lists hold uint8 codes; state_absmax[k *
-  // num_tensors + i] is state k's absmax per block of tensor i (on the device); nullptr otherwise.
+  // num_tensors + i] is state k's absmax per block of tensor i (on the device).
+  bool quantized;
   float* const* state_absmax;
   bool state_signed[kMaxStates];  // which map each state takes
 };

@@ -115,7 +115,8 @@ struct CudaBackend {
     call.hyper = a.hyper;
     call.blocks_per_chunk = blocks_per_chunk();
     call.stream = at::cuda::getCurrentCUDAStream().stream();
-    call.state_absmax = pipeline.quantized() ? absmax.data() : nullptr;
+    call.quantized = pipeline.quantized();
+    call.state_absmax = absmax.data();
     for (size_t k = 0; pipeline.quantized() && k < a.states.size(); ++k) call.state_signed[k] = (*pipeline.state_signed)[k] != 0;
     LaunchOf<R>::fn(call);
     views.write_back();

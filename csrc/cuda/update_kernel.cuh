@@ -185,6 +185,7 @@ static_assert(sizeof(UpdateMeta8bit) < 23 * 1024, "kernel argument budget (NOTE:
 
 constexpr int kWarp = 32;
 constexpr int kPerLane = kQuantBlock / kWarp;
+static_assert(kBlockSize % kWarp == 0, "whole warps: every lane of a warp reaches its shuffles");
 static_assert(kChunkSize % (8 * kQuantBlock) == 0, "every slice of a chunk is whole blocks (NOTE: [blocks per chunk])");
 
 // The absmax of the warp's block, as block_absmax: the largest magnitude, NaN if any lane saw one.
@@ -243,23 +244,36 @@ __global__ void __launch_bounds__(kBlockSize)
         sv[k][j] = i < slice.end ? dequantize_value(codes[i], absmax, map) : S(0);
       }
     }
+    // every load of the block before any store, so that the lane's loads are in flight together (the
+    // compiler cannot move a load above a store through pointers that may alias)
 #pragma unroll
     for (int j = 0; j < kPerLane; ++j) {
       const int64_t i = mine + j * kWarp;
       if (i >= slice.end) continue;
       pv[j] = use_master ? S(master[i]) : to_compute(p[i]);
       gv[j] = grad_fp32 ? S(g32[i]) : to_compute(g[i]);
-      if (call.unscale) {  // NOTE: [GradScaler and .grad]
-        gv[j] = unscale_grad(gv[j], ts.grad_scale);
-        if (grad_fp32) g32[i] = float(gv[j]);
-        else g[i] = from_compute<T>(gv[j]);
-      }
+    }
+#pragma unroll
+    for (int j = 0; j < kPerLane; ++j) {
+      const int64_t i = mine + j * kWarp;
+      if (i >= slice.end) continue;
+      if (call.unscale) gv[j] = unscale_grad(gv[j], ts.grad_scale);  // NOTE: [GradScaler and .grad]
       S s[kArray];
 #pragma unroll
       for (int k = 0; k < kStates; ++k) s[k] = sv[k][j];
-      step_element<Rule, kRandom>(pv[j], gv[j], s, ts, call, i);
+      S grad = gv[j];  // the pipeline works on a copy: gv[j] is what GradScaler's write-back stores
+      step_element<Rule, kRandom>(pv[j], grad, s, ts, call, i);
 #pragma unroll
       for (int k = 0; k < kStates; ++k) sv[k][j] = s[k];
+    }
+#pragma unroll
+    for (int j = 0; j < kPerLane; ++j) {
+      const int64_t i = mine + j * kWarp;
+      if (i >= slice.end) continue;
+      if (call.unscale) {
+        if (grad_fp32) g32[i] = float(gv[j]);
+        else g[i] = from_compute<T>(gv[j]);
+      }
       if (use_master) master[i] = float(pv[j]);
       if constexpr (std::is_same<T, __nv_bfloat16>::value) {
         if (call.store == ParamStore::Stochastic) {
@@ -348,7 +362,7 @@ void launch_update(const UpdateCall<H>& call) {
   const bool random = call.random.noise || call.random.grad_dropout || call.random.lr_dropout;
   variant_switch<RuleT<0>::kNumVariants>(call.rule_variant, [&](auto variant) {
     using Rule = RuleT<decltype(variant)::value>;
-    if (call.state_absmax != nullptr) {  // the state dtype is the codes': switch on the parameters' alone
+    if (call.quantized) {  // the state dtype is the codes': switch on the parameters' alone
       dtype_pair_switch(call.param_dtype, call.param_dtype, [&](auto param_tag, auto) {
         launch_update_8bit<Rule, Scalars, decltype(param_tag)>(call, random);
       });
