@@ -157,11 +157,10 @@ def bytes_per_element(fp32_bytes: int, dtype: torch.dtype, options: dict) -> int
     master weights, the master read and written, the 16-bit parameter written, the 16-bit gradient read
     and each fp32 state read and written; with 8-bit states, each state's code read and written (its
     absmax, 8 bytes per 256 elements, left out)."""
+    states = (fp32_bytes - 12) // 8  # fp32: param r/w 8 + grad 4 + 8 per state
     if options.get("state_bits") == 8:
-        states = (fp32_bytes - 12) // 8
         return 3 * dtype.itemsize + 2 * states
     if options.get("master_weights"):
-        states = (fp32_bytes - 12) // 8  # fp32: param r/w 8 + grad 4 + 8 per state
         return 8 + 2 + 2 + 8 * states
     return fp32_bytes * dtype.itemsize // 4
 

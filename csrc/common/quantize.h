@@ -20,7 +20,7 @@ constexpr int kQuantBlock = 256;  // elements per absmax
 // of midpoints below the bucket, and above them the low 15 mantissa bits of the midpoint inside it
 // (kNoMidpoint when none): a magnitude in the bucket lies above that midpoint when its own low 15 bits are
 // greater, and on it when they are equal. One table read and two integer compares a value, the same on a
-// scalar and on SIMD lanes (csrc/cpu/kernels_impl.h gathers the entries). The octave [1, 2) holds no
+// scalar and on SIMD lanes (csrc/cpu/quantize_simd.h reads the entries lane by lane). The octave [1, 2) holds no
 // midpoint (the largest value is 1), so magnitudes of 2 and more share its top bucket.
 constexpr int kLutLowestExponent = -25;  // smaller magnitudes lie below every non-zero midpoint
 constexpr int kLutOctaves = 26;          // exponents -25 .. 0

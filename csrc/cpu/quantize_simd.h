@@ -1,7 +1,8 @@
 // The 8-bit state blocks of csrc/common/quantize.h on SIMD lanes, for the CPU kernels: the same codes and
-// values as its scalar decode_block/encode_block, bit for bit (the same float32 division, the same table
-// of NOTE: [the code lookup]), a vector at a time. Float compute only; float64 states keep the scalar
-// binary search. Included by kernels_impl.h after simd.h.
+// values as its scalar decode_block/encode_block, bit for bit (the same float32 division, and the same
+// count of midpoints: the table of NOTE: [the code lookup], or on AVX-512 NOTE: [the code search on
+// AVX-512]), a vector at a time. Float compute only; float64 states keep the scalar functions.
+// Included by kernels_impl.h after simd.h.
 #pragma once
 #include "simd.h"
 #include "../common/quantize.h"
@@ -32,8 +33,8 @@ GF_HD void store_codes(uint8_t* p, vuint codes) {
   std::memcpy(p, &c, sizeof c);
 }
 
-// decode_block, float compute.
-GF_HD void decode_block_simd(const uint8_t* codes, int n, float absmax, const QuantMap& map, float* out) {
+// decode_block, on lanes for float compute; the scalar one for double.
+GF_HD void decode_state_block(const uint8_t* codes, int n, float absmax, const QuantMap& map, float* out) {
   int i = 0;
   for (; i + kFloatLanes <= n; i += kFloatLanes) store(out + i, gather<float, vfloat>(map.value, load_codes(codes + i)) * absmax);
   decode_block(codes + i, n - i, absmax, map, out + i);
@@ -140,8 +141,8 @@ GF_HD vuint quantize_lanes(vfloat x, vfloat absmax, const QuantMap& map, bool is
   return (u != u) ? vuint{} + zero : code;
 }
 
-// encode_block, float compute.
-GF_HD float encode_block_simd(const float* x, int n, bool is_signed, uint8_t* codes) {
+// encode_block, on lanes for float compute; the scalar one for double.
+GF_HD float encode_state_block(const float* x, int n, bool is_signed, uint8_t* codes) {
   const QuantMap& map = quant_map(is_signed);
   const float absmax = block_absmax_simd(x, n);
   const vfloat scale = vfloat{} + absmax;
@@ -151,15 +152,8 @@ GF_HD float encode_block_simd(const float* x, int n, bool is_signed, uint8_t* co
   return absmax;
 }
 
-// The block functions for the compute type S: SIMD for float, the scalar ones for double.
-GF_HD void decode_state_block(const uint8_t* codes, int n, float absmax, const QuantMap& map, float* out) {
-  decode_block_simd(codes, n, absmax, map, out);
-}
 GF_HD void decode_state_block(const uint8_t* codes, int n, float absmax, const QuantMap& map, double* out) {
   decode_block(codes, n, double(absmax), map, out);
-}
-GF_HD float encode_state_block(const float* x, int n, bool is_signed, uint8_t* codes) {
-  return encode_block_simd(x, n, is_signed, codes);
 }
 GF_HD float encode_state_block(const double* x, int n, bool is_signed, uint8_t* codes) {
   return encode_block(x, n, is_signed, codes);
