@@ -11,6 +11,7 @@ import warnings
 import torch
 
 from . import _native, quantization, reference
+from .reference.pipeline import check_one_device
 
 # Update ops in the order of their schemas in csrc/gradfused.cpp; each has a `.tensor_lr` overload
 # (NOTE: [lr as a float or a Tensor]).
@@ -108,9 +109,21 @@ def dequantize_blockwise(codes: torch.Tensor, absmax: torch.Tensor, signed: bool
     return torch.ops.gradfused.dequantize_blockwise(codes, absmax, signed, dtype)
 
 
-def _fake_in_place(*args, **kwargs) -> None:
-    # Every gradfused op mutates its arguments in place and returns nothing: shapes never change.
-    return None
+_PER_TENSOR_KWARGS = ("master_weights", "state_absmax")  # lists beside the positional ones, one device too
+
+
+def _fake_in_place(op) -> None:
+    """The fake implementation of in-place op `op` (an OpOverload): shapes never change and nothing is
+    returned, but a call with tensors on several devices is refused, as the kernels refuse it (a real meta
+    tensor among CPU ones lands here: NOTE: [one device per call] in gradfused/reference/pipeline.py)."""
+    names = [argument.name for argument in op._schema.arguments]
+
+    def fake(*args, **kwargs) -> None:
+        lists = {name: arg for name, arg in zip(names, args) if isinstance(arg, (list, tuple))}
+        lists.update({name: kwargs[name] for name in _PER_TENSOR_KWARGS if kwargs.get(name)})
+        check_one_device(f"torch.ops.gradfused.{op._schema.name.split('::')[-1]}", lists)
+
+    return fake
 
 
 def _register_fakes() -> None:
@@ -120,7 +133,7 @@ def _register_fakes() -> None:
             if overload.startswith("plan"):  # eager only, composite (NOTE: [the step plan in C++])
                 continue
             torch.library.register_fake(f"gradfused::{name}.{overload}" if overload != "default" else f"gradfused::{name}")(
-                _fake_in_place
+                _fake_in_place(getattr(packet, overload))
             )
     torch.library.register_fake("gradfused::quantize_blockwise")(
         lambda x, is_signed: (torch.empty_like(x, dtype=torch.uint8),

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from gradfused import environment
 from gradfused.cli import main
 from gradfused.experiments import datasets
 from gradfused.errors import CommandError
@@ -30,7 +31,9 @@ def test_tiny_end_to_end_run_writes_everything(tmp_path, capsys):
     report = json.loads((out / "results.json").read_text())
     assert report["config"]["epochs"] == 1 and report["config"]["optimizers"] == specs
     assert report["versions"]["torch"] == torch.__version__
-    for key in ("commit", "build", "simd", "threads", "cpu"):  # what reading the timings needs
+    # the commit as installed: "unknown" from a source archive without .git, which must not fail the suite
+    assert report["versions"]["commit"] == environment.commit() != ""
+    for key in ("build", "simd", "threads", "cpu"):  # what reading the timings needs
         assert report["versions"][key] not in (None, "", "unknown"), key
     assert [r["spec"] for r in report["results"]] == specs
     for r in report["results"]:
@@ -230,7 +233,8 @@ def test_bench_small_run_writes_json_and_plot(tmp_path, capsys):
     assert "AdamW, c-1M-in-200" in out and "gradfused speedup" in out
     report = json.loads(json_path.read_text())
     assert report["complete"] is True
-    for key in ("commit", "build", "simd", "threads", "cpu", "torch"):
+    assert report["meta"]["commit"] == environment.commit() != ""  # as above
+    for key in ("build", "simd", "threads", "cpu", "torch"):
         assert report["meta"][key] not in (None, "", "unknown"), key
     assert [r["provider"] for r in report["rows"]] == ["torch_fused", "gradfused"]
     for r in report["rows"]:

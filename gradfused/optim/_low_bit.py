@@ -20,6 +20,12 @@ from . import _validation as V
 
 DEFAULTS = dict(state_bits=32, quantize_min_numel=4096)
 ABSMAX = "_absmax"  # the suffix of a state's absmax key
+# NOTE: [8-bit states in a state_dict]
+# A state_dict saves a state's codes under `<key>_codes`, not under the state's own key: torch.optim would
+# load uint8 codes under `exp_avg` and cast them into moments of 0..255, then train on them. Without its
+# keys, a torch optimizer fails at its first step instead (KeyError: 'exp_avg'), before writing anything.
+# full_precision_state_dict (below) is the checkpoint torch.optim loads.
+CODES = "_codes"
 # the states that cannot be negative take the unsigned map; every other state the signed one
 UNSIGNED_STATES = frozenset({"exp_avg_sq", "max_exp_avg_sq", "square_avg"})
 
@@ -35,7 +41,7 @@ def check(owner: str, group: dict) -> None:
 
 def quantized(group: dict, p: Tensor) -> bool:
     """Whether `p`'s states are 8-bit in `group`."""
-    return group["state_bits"] == 8 and p.numel() >= group["quantize_min_numel"]
+    return group["state_bits"] == 8 and p.numel() >= group["quantize_min_numel"] and not p.is_complex()
 
 
 def new_state(p: Tensor, key: str) -> dict[str, Tensor]:
@@ -66,14 +72,28 @@ def is_codes(value) -> bool:
     return isinstance(value, Tensor) and value.dtype == torch.uint8
 
 
+def saved_format(state: dict) -> dict:
+    """A parameter's state as a state_dict saves it: codes under `<key>_codes` (NOTE: [8-bit states in a
+    state_dict])."""
+    return {key + CODES if is_codes(value) else key: value for key, value in state.items()}
+
+
+def loaded_format(state: dict) -> dict:
+    """The inverse of saved_format (a checkpoint of an older version, codes under the state's key, is
+    already in it)."""
+    return {key[:-len(CODES)] if key.endswith(CODES) and is_codes(value) else key: value
+            for key, value in state.items()}
+
+
 def full_precision_state_dict(optimizer) -> dict:
     """`optimizer.state_dict()` with every 8-bit state decoded to float32 and its absmax dropped: a
     checkpoint that torch.optim (and gradfused with state_bits=32) loads."""
     sd = optimizer.state_dict()
     state = {}
     for index, st in sd["state"].items():
-        st = dict(st)
-        for key in [k for k, v in st.items() if is_codes(v)]:
-            decode(st, key, torch.float32)
+        if isinstance(st, dict):
+            st = loaded_format(st)
+            for key in [k for k, v in st.items() if is_codes(v)]:
+                decode(st, key, torch.float32)
         state[index] = st
     return {**sd, "state": state}

@@ -53,3 +53,7 @@ class AdamW(Adam):
                  maximize=False, fused=None, **options):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize,
                          decoupled_weight_decay=True, fused=fused, **options)
+
+    def _upgrade_group(self, group):
+        # as torch.optim.AdamW: whatever a checkpoint says (Adam's has False), AdamW decouples
+        group["decoupled_weight_decay"] = True

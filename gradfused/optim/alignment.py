@@ -12,7 +12,7 @@ from ..reference.pipeline import unscale
 from . import _validation as V
 from ._dtensor import is_dtensor, local_shards, sum_over_shards
 from ._wrapper import WrappingOptimizer
-from .base import FusedOptimizer, tracks_step_calls
+from .base import FusedOptimizer, real_view, tracks_step_calls
 
 
 def scales_from_sums(sums: Tensor, eps: float) -> Tensor:
@@ -41,7 +41,9 @@ class GradientAlignment(WrappingOptimizer):
     State (per parameter, beside the base's): ``alignment_ema``.
     """
 
-    _step_supports_amp_scaling = True
+    @property
+    def _step_supports_amp_scaling(self) -> bool:  # the base's (NOTE: [GradScaler: who unscales])
+        return getattr(self.base, "_step_supports_amp_scaling", False)
 
     def __init__(self, base_optimizer: Optimizer, beta: float = 0.9, eps: float = 1e-8, *, fused=None):
         name = "gradfused.GradientAlignment"
@@ -77,6 +79,8 @@ class GradientAlignment(WrappingOptimizer):
         sharded = is_dtensor(params[0])
         if sharded:
             _, grads, emas = local_shards("gradfused.GradientAlignment", params, grads, emas)
+        if params[0].is_complex():  # NOTE: [complex parameters] in gradfused/optim/base.py
+            grads, emas = [real_view(g) for g in grads], [real_view(a) for a in emas]
         sums = torch.zeros(len(params), 3, dtype=torch.float64, device=device)
         backend = ops.backend_for("gradfused.GradientAlignment", self.fused, device)
         backend.alignment_sums_(

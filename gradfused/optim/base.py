@@ -2,6 +2,8 @@
 hyperparameter checks; this class collects the tensors, creates state lazily and calls the op."""
 from __future__ import annotations
 
+import contextlib
+import functools
 from collections import defaultdict
 from typing import Any, ClassVar
 
@@ -17,14 +19,14 @@ from . import _randomness as R
 from . import _validation as V
 from ._dtensor import is_dtensor, local_shards
 
-_SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+_SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16, torch.complex64, torch.complex128)
 # NOTE: [implementation switches]
 # torch.optim's switches, accepted by every optimizer with torch's meaning so that code written for torch
 # runs unchanged. `foreach` is ignored: every step is one fused kernel per (device, dtype) bucket, and
 # foreach=True or False would give the same numbers. `capturable` needs nothing: on CUDA the step never
 # reads a device value on the host (NOTE: [no host synchronisation]), so every step can be captured in a
-# CUDA graph, and on the CPU it means nothing. `differentiable=True` is refused: the kernels update in
-# place, outside autograd.
+# CUDA graph, and on the CPU it means nothing. `differentiable=True` steps with the reference, pure PyTorch
+# ops under autograd (NOTE: [differentiable steps]).
 SWITCH_DEFAULTS = dict(foreach=None, capturable=False, differentiable=False)
 # This optimizer's choices, kept when a checkpoint is loaded: the implementation and the precision scheme.
 _IMPLEMENTATION_KEYS = ("fused", *SWITCH_DEFAULTS, "state_dtype", "master_weights", "stochastic_rounding",
@@ -49,6 +51,31 @@ def _step_was_called(opt) -> bool:
     return opt._step_called[0]
 
 
+# NOTE: [differentiable steps]
+# With differentiable=True (torch.optim's switch for learned optimizers and meta-learning) a step runs the
+# reference (gradfused.reference), whose updates are ordinary PyTorch ops, with grad mode on, as torch's
+# _use_grad_for_differentiable does: autograd then flows through the update to the parameters, gradients
+# and states it read. Gradients do not flow into the hyperparameters (a tensor lr is read as a number), and
+# 8-bit states (rounded) and fused=True (the kernels) are refused with it.
+def grad_mode_for_step(step):
+    """The step under torch.no_grad(), or with grad mode on where the optimizer is differentiable."""
+    @functools.wraps(step)
+    def with_grad_mode(self, *args, **kwargs):
+        with torch.set_grad_enabled(self.defaults["differentiable"]):
+            return step(self, *args, **kwargs)
+    return with_grad_mode
+
+
+# NOTE: [complex parameters]
+# As torch.optim, a complex parameter is stepped as its real view (torch.view_as_real: the real and imaginary
+# parts as a last dimension of 2), with its gradient and states viewed the same way; every rule is
+# elementwise, so this is the rule applied to each real component. States stay complex tensors of the
+# parameter's shape (checkpoints cross-load with torch.optim), and 8-bit states are kept for real parameters
+# only. A group with a complex parameter steps through the checked path, not through a C++ step plan.
+def real_view(t: Tensor) -> Tensor:
+    return torch.view_as_real(t) if t.is_complex() else t
+
+
 class FusedOptimizer(Optimizer):
     """Base class. Subclasses set `op_name` and implement `_state_specs`, `_op_hyperparameters` and
     `_check_hyperparameters`.
@@ -65,7 +92,6 @@ class FusedOptimizer(Optimizer):
     # working copies instead (gradfused/optim/_precision.py), as the reference does: the fused kernels'
     # bitwise oracle in tests/test_mixed_precision.py.
     _fuse_precision: ClassVar[bool] = True
-    _step_supports_amp_scaling = True  # GradScaler hands us grad_scale and found_inf (NOTE in ops)
 
     def __init__(self, params, defaults: dict[str, Any], options: dict[str, Any] | None = None):
         """`options`: the shared keyword options (mixed precision, randomness) a subclass was given."""
@@ -76,13 +102,30 @@ class FusedOptimizer(Optimizer):
         self._check_hyperparameters(defaults)  # before `params` is looked at, as torch.optim does
         if defaults["fused"] is not False:
             _native.load()  # here, eagerly: not inside a step that torch.compile traces
-        self._plans: dict[tuple, tuple] = {}  # NOTE: [the step plan] (add_param_group, called below, clears it)
+        self._reset_caches()
+        super().__init__(params, defaults)
+
+    def _reset_caches(self) -> None:
+        """What a step derives from the groups and the state, not saved: made anew by __init__ and by
+        __setstate__ (deepcopy, pickle), whose groups and state dicts are new objects."""
+        self._plans: dict[tuple, tuple] = {}  # NOTE: [the step plan]
         self._native_plans: dict[int, tuple] = {}  # per group: NOTE: [the step plan in C++]
         self._fp32_grads: dict[int, tuple] = {}  # per group index: ids of 16-bit parameters with float32 gradients
         self._step_called = [False]  # NOTE: [LR schedulers and torch.compile]
-        super().__init__(params, defaults)
 
     _opt_called = property(_step_was_called)  # NOTE: [LR schedulers and torch.compile]
+
+    # NOTE: [GradScaler: who unscales]
+    # torch.amp.GradScaler hands an optimizer whose `_step_supports_amp_scaling` is true its scale and
+    # found_inf instead of unscaling .grad itself (one pass less over the gradients, no host sync). torch
+    # sets the flag for fused=True only, and frameworks read it as "the step unscales internally":
+    # Lightning then refuses gradient clipping under AMP, since .grad would still be scaled when it clips.
+    # So the flag is torch's: set for fused=True, and for float16 parameters, whose gradients GradScaler's
+    # own unscale_ refuses (docs/mixed-precision.md#gradscaler).
+    @property
+    def _step_supports_amp_scaling(self) -> bool:
+        return self.defaults.get("fused") is True or any(
+            p.dtype == torch.float16 for group in self.param_groups for p in group["params"])
 
     # ---- what a subclass declares ------------------------------------------------------------
     def _state_specs(self, group: dict) -> list[tuple[str, bool]]:
@@ -124,7 +167,11 @@ class FusedOptimizer(Optimizer):
         self._plans.clear()
         self._native_plans = {}
         params = param_group["params"]
-        params = [params] if isinstance(params, Tensor) else list(params)
+        if isinstance(params, Tensor):
+            params = [params]
+        elif not isinstance(params, set):  # a set is refused by torch below, for its order is not fixed
+            # a generator (model.head.parameters()) is read once: torch.optim's add_param_group gets the list
+            params = param_group["params"] = list(params)
         for i, p in enumerate(params):
             if isinstance(p, tuple) and len(p) == 2:  # a named parameter, (name, tensor)
                 p = p[1]
@@ -136,13 +183,11 @@ class FusedOptimizer(Optimizer):
         super().add_param_group(param_group)
 
     def _check_param(self, p: Tensor, where: str) -> None:
-        if p.is_complex():
-            raise ValueError(f"{self._name}: {where} is complex ({p.dtype}); complex parameters are not supported, "
-                             "optimize torch.view_as_real(p) instead")
         if p.layout != torch.strided:
             raise ValueError(f"{self._name}: {where} is sparse ({p.layout}); only dense parameters are supported")
         if p.dtype not in _SUPPORTED_DTYPES:
-            raise ValueError(f"{self._name}: {where} has dtype {p.dtype}; expected float32, float64, bfloat16 or float16")
+            raise ValueError(f"{self._name}: {where} has dtype {p.dtype}; expected float32, float64, bfloat16, float16, "
+                             "complex64 or complex128")
         if torch._debug_has_internal_overlap(p) == 1:  # NOTE: [every element once] in csrc/ops_shared.h
             raise ValueError(f"{self._name}: {where} (shape {tuple(p.shape)}, strides {p.stride()}) has elements that "
                              "share memory, as an expanded tensor does; an in-place update needs a parameter that "
@@ -150,9 +195,7 @@ class FusedOptimizer(Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
-        self._plans = {}  # the groups and the state dicts are new objects
-        self._native_plans = {}
-        self._step_called = [False]
+        self._reset_caches()
         for group in self.param_groups:  # checkpoints from older versions or from torch.optim
             self._upgrade_group(group)
             for k, v in self.defaults.items():
@@ -161,14 +204,56 @@ class FusedOptimizer(Optimizer):
     def _upgrade_group(self, group: dict) -> None:
         """Maps the hyperparameter names of a torch.optim counterpart onto ours (see PersistentSGD)."""
 
+    # NOTE: [our part of load_state_dict and state_dict]
+    # torch.optim runs the user's load pre-hooks on the state_dict as given, loads it, then runs the
+    # post-hooks on the loaded optimizer. Our checks and conversions sit inside that order, as hooks of
+    # our own for the one call: the check after the user's pre-hooks (one may rename an old checkpoint's
+    # keys), the conversions before the user's post-hooks (which must see the optimizer loaded). Saving
+    # mirrors it: 8-bit codes are renamed before the user's state_dict post-hooks see the dict.
+    @contextlib.contextmanager
+    def _own_hooks(self, pre=None, post=None, *, pre_kind: str, post_kind: str):
+        handles = []
+        if pre is not None:  # appended: after the user's pre-hooks
+            handles.append(getattr(self, f"register_{pre_kind}_pre_hook")(pre))
+        if post is not None:  # prepended: before the user's post-hooks
+            handles.append(getattr(self, f"register_{post_kind}_post_hook")(post, prepend=True))
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def state_dict(self) -> dict[str, Any]:
+        def saved_format(optimizer, state_dict):
+            return {**state_dict, "state": {k: L.saved_format(st) if isinstance(st, dict) else st
+                                            for k, st in state_dict["state"].items()}}
+        with self._own_hooks(post=saved_format, pre_kind="state_dict", post_kind="state_dict"):
+            return super().state_dict()
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._check_state_dict(state_dict)
-        # Which implementation runs (and in which precision) is this optimizer's choice, not the checkpoint's:
-        # a checkpoint saved with fused=False must not silently switch a native optimizer to the reference
-        # (a torch pitfall). The states are converted to this optimizer's precision below.
-        implementation = [{k: group[k] for k in _IMPLEMENTATION_KEYS if k in group} for group in self.param_groups]
-        uncast = self._states_not_in_param_dtype(state_dict)
-        super().load_state_dict(state_dict)
+        loading: dict[str, Any] = {}
+
+        def check(optimizer, state_dict):
+            if isinstance(state_dict, dict) and isinstance(state_dict.get("state"), dict):
+                state_dict = {**state_dict, "state": {k: L.loaded_format(st) if isinstance(st, dict) else st
+                                                      for k, st in state_dict["state"].items()}}
+            self._check_state_dict(state_dict)
+            # Which implementation runs (and in which precision) is this optimizer's choice, not the
+            # checkpoint's: a checkpoint saved with fused=False must not silently switch a native optimizer
+            # to the reference (a torch pitfall). The states are converted to this precision in `tidy`.
+            loading["implementation"] = [{k: group[k] for k in _IMPLEMENTATION_KEYS if k in group}
+                                         for group in self.param_groups]
+            loading["uncast"] = self._states_not_in_param_dtype(state_dict)
+            return state_dict
+
+        def tidy(optimizer):
+            self._tidy_loaded_state(loading["implementation"], loading["uncast"])
+
+        with self._own_hooks(check, tidy, pre_kind="load_state_dict", post_kind="load_state_dict"):
+            super().load_state_dict(state_dict)
+
+    def _tidy_loaded_state(self, implementation: list[dict], uncast: list) -> None:
+        """After torch's load: this optimizer's implementation choices, dtypes and state formats."""
         for group, keep in zip(self.param_groups, implementation):
             group.update(keep)
         # torch casts floating state to the parameter's dtype on load, which would round the fp32 moments and
@@ -183,6 +268,8 @@ class FusedOptimizer(Optimizer):
         scalar_keys = {"step"}.union(*(self._scalar_state_keys(group) for group in self.param_groups))
         step_dtypes = {p: self._step_dtype(group) for group in self.param_groups for p in group["params"]}
         for p, st in self.state.items():  # `step` and the like live with their parameter, as float32
+            if p not in step_dtypes or not isinstance(st, dict):
+                continue  # not a parameter's state: torch.optim keeps such entries as they are
             if st and "step" not in st:  # torch.optim.SGD keeps no step count: its state is past step 1
                 st["step"] = 1.0
             for key in scalar_keys & set(st):
@@ -266,7 +353,7 @@ class FusedOptimizer(Optimizer):
 
     # ---- the step ----------------------------------------------------------------------------
     @tracks_step_calls
-    @torch.no_grad()
+    @grad_mode_for_step
     def step(self, closure=None):
         """Performs one optimization step. `closure` re-evaluates the model and returns the loss."""
         self._step_called[0] = True  # NOTE: [LR schedulers and torch.compile]
@@ -278,7 +365,7 @@ class FusedOptimizer(Optimizer):
             self._step(self._selected(None), build_native_plans=True)
         return loss
 
-    @torch.no_grad()
+    @grad_mode_for_step
     def step_parameters(self, params) -> None:
         """Steps only `params` (those of them with a gradient), each with the hyperparameters and state
         of its own group, exactly as `step` would: the per-layer step of `gradfused.sequential` and
@@ -302,7 +389,7 @@ class FusedOptimizer(Optimizer):
     def _native_plan_key(self, group: dict) -> tuple:
         """What a live plan was built for: the lists it holds and that a plan may run at all (the native
         ops fusing the precision options)."""
-        runnable = group.get("fused") is not False and self._fuse_precision
+        runnable = self._fused(group) is not False and self._fuse_precision
         return (tuple(used for _, used in self._state_specs(group)), self._keeps_state(group), id(self.state),
                 len(self.state), len(group["params"]), runnable)
 
@@ -318,10 +405,11 @@ class FusedOptimizer(Optimizer):
         if previous[0] == key or not params or not key[-1]:
             return  # the plan is live, there is nothing to step, or no plan can run this group
         plan = self._plan(group, params)
-        if any(is_dtensor(bucket[0]) or ops.backend_for(self._name, False if group.get("fused") is False else None,
-                                                          bucket[0].device, warn=False) is not ops
+        if any(is_dtensor(bucket[0]) or bucket[0].is_complex()
+               or ops.backend_for(self._name, False if self._fused(group) is False else None, bucket[0].device,
+                                  warn=False) is not ops
                for bucket, _, _ in plan):
-            return  # local shards, or a bucket without native kernels: the checked path
+            return  # local shards, real views, or a bucket without native kernels: the checked path
         native = torch.classes.gradfused.StepPlan(group["params"])
         position = {id(p): i for i, p in enumerate(group["params"])}
         specs, scalar_keys = self._state_specs(group), self._scalar_state_keys(group)
@@ -514,10 +602,12 @@ class FusedOptimizer(Optimizer):
         scalar_keys = self._scalar_state_keys(group)
         for b, (bucket, states, indices) in enumerate(self._plan(group, params)):
             device = bucket[0].device
-            backend = ops.backend_for(self._name, group.get("fused"), device)
+            backend = ops.backend_for(self._name, self._fused(group), device)
             op = getattr(backend, self.op_name)
             tensors = [bucket, [p.grad for p in bucket], *[[st[key] for st in states] if used else []
                                                            for key, used in specs]]
+            if bucket[0].is_complex():  # NOTE: [complex parameters]
+                tensors = [[real_view(t) for t in lst] for lst in tensors]
             if is_dtensor(bucket[0]):  # the elementwise update of each rank's shard
                 tensors = local_shards(self._name, *tensors)
             fused_precision = {}
@@ -538,6 +628,11 @@ class FusedOptimizer(Optimizer):
             )
             if work is not None:
                 work.write_back(indices if group["stochastic_rounding"] else [], grads_written=grad_scale is not None)
+
+    @staticmethod
+    def _fused(group: dict) -> bool | None:
+        """The group's `fused`, False where it is differentiable (NOTE: [differentiable steps])."""
+        return False if group["differentiable"] else group.get("fused")
 
     def _low_bit_kwargs(self, group: dict, bucket: list[Tensor], states: list[dict]) -> dict:
         """The op's 8-bit state arguments for a bucket (docs/low-bit-states.md); none at full precision."""
@@ -575,9 +670,12 @@ class FusedOptimizer(Optimizer):
         V.check_switch(self._name, "foreach", group.get("foreach"))
         V.check_bool(self._name, "capturable", group["capturable"])
         V.check_bool(self._name, "differentiable", group["differentiable"])
-        if group["differentiable"]:
-            raise NotImplementedError(f"{self._name}: differentiable=True is not supported: the fused kernels update "
-                                      "in place, outside autograd (use torch.optim for a differentiable step)")
+        if group["differentiable"] and group.get("fused"):  # torch's words (NOTE: [differentiable steps])
+            raise RuntimeError(f"{self._name}: `fused` does not support `differentiable` (the kernels update in place, "
+                               "outside autograd; fused=None steps a differentiable optimizer with the reference)")
+        if group["differentiable"] and group["state_bits"] == 8:
+            raise ValueError(f"{self._name}: differentiable=True needs full-precision states; 8-bit states are "
+                             "rounded, which has no gradient (expected state_bits=32)")
         P.check(self._name, group)
         R.check(self._name, group)
         L.check(self._name, group)

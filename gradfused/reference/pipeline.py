@@ -49,6 +49,21 @@ def step_is_skipped(found_inf: Tensor | None) -> bool:
 RuleFn = Callable[[Tensor, list, float, int], Tensor]  # (g, states, t, i) -> d, updating states in place
 
 
+# NOTE: [one device per call]
+# The native ops refuse a call whose tensors are on several devices before writing anything (check_lists in
+# csrc/ops_shared.h). A call with a meta tensor among CPU ones dispatches to the fake implementation (meta
+# outranks the CPU), and the reference would write the parameters before the odd one out: both check here
+# first, as torch.optim raises on such a step.
+def check_one_device(op: str, lists: dict[str, Sequence[Tensor]]) -> None:
+    """Raises unless every tensor of `lists` (name -> tensors) is on the device of the first one."""
+    first = next((t for tensors in lists.values() for t in tensors), None)
+    for name, tensors in lists.items():
+        for i, t in enumerate(tensors):
+            if t.device != first.device:
+                raise RuntimeError(f"{op}: {name}[{i}] is on {t.device} but {next(iter(lists))}[0] is on "
+                                   f"{first.device}; all tensors of one step must be on one device")
+
+
 def in_memory_order(values: Tensor, like: Tensor) -> Tensor:
     """`values` (flat, one per element) laid out like `like` in memory: element k of the flat list goes to
     the k-th memory position of torch.empty_like(like), which is where the kernels' element k lives
@@ -83,6 +98,9 @@ def run_pipeline(
     """Applies docs/algorithms.md §1 to each parameter; `states[k][i]` is state k of parameter i. With
     `state_signed`, the states are 8-bit codes and `state_absmax[k * n + i]` their absmax (docs/low-bit-states.md):
     decoded before the rule, and encoded again from the new states, which the parameter's update uses."""
+    check_one_device("gradfused.reference", {"params": params, "grads": grads, "state_steps": state_steps,
+                                             **{f"states[{k}]": s for k, s in enumerate(states)},
+                                             "state_absmax": state_absmax or []})
     if step_is_skipped(found_inf):  # step 1: a skipped AMP step changes nothing at all
         return
     n = len(params)
@@ -137,6 +155,7 @@ def run_pipeline(
 
 def lookahead_(params: Sequence[Tensor], slow_weights: Sequence[Tensor], *, alpha: float) -> None:
     """docs/algorithms.md §4: slow = slow + alpha (param - slow), then param = slow."""
+    check_one_device("gradfused.reference.lookahead_", {"params": params, "slow_weights": slow_weights})
     for param, slow in zip(params, slow_weights):
         phi = upcast(slow)
         phi = phi + alpha * (upcast(param) - phi)
@@ -155,6 +174,8 @@ def alignment_sums_(
 ) -> None:
     """docs/algorithms.md §4: a = β a + (1-β) g on the unscaled gradient, then <g, a>, ‖g‖², ‖a‖² written to
     sums[i] (the scale is formed from them by gradfused.optim.alignment.scales_from_sums)."""
+    check_one_device("gradfused.reference.alignment_sums_", {"grads": grads, "alignment_emas": alignment_emas,
+                                                              "sums": [sums]})
     if step_is_skipped(found_inf):
         return
     for i, (grad, ema) in enumerate(zip(grads, alignment_emas)):

@@ -42,7 +42,7 @@ def adam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *,
         bc1, bc2 = 1 - beta1**t, 1 - beta2**t
         v_hat = v
         if amsgrad:
-            st[2].copy_(st[2].maximum(v))
+            st[2] = st[2].maximum(v)  # a new tensor, not in place: autograd keeps the old max (differentiable)
             v_hat = st[2]
         # (m / bc1) / (sqrt(v̂) / sqrt(bc2) + eps), with the divisions by scalars as multiplications by
         # their reciprocals, as the kernels do (NOTE: [the kernels round as the reference does])
