@@ -105,9 +105,53 @@ def test_sparse_gradient_fails_the_step_and_changes_nothing(wrap):
     assert_unchanged(opt, params, before)
 
 
-def test_complex_parameter_is_rejected():
-    with pytest.raises(ValueError, match=r"params\[1\] is complex .* torch.view_as_real"):
-        gf.Adam([torch.randn(3, requires_grad=True), torch.randn(3, dtype=torch.complex64, requires_grad=True)])
+@pytest.mark.parametrize("plan_live", [False, True], ids=["first steps", "through the C++ step plan"])
+@pytest.mark.parametrize("fused", [None, True, False])
+def test_a_state_on_another_device_fails_before_anything_is_written(fused, plan_live):
+    """NOTE: [one device per call]: a state moved to meta (which outranks the CPU in dispatch, and whose
+    fake kernel would do nothing) fails the step with the tensor named, and nothing is written: not even
+    the parameters of the other group."""
+    opt, params = stepped(lambda ps: gf.Adam([{"params": ps[:1]}, {"params": ps[1:]}], fused=fused),
+                          n=3 if plan_live else 1)
+    opt.state[params[1]]["exp_avg"] = opt.state[params[1]]["exp_avg"].to("meta")
+    for p in params:
+        p.grad = torch.randn_like(p)
+    before = [p.detach().clone() for p in params]
+    with pytest.raises(RuntimeError, match=r"'exp_avg' of param group 1, params\[0\] is on meta but the parameter "
+                                           r"is on cpu; all tensors of one step must be on one device"):
+        opt.step()
+    assert all(torch.equal(p, q) for p, q in zip(params, before))
+
+
+@pytest.mark.parametrize("replace", ["a state tensor", "a whole state dict"])
+def test_a_state_replaced_by_hand_is_the_one_stepped(replace):
+    """NOTE: [state changes]: under a live C++ step plan, which holds the state tensors, a state tensor or
+    dict replaced by hand is the one the next step reads and writes, as in torch.optim."""
+    opt, params = stepped(lambda ps: gf.Adam(ps), n=3)
+    twin, twin_params = stepped(lambda ps: torch.optim.Adam(ps), n=0)
+    with torch.no_grad():
+        for p, q in zip(params, twin_params):
+            q.copy_(p)
+    twin.load_state_dict(copy.deepcopy(opt.state_dict()))
+    p = params[0]
+    if replace == "a state tensor":
+        opt.state[p]["exp_avg"] = torch.zeros_like(p)
+    else:
+        opt.state[p] = {k: torch.zeros_like(v) if k == "exp_avg" else v.clone() for k, v in opt.state[p].items()}
+    twin.state[twin_params[0]]["exp_avg"].zero_()
+    for a, b in zip(params, twin_params):
+        a.grad = torch.randn_like(a)
+        b.grad = a.grad.clone()
+    opt.step()
+    twin.step()
+    for a, b in zip(params, twin_params):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(opt.state[p]["exp_avg"], twin.state[twin_params[0]]["exp_avg"])
+
+
+def test_complex_half_parameter_is_rejected():  # complex64 and complex128 step as real views
+    with pytest.raises(ValueError, match=r"params\[1\] has dtype torch.complex32; expected .*complex64 or complex128"):
+        gf.Adam([torch.randn(3, requires_grad=True), torch.randn(3, dtype=torch.complex32, requires_grad=True)])
 
 
 def test_unsupported_dtype_is_rejected():

@@ -236,7 +236,8 @@ def test_grad_scaler_leaves_grad_as_torch_adamw_does(device, dtype, fused):
     """NOTE: [GradScaler: who unscales]: after scaler.step, .grad holds bit for bit what torch's AdamW with
     the same `fused` leaves. fused=True unscales in the kernel, dividing by the scale (NOTE: [GradScaler and
     .grad]); otherwise GradScaler's unscale_ multiplies by 1/scale, as for torch's for-loop AdamW (a scale of
-    3 is not a power of two, so the two differ). A step skipped for an inf leaves .grad scaled."""
+    3 is not a power of two, so the two differ). A step skipped for an inf leaves .grad scaled with
+    fused=True, and unscaled otherwise (GradScaler's unscale_ ran before it found the inf)."""
     torch.manual_seed(0)
     grads = [torch.randn(4097, device=device).to(dtype) for _ in range(3)]
     grads[2][5] = float("inf")
@@ -255,7 +256,7 @@ def test_grad_scaler_leaves_grad_as_torch_adamw_does(device, dtype, fused):
             left[who].append(p.grad.clone())
     for ours, theirs in zip(left["gradfused"], left["torch"], strict=True):
         assert torch.equal(ours, theirs)
-    assert torch.equal(left["torch"][2], scaled)  # the skipped step left it scaled
+    assert torch.equal(left["torch"][2], scaled) is (fused is True)
 
 
 @pytest.mark.parametrize("case", CASES, ids=str)
@@ -436,3 +437,50 @@ def test_amsgrad_maximum_keeps_a_nan_as_torch_does(device, fused):
         torch.testing.assert_close(ours.state[p][key], theirs.state[q][key], equal_nan=True)
     assert ours.state[p]["max_exp_avg_sq"][[0, 36]].isnan().all()
     torch.testing.assert_close(p, q, equal_nan=True)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.name.endswith("[defaults]") or c.name.endswith("[lr=0.01]")],
+                         ids=str)
+def test_param_group_dicts_take_any_iterable(case):
+    """{"params": model.head.parameters()} (a generator, read once) in the constructor and in
+    add_param_group gives the group its parameters, as torch.optim does; a set is refused, as torch does."""
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2), torch.nn.Linear(2, 1))
+    opt = case.make([{"params": model[0].parameters(), "lr": 1e-4}, {"params": iter([model[1].weight])}], True)
+    opt.add_param_group({"params": (p for p in model[2].parameters())})
+    assert [len(g["params"]) for g in opt.param_groups] == [2, 1, 2]
+    assert opt.param_groups[0]["lr"] == 1e-4
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.step()
+    assert [not torch.equal(p, q) for p, q in zip(model.parameters(), before)][:3] == [True, True, True]
+    with pytest.raises(TypeError, match="ordered collections"):
+        opt.add_param_group({"params": {torch.nn.Parameter(torch.zeros(1))}})
+
+
+def test_grad_scaler_flag_is_torchs():
+    """NOTE: [GradScaler: who unscales]: in-kernel unscaling for fused=True, as torch's fused optimizers, and
+    for float16 parameters, whose gradients GradScaler's unscale_ refuses; otherwise GradScaler unscales, so
+    Lightning allows gradient clipping under AMP. GradientAlignment follows its base."""
+    p32 = [torch.nn.Parameter(torch.randn(3))]
+    p16 = [torch.nn.Parameter(torch.randn(3, dtype=torch.float16))]
+    assert gf.AdamW(p32, fused=True)._step_supports_amp_scaling is True
+    assert gf.AdamW(p32)._step_supports_amp_scaling is False
+    assert gf.AdamW(p32, fused=False)._step_supports_amp_scaling is False
+    assert gf.AdamW(p16, master_weights=True)._step_supports_amp_scaling is True
+    assert gf.GradientAlignment(gf.AdamW(p32, fused=True))._step_supports_amp_scaling is True
+    assert gf.GradientAlignment(gf.SGD(p32, lr=0.1))._step_supports_amp_scaling is False
+    assert copy.deepcopy(gf.AdamW(p32, fused=True))._step_supports_amp_scaling is True
+
+
+def test_float16_parameters_train_under_grad_scaler_without_fused():
+    """GradScaler's own unscale_ refuses float16 gradients ("Attempting to unscale FP16 gradients"): with
+    float16 parameters the step unscales them itself."""
+    p = torch.nn.Parameter(torch.randn(8, dtype=torch.float16))
+    opt = gf.AdamW([p], lr=1e-2, master_weights=True)
+    scaler = torch.amp.GradScaler("cpu", init_scale=4.0)
+    before = p.detach().clone()
+    p.grad = scaler.scale(torch.randn(8, dtype=torch.float16))
+    scaler.step(opt)
+    scaler.update()
+    assert not torch.equal(p, before) and scaler.get_scale() == 4.0

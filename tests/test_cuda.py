@@ -133,13 +133,15 @@ def _model_and_data(seed=0):
     return model, x, y
 
 
+# fused=True: GradScaler hands the step its scale and found_inf on the GPU, as for torch's fused optimizers
+# (NOTE: [GradScaler: who unscales]); otherwise its own unscale_ reads found_inf on the host
 OPTIMIZERS = {
-    "AdamW": lambda p, lr: gf.AdamW(p, lr=lr, weight_decay=0.1),
-    "RAdam": lambda p, lr: gf.RAdam(p, lr=lr),
-    "NAdam": lambda p, lr: gf.NAdam(p, lr=lr),
-    "AdEMA": lambda p, lr: gf.AdEMA(p, lr=lr, t_alpha_beta3=5),
-    "PersistentSGD": lambda p, lr: gf.PersistentSGD(p, lr=lr, decay=0.9),
-    "Align(AdamW)": lambda p, lr: gf.GradientAlignment(gf.AdamW(p, lr=lr)),
+    "AdamW": lambda p, lr: gf.AdamW(p, lr=lr, weight_decay=0.1, fused=True),
+    "RAdam": lambda p, lr: gf.RAdam(p, lr=lr, fused=True),
+    "NAdam": lambda p, lr: gf.NAdam(p, lr=lr, fused=True),
+    "AdEMA": lambda p, lr: gf.AdEMA(p, lr=lr, t_alpha_beta3=5, fused=True),
+    "PersistentSGD": lambda p, lr: gf.PersistentSGD(p, lr=lr, decay=0.9, fused=True),
+    "Align(AdamW)": lambda p, lr: gf.GradientAlignment(gf.AdamW(p, lr=lr, fused=True)),
 }
 
 

@@ -269,10 +269,34 @@ def test_full_precision_checkpoints_load_either_way():
         assert torch.equal(back.state[pt]["exp_avg_sq"], decoded)
 
 
+def test_torch_optim_fails_on_eight_bit_codes_instead_of_training_on_them():
+    """NOTE: [8-bit states in a state_dict]: the codes are saved under `<key>_codes`, so torch.optim.AdamW,
+    which would cast uint8 codes into moments of 0..255, finds no moments and fails at its first step,
+    before writing anything. gradfused loads them back, and reads checkpoints of the older layout too."""
+    params, opt = _stepped(lambda p: gf.AdamW(p, lr=1e-2, **EIGHT_BIT))
+    sd = copy.deepcopy(opt.state_dict())
+    eight_bit = [st for st in sd["state"].values() if "exp_avg_codes" in st]
+    assert eight_bit and all("exp_avg" not in st and st["exp_avg_codes"].dtype == torch.uint8 for st in eight_bit)
+    twin = [p.detach().clone().requires_grad_() for p in params]
+    theirs = torch.optim.AdamW(twin, lr=1e-2)
+    theirs.load_state_dict(copy.deepcopy(sd))
+    set_grads(twin, torch.Generator().manual_seed(3))
+    before = [p.detach().clone() for p in twin]
+    with pytest.raises(KeyError, match="exp_avg"):
+        theirs.step()
+    assert all(torch.equal(p, q) for p, q in zip(twin, before))
+    older = {**sd, "state": {k: {key.removesuffix("_codes"): v for key, v in st.items()} for k, st in sd["state"].items()}}
+    for checkpoint in (sd, older):
+        resumed = gf.AdamW([p.detach().clone().requires_grad_() for p in params], lr=1e-2, **EIGHT_BIT)
+        resumed.load_state_dict(copy.deepcopy(checkpoint))
+        for (k, s), (_, t) in zip(all_states(opt), all_states(resumed), strict=True):
+            assert torch.equal(s, t), k
+
+
 @pytest.mark.parametrize("corrupt, message", [
     (lambda st: st.pop("exp_avg_absmax"), "'exp_avg' holds 8-bit codes, which need 'exp_avg_absmax'"),
     (lambda st: st.__setitem__("exp_avg_absmax", torch.zeros(3)), "a float32 tensor of 17 elements"),
-    (lambda st: st.__setitem__("exp_avg", torch.zeros(7, dtype=torch.uint8)), "'exp_avg' has shape"),
+    (lambda st: st.__setitem__("exp_avg_codes", torch.zeros(7, dtype=torch.uint8)), "'exp_avg' has shape"),
 ])
 def test_bad_eight_bit_checkpoint_is_refused_and_changes_nothing(corrupt, message):
     _, opt = _stepped(lambda p: gf.AdamW(p, lr=1e-2, **EIGHT_BIT))

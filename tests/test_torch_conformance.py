@@ -184,8 +184,8 @@ def test_torch_implementation_switches_are_accepted(cls):
         p.grad = torch.ones_like(p)
         opt.step()
         assert all(opt.param_groups[0][k] is v for k, v in switches.items())
-    with pytest.raises(NotImplementedError, match=r"differentiable=True is not supported"):
-        cls([torch.randn(4, requires_grad=True)], differentiable=True)
+    with pytest.raises(RuntimeError, match=r"`fused` does not support `differentiable`"):
+        cls([torch.randn(4, requires_grad=True)], differentiable=True, fused=True)
     for name, value in (("fused", 1), ("fused", 0), ("foreach", "yes"), ("capturable", None)):
         with pytest.raises(ValueError, match=rf"Invalid {name} value"):
             cls([torch.randn(4, requires_grad=True)], **{name: value})

@@ -132,6 +132,7 @@ class GradientAlignment(WrappingOptimizer):
         """The alignment scales go straight into the base's fused update; `selected` is from base._selected."""
         grad_scale = getattr(self, "grad_scale", None)  # set by torch.amp.GradScaler
         found_inf = getattr(self, "found_inf", None)
+        self.base._plan_all(selected)
         for group, params in zip(self.param_groups, selected):
             scales = [self._stats(bucket, grad_scale, found_inf) for bucket, _, _ in self.base._plan(group, params)]
             self.base._update(group, params, grad_scale=grad_scale, found_inf=found_inf, alignment_scales=scales)

@@ -76,6 +76,74 @@ def real_view(t: Tensor) -> Tensor:
     return torch.view_as_real(t) if t.is_complex() else t
 
 
+# NOTE: [state changes]
+# A live C++ step plan holds the state tensors themselves, and the Python plan each parameter's state dict.
+# A state tensor or a whole state dict replaced by hand (opt.state[p]["exp_avg"] = t, opt.state[p] = {...})
+# would go unseen and the step would update the old tensor, silently. So the state table and each
+# parameter's dict count their changes in one counter, and the plans are keyed by it.
+class ParamState(dict):
+    """A parameter's state: a dict that counts changes of its entries in `changes[0]`."""
+
+    __slots__ = ("changes",)
+
+    def __init__(self, changes: list[int], *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.changes = changes
+
+    def __reduce__(self):  # copies and pickles: the counter first, then the entries
+        return type(self), (self.changes, dict(self))
+
+    def __setitem__(self, key, value):
+        self.changes[0] += 1
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key):
+        self.changes[0] += 1
+        super().__delitem__(key)
+
+    def pop(self, *args):
+        self.changes[0] += 1
+        return super().pop(*args)
+
+    def update(self, *args, **kwargs):
+        self.changes[0] += 1
+        super().update(*args, **kwargs)
+
+    def setdefault(self, key, default=None):
+        self.changes[0] += 1
+        return super().setdefault(key, default)
+
+    def clear(self):
+        self.changes[0] += 1
+        super().clear()
+
+
+class StateTable(defaultdict):
+    """optimizer.state: parameter -> ParamState, counting its own changes in the same counter."""
+
+    def __init__(self, default_factory=None, *args):
+        super().__init__(default_factory, *args)
+        self.changes = default_factory.args[0] if isinstance(default_factory, functools.partial) else [0]
+
+    def __setitem__(self, key, value):
+        self.changes[0] += 1
+        if isinstance(value, dict) and not isinstance(value, ParamState):
+            value = ParamState(self.changes, value)
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key):
+        self.changes[0] += 1
+        super().__delitem__(key)
+
+    @classmethod
+    def of(cls, state: dict) -> "StateTable":
+        changes = [0]
+        table = cls(functools.partial(ParamState, changes))
+        for key, value in state.items():
+            table[key] = value
+        return table
+
+
 class FusedOptimizer(Optimizer):
     """Base class. Subclasses set `op_name` and implement `_state_specs`, `_op_hyperparameters` and
     `_check_hyperparameters`.
@@ -104,6 +172,7 @@ class FusedOptimizer(Optimizer):
             _native.load()  # here, eagerly: not inside a step that torch.compile traces
         self._reset_caches()
         super().__init__(params, defaults)
+        self.state = StateTable.of(self.state)  # NOTE: [state changes]
 
     def _reset_caches(self) -> None:
         """What a step derives from the groups and the state, not saved: made anew by __init__ and by
@@ -195,6 +264,7 @@ class FusedOptimizer(Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
+        self.state = StateTable.of(self.state)  # a loaded or copied state: NOTE: [state changes]
         self._reset_caches()
         for group in self.param_groups:  # checkpoints from older versions or from torch.optim
             self._upgrade_group(group)
@@ -375,6 +445,7 @@ class FusedOptimizer(Optimizer):
     def _step(self, selected: list[list[Tensor]], build_native_plans: bool = False) -> None:
         grad_scale = getattr(self, "grad_scale", None)  # set by torch.amp.GradScaler
         found_inf = getattr(self, "found_inf", None)
+        self._plan_all(selected)
         for group, params in zip(self.param_groups, selected):
             self._update(group, params, grad_scale=grad_scale, found_inf=found_inf)
             if build_native_plans:
@@ -391,7 +462,7 @@ class FusedOptimizer(Optimizer):
         ops fusing the precision options)."""
         runnable = self._fused(group) is not False and self._fuse_precision
         return (tuple(used for _, used in self._state_specs(group)), self._keeps_state(group), id(self.state),
-                len(self.state), len(group["params"]), runnable)
+                self.state.changes[0], len(group["params"]), runnable)
 
     def _build_native_plan(self, group: dict, params: list[Tensor]) -> None:
         if torch.compiler.is_compiling():  # a traced step runs the checked path (NOTE: [the step plan in C++])
@@ -405,6 +476,7 @@ class FusedOptimizer(Optimizer):
         if previous[0] == key or not params or not key[-1]:
             return  # the plan is live, there is nothing to step, or no plan can run this group
         plan = self._plan(group, params)
+        key = self._native_plan_key(group)  # after any state the plan created
         if any(is_dtensor(bucket[0]) or bucket[0].is_complex()
                or ops.backend_for(self._name, False if self._fused(group) is False else None, bucket[0].device,
                                   warn=False) is not ops
@@ -528,7 +600,10 @@ class FusedOptimizer(Optimizer):
         return torch.float64 if R.draws(group) else torch.float32
 
     def _init_state(self, p: Tensor, group: dict, specs: list[tuple[str, bool]]) -> dict:
-        state = self.state[p]
+        state = self.state.get(p)
+        if state is None:  # not self.state[p]: torch.compile cannot trace a defaultdict subclass's __missing__
+            state = self.state[p] = {}
+            state = self.state[p]  # the ParamState the table made of it
         step_dtype = self._step_dtype(group)
         if "step" not in state:
             state["step"] = torch.zeros((), dtype=step_dtype, device=p.device)
@@ -576,7 +651,7 @@ class FusedOptimizer(Optimizer):
         which = (index, tuple(map(id, params)), self._fp32_grads.get(index, ()))
         stateful = self._keeps_state(group)
         # a new state dict (load_state_dict) goes through __setstate__, which drops every plan
-        key = (tuple(used for _, used in specs), stateful, len(self.state))
+        key = (tuple(used for _, used in specs), stateful, self.state.changes[0])
         cached = self._plans.get(which)
         if cached is not None and cached[0] == key:
             return cached[1]
@@ -585,12 +660,30 @@ class FusedOptimizer(Optimizer):
             bucket = [params[i] for i in idx]
             states = ([self._init_state(p, group, specs) for p in bucket] if stateful else
                       [{"step": torch.zeros((), dtype=self._step_dtype(group), device=p.device)} for p in bucket])
+            self._check_state_devices(group, bucket, states)
             plan.append((bucket, states, self._param_indices(bucket)))
-        key = key[:2] + (len(self.state),)  # state creation above may have grown it
+        key = key[:2] + (self.state.changes[0],)  # state creation above changed it
         if len(self._plans) >= _MAX_PLANS:
             self._plans.clear()
         self._plans[which] = (key, plan)
         return plan
+
+    def _plan_all(self, selected: list[list[Tensor]]) -> None:
+        """Every group's plan, built (and so checked) before any group is written: a step fails whole."""
+        for group, params in zip(self.param_groups, selected):
+            if params:
+                self._plan(group, params)
+
+    def _check_state_devices(self, group: dict, bucket: list[Tensor], states: list[dict]) -> None:
+        """NOTE: [one device per call] for a whole step: a state on another device than its parameter (moved
+        or replaced by hand, which rebuilds the plan: NOTE: [state changes]) fails the step by name."""
+        for p, st in zip(bucket, states):
+            for key, value in st.items():
+                if isinstance(value, Tensor) and value.device != p.device:
+                    i = next(k for k, q in enumerate(group["params"]) if q is p)
+                    raise RuntimeError(f"{self._name}: state {key!r} of param group {self._group_index(group)}, "
+                                       f"params[{i}] is on {value.device} but the parameter is on {p.device}; all "
+                                       "tensors of one step must be on one device")
 
     def _update(self, group: dict, params: list[Tensor], *, grad_scale: Tensor | None = None,
                 found_inf: Tensor | None = None, alignment_scales: list[Tensor] | None = None) -> None:
