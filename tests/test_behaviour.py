@@ -2,6 +2,7 @@
 import copy
 import io
 import os
+import pickle
 import subprocess
 import sys
 import time
@@ -11,7 +12,7 @@ import torch
 
 import gradfused as gf
 from devices import DEVICES
-from optim_table import CASES, all_states
+from optim_table import CASES, Case, all_states
 
 
 def fill_grads(params, gen=None):
@@ -484,3 +485,26 @@ def test_float16_parameters_train_under_grad_scaler_without_fused():
     scaler.step(opt)
     scaler.update()
     assert not torch.equal(p, before) and scaler.get_scale() == 4.0
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+@pytest.mark.parametrize("case", CASES + [Case("Lookahead(AdamW)", lambda p, fused: gf.Lookahead(gf.AdamW(p, fused=fused), k=2))],
+                         ids=str)
+def test_a_copied_optimizer_steps_as_the_original(case, how):
+    """copy.deepcopy or pickle of any gradfused optimizer or wrapper (its parameters come along, without
+    their .grad, as torch copies a Parameter) steps exactly as the original."""
+    params = [torch.randn(s, requires_grad=True) for s in [(4097,), (3, 5), ()]]
+    opt = case.make(params, True)
+    for _ in range(3):
+        fill_grads(params)
+        opt.step()
+    twin = copy.deepcopy(opt) if how == "deepcopy" else pickle.loads(pickle.dumps(opt))
+    twin_params = [p for group in twin.param_groups for p in group["params"]]
+    for _ in range(3):
+        fill_grads(params)
+        for p, q in zip(params, twin_params):
+            q.grad = p.grad.clone()
+        opt.step()
+        twin.step()
+    for p, q in zip(params, twin_params, strict=True):
+        assert torch.equal(p, q)

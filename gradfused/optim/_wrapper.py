@@ -1,7 +1,7 @@
 """What GradientAlignment and Lookahead share as optimizers that wrap another one."""
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from typing import Any
 
 from torch import Tensor
@@ -10,6 +10,11 @@ from torch.optim import Optimizer
 from .. import _native
 from . import _validation as V
 from .base import _step_was_called
+
+
+_HOOK_DICTS = ("_optimizer_step_pre_hooks", "_optimizer_step_post_hooks", "_optimizer_state_dict_pre_hooks",
+               "_optimizer_state_dict_post_hooks", "_optimizer_load_state_dict_pre_hooks",
+               "_optimizer_load_state_dict_post_hooks")
 
 
 class WrappingOptimizer(Optimizer):
@@ -33,11 +38,23 @@ class WrappingOptimizer(Optimizer):
         self._step_called = [False]  # NOTE: [LR schedulers and torch.compile]
         # Deliberately not Optimizer.__init__: param_groups and defaults are the base's (properties below).
         self.state: defaultdict[Tensor, dict[str, Any]] = defaultdict(dict)
-        for hooks in ("_optimizer_step_pre_hooks", "_optimizer_step_post_hooks", "_optimizer_state_dict_pre_hooks",
-                      "_optimizer_state_dict_post_hooks", "_optimizer_load_state_dict_pre_hooks",
-                      "_optimizer_load_state_dict_post_hooks"):
-            setattr(self, hooks, type(base_optimizer._optimizer_step_pre_hooks)())
+        self._new_hooks()
         self._patch_step_function()
+
+    def _new_hooks(self) -> None:
+        for hooks in _HOOK_DICTS:
+            setattr(self, hooks, OrderedDict())
+
+    # A deep copy or a pickle carries the base optimizer and the wrapper's own state and settings (torch's
+    # Optimizer.__getstate__ keeps only defaults, state and param_groups, which are the base's here); as with
+    # torch.optim, it starts without hooks.
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k not in _HOOK_DICTS}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._new_hooks()
+        self._step_called = [False]
 
     @property
     def param_groups(self) -> list[dict[str, Any]]:

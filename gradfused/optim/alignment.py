@@ -53,6 +53,13 @@ class GradientAlignment(WrappingOptimizer):
         self.beta, self.eps = float(beta), float(eps)
         self._plan_emas: dict[tuple[int, int], tuple[Any, list[Tensor]]] = {}  # see _plan_scales
 
+    def __getstate__(self) -> dict[str, Any]:  # the EMA lists of the base's plans, which a copy rebuilds, stay
+        return {k: v for k, v in super().__getstate__().items() if k != "_plan_emas"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._plan_emas = {}
+
     def __repr__(self) -> str:
         return f"GradientAlignment(beta={self.beta}, eps={self.eps}, base={self.base!r})"
 
