@@ -20,6 +20,16 @@ def fill_grads(params, gen=None):
         p.grad = torch.randn(p.shape, generator=gen)
 
 
+def step_on_the_same_grads(opt, params, twin, twin_params, steps):
+    """`steps` steps of two optimizers over twin parameter lists, on the same fresh gradients."""
+    for _ in range(steps):
+        fill_grads(params)
+        for p, q in zip(params, twin_params):
+            q.grad = p.grad.clone()
+        opt.step()
+        twin.step()
+
+
 def snapshot(opt, params):
     return [p.detach().clone() for p in params], [(k, v.clone()) for k, v in all_states(opt)]
 
@@ -155,12 +165,7 @@ def test_state_dict_cross_loads_with_torch(ours, theirs, direction):
     twin = first([p.detach().clone().requires_grad_() for p in params])
     twin.load_state_dict(copy.deepcopy(opt.state_dict()))
     twin_params = twin.param_groups[0]["params"]
-    for _ in range(4):
-        fill_grads(params)
-        for p, q in zip(params, twin_params):
-            q.grad = p.grad.clone()
-        continued.step()
-        twin.step()
+    step_on_the_same_grads(continued, params, twin, twin_params, steps=4)
     for p, q in zip(params, twin_params):
         torch.testing.assert_close(p, q)
 
@@ -500,11 +505,6 @@ def test_a_copied_optimizer_steps_as_the_original(case, how):
         opt.step()
     twin = copy.deepcopy(opt) if how == "deepcopy" else pickle.loads(pickle.dumps(opt))
     twin_params = [p for group in twin.param_groups for p in group["params"]]
-    for _ in range(3):
-        fill_grads(params)
-        for p, q in zip(params, twin_params):
-            q.grad = p.grad.clone()
-        opt.step()
-        twin.step()
+    step_on_the_same_grads(opt, params, twin, twin_params, steps=3)
     for p, q in zip(params, twin_params, strict=True):
         assert torch.equal(p, q)
