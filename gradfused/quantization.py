@@ -91,7 +91,7 @@ def quantize_blockwise(x: Tensor, signed: bool) -> tuple[Tensor, Tensor]:
     blocks = _blocks(_memory_order(x).to(compute))
     absmax = blocks.abs().amax(dim=1).to(torch.float32)  # amax keeps a NaN
     normalized = blocks / absmax.to(compute).unsqueeze(1)
-    mids = _midpoints(map_values(signed)).to(compute)
+    mids = _midpoints(map_values(signed)).to(device=x.device, dtype=compute)  # searchsorted wants one device
     codes = torch.searchsorted(mids, normalized.contiguous(), right=False)
     zero = zero_code(signed)
     if not signed:  # a second moment that was not zero stays above zero

@@ -249,6 +249,62 @@ def test_checkpoint_round_trips_bit_for_bit():
     assert all(torch.equal(p, q) for p, q in zip(params, twin))
 
 
+def test_a_loaded_eight_bit_state_is_its_own():
+    """Loading copies codes and scales alike: the loaded optimizer's steps leave the source's codes and
+    scales as they were (torch's load would copy the codes, a cast, but share the float32 scales, so the
+    source would decode its codes with the other's scales). Full-precision states and `step` are shared,
+    as torch.optim shares them."""
+    params, source = _stepped(lambda p: gf.AdamW(p, lr=1e-2, **EIGHT_BIT))
+    eight_bit = lambda opt: [(k, t) for k, t in all_states(opt) if t.dtype == torch.uint8 or k[2].endswith("_absmax")]  # noqa: E731
+    before = [(k, t.clone()) for k, t in eight_bit(source)]
+    loaded = gf.AdamW(params, lr=1e-2, **EIGHT_BIT)
+    loaded.load_state_dict(source.state_dict())
+    set_grads(params, torch.Generator().manual_seed(3))
+    loaded.step()
+    assert len(before) == 4 * len(params)  # exp_avg and exp_avg_sq: codes and scales
+    assert all(torch.equal(t, u) for (_, t), (_, u) in zip(eight_bit(source), before, strict=True))
+
+
+def test_codes_saved_in_another_memory_format_are_encoded_in_the_parameters():
+    """A block is 256 codes in memory order. Codes saved for a channels_last parameter and loaded for a
+    contiguous one are encoded again in its layout, so that the kernel, which reads them in the
+    parameter's order, and the reference, which decodes them logically, step alike (bitwise in fp32)."""
+    torch.manual_seed(0)
+    source_param = torch.nn.Parameter(torch.randn(4, 24, 5, 5).to(memory_format=torch.channels_last))
+    source = gf.AdamW([source_param], lr=1e-2, **EIGHT_BIT)
+    for _ in range(3):
+        source_param.grad = torch.randn_like(source_param)
+        source.step()
+    grad = torch.randn(4, 24, 5, 5)
+    stepped = []
+    for fused in (True, False):
+        p = torch.nn.Parameter(source_param.detach().contiguous())
+        opt = gf.AdamW([p], lr=1e-2, fused=fused, **EIGHT_BIT)
+        opt.load_state_dict(copy.deepcopy(source.state_dict()))
+        assert opt.state[p]["exp_avg"].stride() == p.stride()
+        p.grad = grad.clone()
+        opt.step()
+        stepped.append(p.detach())
+    assert torch.equal(*stepped)
+
+
+@CUDA_SKIP
+@pytest.mark.cuda
+def test_full_precision_checkpoint_loads_into_eight_bit_on_cuda():
+    """The quantization reference encodes CUDA tensors on their device (its code table follows them)."""
+    params, theirs = _stepped(lambda p: torch.optim.AdamW(p, lr=1e-2))
+    cuda_params = [p.detach().cuda().requires_grad_() for p in params]
+    ours = gf.AdamW(cuda_params, lr=1e-2, **EIGHT_BIT)
+    ours.load_state_dict(copy.deepcopy(theirs.state_dict()))
+    for p, q in zip(cuda_params, params):
+        codes, _ = Q.quantize_blockwise(theirs.state[q]["exp_avg"], True)
+        assert torch.equal(ours.state[p]["exp_avg"].cpu(), codes)
+    for fused in (True, False):  # the kernel and the reference, which encodes with the same table
+        opt = gf.AdamW(cuda_params, lr=1e-2, fused=fused, **EIGHT_BIT)
+        set_grads(cuda_params, torch.Generator().manual_seed(3))
+        opt.step()
+
+
 def test_full_precision_checkpoints_load_either_way():
     """torch.optim's state (and gradfused's at 32 bits) loads into an 8-bit optimizer, encoded; an 8-bit
     one loads into state_bits=32 decoded; full_precision_state_dict gives torch.optim a checkpoint."""

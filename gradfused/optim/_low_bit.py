@@ -57,6 +57,16 @@ def op_kwargs(keys: list[str], states: list[dict]) -> dict:
                 state_signed=[int(key not in UNSIGNED_STATES) for key in keys])
 
 
+def same_layout(t: Tensor, p: Tensor) -> bool:
+    """Whether t's elements lie in memory in p's order (dimensions of size 1 aside)."""
+    return t.shape == p.shape and all(a == b for a, b, n in zip(t.stride(), p.stride(), p.shape) if n > 1)
+
+
+def laid_out_like(t: Tensor, p: Tensor) -> Tensor:
+    """t with p's strides (p dense), a copy where it has others."""
+    return t if same_layout(t, p) else torch.empty_like(p, dtype=t.dtype).copy_(t)
+
+
 def encode(state: dict, key: str) -> None:
     """A full-precision state (a checkpoint's) as codes and absmax, in place of it."""
     codes, absmax = Q.quantize_blockwise(state[key], key not in UNSIGNED_STATES)

@@ -351,20 +351,27 @@ class FusedOptimizer(Optimizer):
 
     def _convert_state_formats(self) -> None:
         """A checkpoint's states in this optimizer's format: full-precision ones encoded where its states are
-        8-bit, 8-bit ones decoded where they are not (docs/low-bit-states.md)."""
+        8-bit, 8-bit ones decoded where they are not (docs/low-bit-states.md). Codes laid out otherwise than
+        their parameter (saved in another memory format) are encoded again in its layout: a block is 256
+        elements in memory order, and the kernels read the codes in the parameter's."""
         for group in self.param_groups:
             keys = [key for key, _ in self._state_specs(group)]
             for p in group["params"]:
                 st = self.state.get(p)
                 for key in [k for k in keys if st and k in st]:
-                    if L.quantized(group, p) and not L.is_codes(st[key]):
-                        L.encode(st, key)
-                    elif not L.quantized(group, p) and L.is_codes(st[key]):
+                    if L.quantized(group, p):
+                        if L.is_codes(st[key]) and not L.same_layout(st[key], p):
+                            L.decode(st, key, torch.float32)
+                        if not L.is_codes(st[key]):
+                            st[key] = L.laid_out_like(st[key], p)
+                            L.encode(st, key)
+                    elif L.is_codes(st[key]):
                         L.decode(st, key, P.state_dtype(group, p))
 
     def _states_not_in_param_dtype(self, state_dict: dict[str, Any]) -> list[tuple[Tensor, str, Tensor, torch.dtype]]:
         """(parameter, key, saved tensor, dtype) for each saved state this optimizer keeps in another dtype
-        than its parameter's (mixed precision)."""
+        than its parameter's (mixed precision), and for each 8-bit state: torch's load would round or cast
+        these, and they are taken from the checkpoint again."""
         out = []
         for saved, group in zip(state_dict["param_groups"], self.param_groups):
             scalar_keys = {"step", *self._scalar_state_keys(group)}
@@ -372,9 +379,10 @@ class FusedOptimizer(Optimizer):
                 dtype = P.state_dtype(group, p)
                 for key, value in state_dict["state"].get(idx, {}).items():
                     want = torch.float32 if key == "master_weight" else dtype
-                    if L.is_codes(value) or key.endswith(L.ABSMAX):  # 8-bit states keep their dtypes
-                        want = value.dtype
-                    if key not in scalar_keys and isinstance(value, Tensor) and want != p.dtype:
+                    eight_bit = L.is_codes(value) or key.endswith(L.ABSMAX)
+                    if eight_bit:  # keep their dtypes, and are copied as a pair: torch's load would copy
+                        want = value.dtype  # the codes (a cast) but share the float32 scales
+                    if key not in scalar_keys and isinstance(value, Tensor) and (want != p.dtype or eight_bit):
                         out.append((p, key, value, want))
         return out
 
