@@ -96,15 +96,17 @@ def cuda_architectures() -> str:
 
 
 def quantize_blockwise(x: torch.Tensor, signed: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(uint8 codes laid out like x, one float32 absmax per 256 elements in memory order): the native
-    twin of gradfused.quantization.quantize_blockwise (docs/low-bit-states.md), bit for bit."""
+    """(uint8 codes laid out like x, one float32 absmax per 256 elements in memory order): the CPU engine's
+    twin of gradfused.quantization.quantize_blockwise (docs/low-bit-states.md), bit for bit. CPU tensors only:
+    on CUDA the update kernel encodes, and gradfused.quantization serves every device."""
     _native.require()
     return torch.ops.gradfused.quantize_blockwise(x, signed)
 
 
 def dequantize_blockwise(codes: torch.Tensor, absmax: torch.Tensor, signed: bool,
                          dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """The values `codes` stand for, in `dtype`: the native twin of gradfused.quantization.dequantize_blockwise."""
+    """The values `codes` stand for, in `dtype`: the CPU engine's twin of
+    gradfused.quantization.dequantize_blockwise (CPU tensors only)."""
     _native.require()
     return torch.ops.gradfused.dequantize_blockwise(codes, absmax, signed, dtype)
 

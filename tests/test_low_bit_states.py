@@ -88,16 +88,19 @@ def _cuda_twin_steps(make, ref_params, steps=4, seed=1, **step_options):
 
 def _assert_cuda_close(step, cuda, cuda_params, ref, ref_params, dtype):
     """Parameters and full-precision states within the dtype's tolerance; codes within one of the
-    reference's, and at least 99 % of them equal."""
+    reference's, and at least 99 % of all codes equal (counted over every tensor together: in a tensor of
+    a few elements one code off would already be more than 1 %)."""
     for p, q in zip(cuda_params, ref_params):
         torch.testing.assert_close(p.cpu(), q, **tolerance(dtype), msg=lambda m: f"step {step}: {m}")
+    equal = total = 0
     for (key, s), (_, t) in zip(all_states(cuda), all_states(ref), strict=True):
         s = s.cpu()
         if s.dtype == torch.uint8:
             assert (s.int() - t.int()).abs().max().item() <= 1, f"step {step} {key}"
-            assert (s == t).float().mean().item() >= 0.99, f"step {step} {key}"
+            equal, total = equal + (s == t).sum().item(), total + s.numel()
         else:
             torch.testing.assert_close(s, t, **tolerance(dtype), equal_nan=True, msg=lambda m: f"step {step} {key}: {m}")
+    assert equal >= 0.99 * total, f"step {step}: {total - equal} of {total} codes one off"
 
 
 CUDA_SHAPES = SHAPES + [(70_001,)]  # 70,001: two chunks, several slices of each (NOTE: [blocks per chunk])
