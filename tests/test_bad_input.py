@@ -1,5 +1,6 @@
 """Bad input gets a clear error naming the argument, and nothing changes: no half-applied step and no
 corrupted state."""
+import collections
 import copy
 import math
 
@@ -123,7 +124,7 @@ def test_a_state_on_another_device_fails_before_anything_is_written(fused, plan_
     assert all(torch.equal(p, q) for p, q in zip(params, before))
 
 
-@pytest.mark.parametrize("replace", ["a state tensor", "a whole state dict"])
+@pytest.mark.parametrize("replace", ["a state tensor", "a whole state dict", "the state table"])
 def test_a_state_replaced_by_hand_is_the_one_stepped(replace):
     """NOTE: [state changes]: under a live C++ step plan, which holds the state tensors, a state tensor or
     dict replaced by hand is the one the next step reads and writes, as in torch.optim."""
@@ -136,9 +137,12 @@ def test_a_state_replaced_by_hand_is_the_one_stepped(replace):
     p = params[0]
     if replace == "a state tensor":
         opt.state[p]["exp_avg"] = torch.zeros_like(p)
-    else:
+    elif replace == "a whole state dict":
         opt.state[p] = {k: torch.zeros_like(v) if k == "exp_avg" else v.clone() for k, v in opt.state[p].items()}
-    twin.state[twin_params[0]]["exp_avg"].zero_()
+    if replace == "the state table":  # a reset, as some training code does it
+        opt.state, twin.state = collections.defaultdict(dict), collections.defaultdict(dict)
+    else:
+        twin.state[twin_params[0]]["exp_avg"].zero_()
     for a, b in zip(params, twin_params):
         a.grad = torch.randn_like(a)
         b.grad = a.grad.clone()
@@ -146,7 +150,8 @@ def test_a_state_replaced_by_hand_is_the_one_stepped(replace):
     twin.step()
     for a, b in zip(params, twin_params):
         torch.testing.assert_close(a, b)
-    torch.testing.assert_close(opt.state[p]["exp_avg"], twin.state[twin_params[0]]["exp_avg"])
+    for key, value in twin.state[twin_params[0]].items():
+        torch.testing.assert_close(opt.state[p][key], value)
 
 
 def test_complex_half_parameter_is_rejected():  # complex64 and complex128 step as real views

@@ -470,7 +470,7 @@ class FusedOptimizer(Optimizer):
         ops fusing the precision options)."""
         runnable = self._fused(group) is not False and self._fuse_precision
         return (tuple(used for _, used in self._state_specs(group)), self._keeps_state(group), id(self.state),
-                self.state.changes[0], len(group["params"]), runnable)
+                self._state_changes(), len(group["params"]), runnable)
 
     def _build_native_plan(self, group: dict, params: list[Tensor]) -> None:
         if torch.compiler.is_compiling():  # a traced step runs the checked path (NOTE: [the step plan in C++])
@@ -651,6 +651,13 @@ class FusedOptimizer(Optimizer):
     # state (_keeps_state) gets scratch step counts, held by the plan alone: its rule reads no t. Per-layer steps
     # (step_parameters) keep one plan per layer beside the whole step's; _MAX_PLANS bounds the cache
     # when the set of parameters with gradients changes from step to step.
+    def _state_changes(self) -> int:
+        """NOTE: [state changes]: how often self.state changed; a table put in its place by hand
+        (opt.state = defaultdict(dict), to reset the optimizer) is made a StateTable, under a new id."""
+        if not isinstance(self.state, StateTable):
+            self.state = StateTable.of(self.state)
+        return self.state.changes[0]
+
     def _plan(self, group: dict, params: list[Tensor]) -> list[tuple[list[Tensor], list[dict], list[int]]]:
         """[(bucket params, their state dicts, their indices in the optimizer)] for `params` (from _collect),
         state created as needed. The indices key the random streams."""
@@ -659,7 +666,7 @@ class FusedOptimizer(Optimizer):
         which = (index, tuple(map(id, params)), self._fp32_grads.get(index, ()))
         stateful = self._keeps_state(group)
         # a new state dict (load_state_dict) goes through __setstate__, which drops every plan
-        key = (tuple(used for _, used in specs), stateful, self.state.changes[0])
+        key = (tuple(used for _, used in specs), stateful, self._state_changes())
         cached = self._plans.get(which)
         if cached is not None and cached[0] == key:
             return cached[1]
@@ -670,7 +677,7 @@ class FusedOptimizer(Optimizer):
                       [{"step": torch.zeros((), dtype=self._step_dtype(group), device=p.device)} for p in bucket])
             self._check_state_devices(group, bucket, states)
             plan.append((bucket, states, self._param_indices(bucket)))
-        key = key[:2] + (self.state.changes[0],)  # state creation above changed it
+        key = key[:2] + (self._state_changes(),)  # state creation above changed it
         if len(self._plans) >= _MAX_PLANS:
             self._plans.clear()
         self._plans[which] = (key, plan)
