@@ -11,12 +11,16 @@ import gradfused as gf
 from optim_table import all_states
 
 
+def fill(params):
+    for p in params:
+        p.grad = torch.randn_like(p)
+
+
 def stepped(make, n=2, shapes=((10,), (3, 4))):
     params = [torch.randn(s, requires_grad=True) for s in shapes]
     opt = make(params)
     for _ in range(n):
-        for p in params:
-            p.grad = torch.randn_like(p)
+        fill(params)
         opt.step()
     return opt, params
 
@@ -124,34 +128,66 @@ def test_a_state_on_another_device_fails_before_anything_is_written(fused, plan_
     assert all(torch.equal(p, q) for p, q in zip(params, before))
 
 
-@pytest.mark.parametrize("replace", ["a state tensor", "a whole state dict", "the state table"])
-def test_a_state_replaced_by_hand_is_the_one_stepped(replace):
-    """NOTE: [state changes]: under a live C++ step plan, which holds the state tensors, a state tensor or
-    dict replaced by hand is the one the next step reads and writes, as in torch.optim."""
+def _zero_exp_avg(ours, theirs, how):
+    """Sets parameter 0's exp_avg to zeros in both optimizers: in gradfused's `how`, in torch's in place."""
+    p, q = ours.param_groups[0]["params"][0], theirs.param_groups[0]["params"][0]
+    zeroed = {k: torch.zeros_like(v) if k == "exp_avg" else v.clone() for k, v in ours.state[p].items()}
+    if how == "a state tensor":
+        ours.state[p]["exp_avg"] = torch.zeros_like(p)
+    elif how == "a whole state dict":
+        ours.state[p] = zeroed
+    elif how == "state.update":
+        ours.state.update({p: zeroed})
+    elif how == "|= on a state dict":
+        ours.state[p] |= {"exp_avg": torch.zeros_like(p)}
+    theirs.state[q]["exp_avg"].zero_()
+
+
+def _reset(ours, theirs, how):
+    if how == "state.clear()":
+        ours.state.clear()
+        theirs.state.clear()
+    else:  # a new table
+        ours.state, theirs.state = collections.defaultdict(dict), collections.defaultdict(dict)
+
+
+REPLACEMENTS = {**{how: _zero_exp_avg for how in ("a state tensor", "a whole state dict", "state.update",
+                                                   "|= on a state dict")},
+                **{how: _reset for how in ("state.clear()", "a new state table")}}
+
+
+@pytest.mark.parametrize("copied", [False, True], ids=["", "in a deep copy"])
+@pytest.mark.parametrize("how", REPLACEMENTS)
+def test_a_state_replaced_by_hand_is_the_one_stepped(how, copied):
+    """NOTE: [state changes] in gradfused/optim/_state_table.py: under a live C++ step plan, which holds the
+    state tensors, state replaced by hand (a tensor, a parameter's dict, the table: a reset) is the one the
+    following steps read and write, as in torch.optim, and the one state_dict() saves; in a deep copy too."""
     opt, params = stepped(lambda ps: gf.Adam(ps), n=3)
+    if copied:
+        opt = copy.deepcopy(opt)
+        params = [p for group in opt.param_groups for p in group["params"]]
+        for _ in range(3):  # the copy's own plans go live
+            fill(params)
+            opt.step()
     twin, twin_params = stepped(lambda ps: torch.optim.Adam(ps), n=0)
     with torch.no_grad():
         for p, q in zip(params, twin_params):
             q.copy_(p)
     twin.load_state_dict(copy.deepcopy(opt.state_dict()))
-    p = params[0]
-    if replace == "a state tensor":
-        opt.state[p]["exp_avg"] = torch.zeros_like(p)
-    elif replace == "a whole state dict":
-        opt.state[p] = {k: torch.zeros_like(v) if k == "exp_avg" else v.clone() for k, v in opt.state[p].items()}
-    if replace == "the state table":  # a reset, as some training code does it
-        opt.state, twin.state = collections.defaultdict(dict), collections.defaultdict(dict)
-    else:
-        twin.state[twin_params[0]]["exp_avg"].zero_()
-    for a, b in zip(params, twin_params):
-        a.grad = torch.randn_like(a)
-        b.grad = a.grad.clone()
-    opt.step()
-    twin.step()
+    REPLACEMENTS[how](opt, twin, how)
+    for _ in range(3):
+        fill(params)
+        for a, b in zip(params, twin_params):
+            b.grad = a.grad.clone()
+        opt.step()
+        twin.step()
     for a, b in zip(params, twin_params):
         torch.testing.assert_close(a, b)
-    for key, value in twin.state[twin_params[0]].items():
-        torch.testing.assert_close(opt.state[p][key], value)
+    ours, theirs = opt.state_dict()["state"], twin.state_dict()["state"]
+    assert ours.keys() == theirs.keys()
+    for k in theirs:
+        for key, value in theirs[k].items():
+            torch.testing.assert_close(ours[k][key], value)
 
 
 def test_complex_half_parameter_is_rejected():  # complex64 and complex128 step as real views

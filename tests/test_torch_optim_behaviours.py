@@ -285,6 +285,33 @@ def test_differentiable_step_has_torchs_gradients(name):
     assert torch.autograd.gradcheck(lambda p, g: _differentiable_step(OURS[name], kwargs, p, g), (p0, g0))
 
 
+@pytest.mark.parametrize("name", [n for n in NAMES if n != "SGD"])
+def test_a_first_differentiable_step_has_torchs_gradients(name):
+    """From an empty state. Not SGD: torch starts its momentum buffer at a detached copy of the gradient,
+    so its gradient through the first step misses the buffer's part; gradfused's passes gradcheck (above;
+    docs/torch-optim-differences.md). Under a float64 default dtype, so that torch's new `step` tensor is float64 too: its differentiable Adam
+    forms the bias corrections from it, and a float32 one puts a float64 step 6e-6 off."""
+    kwargs, _ = DIFFERENTIABLE_CASES[name]
+    p0 = torch.rand(10, dtype=torch.float64, requires_grad=True)
+    g0 = torch.rand(10, dtype=torch.float64, requires_grad=True)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        ours, theirs = (torch.autograd.grad(_differentiable_step(cls, kwargs, p0, g0).pow(2).sum(), (p0, g0))
+                        for cls in (OURS[name], INFOS[name].optim_cls))
+    finally:
+        torch.set_default_dtype(default)
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_wrappers_refuse_a_differentiable_base():
+    base = gf.AdamW([torch.nn.Parameter(torch.randn(3))], differentiable=True)
+    for wrap in (gf.GradientAlignment, gf.Lookahead):
+        with pytest.raises(ValueError, match="differentiable=True, which .* does not support"):
+            wrap(base)
+
+
 def _differentiable_step(cls, kwargs, p0, g0):
     p = p0.clone()
     p.grad = g0

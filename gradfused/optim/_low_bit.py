@@ -23,8 +23,9 @@ ABSMAX = "_absmax"  # the suffix of a state's absmax key
 # NOTE: [8-bit states in a state_dict]
 # A state_dict saves a state's codes under `<key>_codes`, not under the state's own key: torch.optim would
 # load uint8 codes under `exp_avg` and cast them into moments of 0..255, then train on them. Without its
-# keys, a torch optimizer fails at its first step instead (KeyError: 'exp_avg'), before writing anything.
-# full_precision_state_dict (below) is the checkpoint torch.optim loads.
+# keys, torch's Adam, AdamW, NAdam, RAdam and RMSprop fail at their first step instead (KeyError:
+# 'exp_avg'), before writing anything; torch's SGD reads state.get("momentum_buffer") and starts its
+# momentum again from the gradient. full_precision_state_dict (below) is the checkpoint torch.optim loads.
 CODES = "_codes"
 # the states that cannot be negative take the unsigned map; every other state the signed one
 UNSIGNED_STATES = frozenset({"exp_avg_sq", "max_exp_avg_sq", "square_avg"})

@@ -30,6 +30,9 @@ class WrappingOptimizer(Optimizer):
         if isinstance(base_optimizer, type(self)):
             raise ValueError(f"{name}: base_optimizer is already a {type(self).__name__}; wrapping it twice would "
                              "apply it twice per step")
+        if base_optimizer.defaults.get("differentiable"):
+            raise ValueError(f"{name}: the base optimizer has differentiable=True, which {name} does not support: "
+                             "its own pass runs outside autograd")
         V.check_switch(name, "fused", fused)
         if fused is not False:
             _native.load()  # eagerly, not inside a step that torch.compile traces

@@ -18,6 +18,7 @@ from . import _precision as P
 from . import _randomness as R
 from . import _validation as V
 from ._dtensor import is_dtensor, local_shards
+from ._state_table import StateTable
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16, torch.complex64, torch.complex128)
 # NOTE: [implementation switches]
@@ -76,74 +77,6 @@ def real_view(t: Tensor) -> Tensor:
     return torch.view_as_real(t) if t.is_complex() else t
 
 
-# NOTE: [state changes]
-# A live C++ step plan holds the state tensors themselves, and the Python plan each parameter's state dict.
-# A state tensor or a whole state dict replaced by hand (opt.state[p]["exp_avg"] = t, opt.state[p] = {...})
-# would go unseen and the step would update the old tensor, silently. So the state table and each
-# parameter's dict count their changes in one counter, and the plans are keyed by it.
-class ParamState(dict):
-    """A parameter's state: a dict that counts changes of its entries in `changes[0]`."""
-
-    __slots__ = ("changes",)
-
-    def __init__(self, changes: list[int], *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.changes = changes
-
-    def __reduce__(self):  # copies and pickles: the counter first, then the entries
-        return type(self), (self.changes, dict(self))
-
-    def __setitem__(self, key, value):
-        self.changes[0] += 1
-        super().__setitem__(key, value)
-
-    def __delitem__(self, key):
-        self.changes[0] += 1
-        super().__delitem__(key)
-
-    def pop(self, *args):
-        self.changes[0] += 1
-        return super().pop(*args)
-
-    def update(self, *args, **kwargs):
-        self.changes[0] += 1
-        super().update(*args, **kwargs)
-
-    def setdefault(self, key, default=None):
-        self.changes[0] += 1
-        return super().setdefault(key, default)
-
-    def clear(self):
-        self.changes[0] += 1
-        super().clear()
-
-
-class StateTable(defaultdict):
-    """optimizer.state: parameter -> ParamState, counting its own changes in the same counter."""
-
-    def __init__(self, default_factory=None, *args):
-        super().__init__(default_factory, *args)
-        self.changes = default_factory.args[0] if isinstance(default_factory, functools.partial) else [0]
-
-    def __setitem__(self, key, value):
-        self.changes[0] += 1
-        if isinstance(value, dict) and not isinstance(value, ParamState):
-            value = ParamState(self.changes, value)
-        super().__setitem__(key, value)
-
-    def __delitem__(self, key):
-        self.changes[0] += 1
-        super().__delitem__(key)
-
-    @classmethod
-    def of(cls, state: dict) -> "StateTable":
-        changes = [0]
-        table = cls(functools.partial(ParamState, changes))
-        for key, value in state.items():
-            table[key] = value
-        return table
-
-
 class FusedOptimizer(Optimizer):
     """Base class. Subclasses set `op_name` and implement `_state_specs`, `_op_hyperparameters` and
     `_check_hyperparameters`.
@@ -172,7 +105,7 @@ class FusedOptimizer(Optimizer):
             _native.load()  # here, eagerly: not inside a step that torch.compile traces
         self._reset_caches()
         super().__init__(params, defaults)
-        self.state = StateTable.of(self.state)  # NOTE: [state changes]
+        self.state = StateTable.of(self.state)  # NOTE: [state changes] in _state_table.py
 
     def _reset_caches(self) -> None:
         """What a step derives from the groups and the state, not saved: made anew by __init__ and by
@@ -192,9 +125,8 @@ class FusedOptimizer(Optimizer):
     # So the flag is torch's: set for fused=True, and for float16 parameters, whose gradients GradScaler's
     # own unscale_ refuses (docs/mixed-precision.md#gradscaler).
     @property
-    def _step_supports_amp_scaling(self) -> bool:
-        return self.defaults.get("fused") is True or any(
-            p.dtype == torch.float16 for group in self.param_groups for p in group["params"])
+    def _step_supports_amp_scaling(self) -> bool:  # read by GradScaler at every step: O(1)
+        return self.defaults.get("fused") is True or self._float16_params
 
     # ---- what a subclass declares ------------------------------------------------------------
     def _state_specs(self, group: dict) -> list[tuple[str, bool]]:
@@ -235,6 +167,7 @@ class FusedOptimizer(Optimizer):
             param_group["seed"] = merged["seed"]
         self._plans.clear()
         self._native_plans = {}
+        self._float16_params = getattr(self, "_float16_params", False)  # NOTE: [GradScaler: who unscales]
         params = param_group["params"]
         if isinstance(params, Tensor):
             params = [params]
@@ -249,6 +182,7 @@ class FusedOptimizer(Optimizer):
                 P.check_param(self._name, merged, p, f"params[{i}]")
                 if merged["fused"]:  # as torch.optim: fused=True refuses a device it cannot fuse on, here
                     ops.backend_for(self._name, True, p.device)
+                self._float16_params |= p.dtype == torch.float16
         super().add_param_group(param_group)
 
     def _check_param(self, p: Tensor, where: str) -> None:
@@ -266,6 +200,7 @@ class FusedOptimizer(Optimizer):
         super().__setstate__(state)
         self.state = StateTable.of(self.state)  # a loaded or copied state: NOTE: [state changes]
         self._reset_caches()
+        self._float16_params = any(p.dtype == torch.float16 for group in self.param_groups for p in group["params"])
         for group in self.param_groups:  # checkpoints from older versions or from torch.optim
             self._upgrade_group(group)
             for k, v in self.defaults.items():
@@ -469,8 +404,9 @@ class FusedOptimizer(Optimizer):
         """What a live plan was built for: the lists it holds and that a plan may run at all (the native
         ops fusing the precision options)."""
         runnable = self._fused(group) is not False and self._fuse_precision
-        return (tuple(used for _, used in self._state_specs(group)), self._keeps_state(group), id(self.state),
-                self._state_changes(), len(group["params"]), runnable)
+        changes = self._state_changes()  # first: it may make self.state a new table
+        return (tuple(used for _, used in self._state_specs(group)), self._keeps_state(group), self.state.serial,
+                changes, len(group["params"]), runnable)
 
     def _build_native_plan(self, group: dict, params: list[Tensor]) -> None:
         if torch.compiler.is_compiling():  # a traced step runs the checked path (NOTE: [the step plan in C++])
@@ -652,10 +588,12 @@ class FusedOptimizer(Optimizer):
     # (step_parameters) keep one plan per layer beside the whole step's; _MAX_PLANS bounds the cache
     # when the set of parameters with gradients changes from step to step.
     def _state_changes(self) -> int:
-        """NOTE: [state changes]: how often self.state changed; a table put in its place by hand
-        (opt.state = defaultdict(dict), to reset the optimizer) is made a StateTable, under a new id."""
+        """How often self.state changed (NOTE: [state changes] in _state_table.py); a table put in its place
+        by hand (opt.state = defaultdict(dict), a reset) is made a StateTable, and every plan dropped."""
         if not isinstance(self.state, StateTable):
             self.state = StateTable.of(self.state)
+            self._plans.clear()
+            self._native_plans = {}
         return self.state.changes[0]
 
     def _plan(self, group: dict, params: list[Tensor]) -> list[tuple[list[Tensor], list[dict], list[int]]]:
@@ -666,7 +604,8 @@ class FusedOptimizer(Optimizer):
         which = (index, tuple(map(id, params)), self._fp32_grads.get(index, ()))
         stateful = self._keeps_state(group)
         # a new state dict (load_state_dict) goes through __setstate__, which drops every plan
-        key = (tuple(used for _, used in specs), stateful, self._state_changes())
+        changes = self._state_changes()  # first: it may make self.state a new table
+        key = (tuple(used for _, used in specs), stateful, self.state.serial, changes)
         cached = self._plans.get(which)
         if cached is not None and cached[0] == key:
             return cached[1]
@@ -677,7 +616,7 @@ class FusedOptimizer(Optimizer):
                       [{"step": torch.zeros((), dtype=self._step_dtype(group), device=p.device)} for p in bucket])
             self._check_state_devices(group, bucket, states)
             plan.append((bucket, states, self._param_indices(bucket)))
-        key = key[:2] + (self._state_changes(),)  # state creation above changed it
+        key = key[:3] + (self._state_changes(),)  # state creation above changed it
         if len(self._plans) >= _MAX_PLANS:
             self._plans.clear()
         self._plans[which] = (key, plan)
