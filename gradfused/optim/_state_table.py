@@ -1,17 +1,18 @@
-"""optimizer.state as a table that counts its changes (NOTE: [state changes]).
-
-A live C++ step plan holds the state tensors themselves, and the Python plan each parameter's state dict.
-A state tensor, a parameter's whole state dict or the whole table replaced by hand
-(`opt.state[p]["exp_avg"] = t`, `opt.state[p] = {...}`, `opt.state.clear()`, `opt.state =
-defaultdict(dict)`) would go unseen, and the step would update the old tensors, silently. So the table
-and every parameter's dict count each change in one counter, and the plans are keyed by the table's
-serial number and that count.
-"""
+"""optimizer.state as a table that counts its changes."""
 from __future__ import annotations
 
 import functools
 import itertools
 from collections import defaultdict
+
+# NOTE: [state changes]
+# A live C++ step plan holds the state tensors themselves, and the Python plan each parameter's state dict.
+# A state tensor, a parameter's whole state dict or the whole table replaced by hand
+# (opt.state[p]["exp_avg"] = t, opt.state[p] = {...}, opt.state.clear(), opt.state = defaultdict(dict))
+# would go unseen, and the step would update the old tensors, silently. So the table and every parameter's
+# dict count each change in one counter, and the plans are keyed by the table's serial number and that
+# count. A plain dict stored in the table is copied into a counting one (so later changes through the
+# plain dict itself are not seen: change the state through opt.state).
 
 _SERIALS = itertools.count()
 
