@@ -77,10 +77,13 @@ class StateTable(_CountsChanges, defaultdict):
     """optimizer.state: parameter -> ParamState, all counting in the table's counter."""
 
     def __init__(self, default_factory=None, *args):
+        """`default_factory` is always ParamState under this table's counter; entries (`args`, as
+        defaultdict.copy passes them) are stored one by one, so that they count there too."""
         changes = [0]
-        super().__init__(functools.partial(ParamState, changes=changes), *args)
+        super().__init__(functools.partial(ParamState, changes=changes))
         self.changes = changes
         self.serial = next(_SERIALS)  # unlike id(), never reused by a later table
+        self.update(*args)
 
     def __reduce__(self):  # copies and pickles: a new table (counter, serial) holding the entries
         return type(self), (), None, None, iter(self.items())
@@ -92,7 +95,4 @@ class StateTable(_CountsChanges, defaultdict):
 
     @classmethod
     def of(cls, state: dict) -> StateTable:
-        table = cls()
-        for key, value in state.items():
-            table[key] = value
-        return table
+        return cls(None, state)

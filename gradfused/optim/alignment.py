@@ -12,7 +12,7 @@ from ..reference.pipeline import unscale
 from . import _validation as V
 from ._dtensor import is_dtensor, local_shards, sum_over_shards
 from ._wrapper import WrappingOptimizer
-from .base import FusedOptimizer, real_view, tracks_step_calls
+from .base import FusedOptimizer, real_views, tracks_step_calls
 
 
 def scales_from_sums(sums: Tensor, eps: float) -> Tensor:
@@ -87,7 +87,7 @@ class GradientAlignment(WrappingOptimizer):
         if sharded:
             _, grads, emas = local_shards("gradfused.GradientAlignment", params, grads, emas)
         if params[0].is_complex():  # NOTE: [complex parameters] in gradfused/optim/base.py
-            grads, emas = [real_view(g) for g in grads], [real_view(a) for a in emas]
+            grads, emas = real_views(grads, emas)
         sums = torch.zeros(len(params), 3, dtype=torch.float64, device=device)
         backend = ops.backend_for("gradfused.GradientAlignment", self.fused, device)
         backend.alignment_sums_(

@@ -73,8 +73,9 @@ def grad_mode_for_step(step):
 # elementwise, so this is the rule applied to each real component. States stay complex tensors of the
 # parameter's shape (checkpoints cross-load with torch.optim), and 8-bit states are kept for real parameters
 # only. A group with a complex parameter steps through the checked path, not through a C++ step plan.
-def real_view(t: Tensor) -> Tensor:
-    return torch.view_as_real(t) if t.is_complex() else t
+def real_views(*lists: list[Tensor]) -> list[list[Tensor]]:
+    """Each list with its complex tensors as real views (as _dtensor.local_shards gives local shards)."""
+    return [[torch.view_as_real(t) if t.is_complex() else t for t in lst] for lst in lists]
 
 
 class FusedOptimizer(Optimizer):
@@ -128,6 +129,9 @@ class FusedOptimizer(Optimizer):
     def _step_supports_amp_scaling(self) -> bool:  # read by GradScaler at every step: O(1)
         return self.defaults.get("fused") is True or self._float16_params
 
+    def _note_float16_params(self) -> None:  # when the groups change: add_param_group, __setstate__
+        self._float16_params = any(p.dtype == torch.float16 for group in self.param_groups for p in group["params"])
+
     # ---- what a subclass declares ------------------------------------------------------------
     def _state_specs(self, group: dict) -> list[tuple[str, bool]]:
         """The op's state lists in positional order, as (state key, used by this group)."""
@@ -167,7 +171,6 @@ class FusedOptimizer(Optimizer):
             param_group["seed"] = merged["seed"]
         self._plans.clear()
         self._native_plans = {}
-        self._float16_params = getattr(self, "_float16_params", False)  # NOTE: [GradScaler: who unscales]
         params = param_group["params"]
         if isinstance(params, Tensor):
             params = [params]
@@ -182,8 +185,8 @@ class FusedOptimizer(Optimizer):
                 P.check_param(self._name, merged, p, f"params[{i}]")
                 if merged["fused"]:  # as torch.optim: fused=True refuses a device it cannot fuse on, here
                     ops.backend_for(self._name, True, p.device)
-                self._float16_params |= p.dtype == torch.float16
         super().add_param_group(param_group)
+        self._note_float16_params()
 
     def _check_param(self, p: Tensor, where: str) -> None:
         if p.layout != torch.strided:
@@ -200,7 +203,7 @@ class FusedOptimizer(Optimizer):
         super().__setstate__(state)
         self.state = StateTable.of(self.state)  # a loaded or copied state: NOTE: [state changes]
         self._reset_caches()
-        self._float16_params = any(p.dtype == torch.float16 for group in self.param_groups for p in group["params"])
+        self._note_float16_params()
         for group in self.param_groups:  # checkpoints from older versions or from torch.optim
             self._upgrade_group(group)
             for k, v in self.defaults.items():
@@ -216,12 +219,13 @@ class FusedOptimizer(Optimizer):
     # keys), the conversions before the user's post-hooks (which must see the optimizer loaded). Saving
     # mirrors it: 8-bit codes are renamed before the user's state_dict post-hooks see the dict.
     @contextlib.contextmanager
-    def _own_hooks(self, pre=None, post=None, *, pre_kind: str, post_kind: str):
+    def _own_hooks(self, kind: str, pre=None, post=None):
+        """`kind`: "state_dict" or "load_state_dict"."""
         handles = []
         if pre is not None:  # appended: after the user's pre-hooks
-            handles.append(getattr(self, f"register_{pre_kind}_pre_hook")(pre))
+            handles.append(getattr(self, f"register_{kind}_pre_hook")(pre))
         if post is not None:  # prepended: before the user's post-hooks
-            handles.append(getattr(self, f"register_{post_kind}_post_hook")(post, prepend=True))
+            handles.append(getattr(self, f"register_{kind}_post_hook")(post, prepend=True))
         try:
             yield
         finally:
@@ -232,7 +236,7 @@ class FusedOptimizer(Optimizer):
         def saved_format(optimizer, state_dict):
             return {**state_dict, "state": {k: L.saved_format(st) if isinstance(st, dict) else st
                                             for k, st in state_dict["state"].items()}}
-        with self._own_hooks(post=saved_format, pre_kind="state_dict", post_kind="state_dict"):
+        with self._own_hooks("state_dict", post=saved_format):
             return super().state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -254,7 +258,7 @@ class FusedOptimizer(Optimizer):
         def tidy(optimizer):
             self._tidy_loaded_state(loading["implementation"], loading["uncast"])
 
-        with self._own_hooks(check, tidy, pre_kind="load_state_dict", post_kind="load_state_dict"):
+        with self._own_hooks("load_state_dict", check, tidy):
             super().load_state_dict(state_dict)
 
     def _tidy_loaded_state(self, implementation: list[dict], uncast: list) -> None:
@@ -546,7 +550,7 @@ class FusedOptimizer(Optimizer):
     def _init_state(self, p: Tensor, group: dict, specs: list[tuple[str, bool]]) -> dict:
         state = self.state.get(p)
         if state is None:  # not self.state[p]: torch.compile cannot trace a defaultdict subclass's __missing__
-            state = self.state[p] = {}
+            self.state[p] = {}
             state = self.state[p]  # the ParamState the table made of it
         step_dtype = self._step_dtype(group)
         if "step" not in state:
@@ -654,7 +658,7 @@ class FusedOptimizer(Optimizer):
             tensors = [bucket, [p.grad for p in bucket], *[[st[key] for st in states] if used else []
                                                            for key, used in specs]]
             if bucket[0].is_complex():  # NOTE: [complex parameters]
-                tensors = [[real_view(t) for t in lst] for lst in tensors]
+                tensors = real_views(*tensors)
             if is_dtensor(bucket[0]):  # the elementwise update of each rank's shard
                 tensors = local_shards(self._name, *tensors)
             fused_precision = {}

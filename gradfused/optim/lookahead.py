@@ -11,7 +11,7 @@ from .. import ops
 from . import _validation as V
 from ._dtensor import is_dtensor, local_shards
 from ._wrapper import WrappingOptimizer
-from .base import FusedOptimizer, real_view, tracks_step_calls
+from .base import FusedOptimizer, real_views, tracks_step_calls
 
 _NAME = "gradfused.Lookahead"
 
@@ -71,7 +71,7 @@ class Lookahead(WrappingOptimizer):
             if is_dtensor(bucket[0]):
                 bucket, slows = local_shards(_NAME, bucket, slows)
             if bucket[0].is_complex():  # NOTE: [complex parameters] in gradfused/optim/base.py
-                bucket, slows = [real_view(p) for p in bucket], [real_view(s) for s in slows]
+                bucket, slows = real_views(bucket, slows)
             backend.lookahead_(bucket, slows, alpha=self.alpha)
 
     # ---- checkpoints: the base's state_dict plus the slow weights, indexed as the base indexes parameters ----
