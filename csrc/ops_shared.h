@@ -273,7 +273,15 @@ struct UpdateArgs {
   }
 };
 
-// 8-bit states: uint8 codes shaped like the parameters, a 0/1 per state list in state_signed, and per
+// Whether t's elements lie in memory in p's order (dimensions of size 1 aside; p dense).
+inline bool same_memory_order(const Tensor& t, const Tensor& p) {
+  for (int64_t d = 0; d < p.dim(); ++d)
+    if (p.size(d) > 1 && t.stride(d) != p.stride(d)) return false;
+  return true;
+}
+
+// 8-bit states: uint8 codes shaped like the parameters and laid out in their memory order (the kernels
+// walk blocks of kQuantBlock codes in the parameter's order), a 0/1 per state list in state_signed, and per
 // state and tensor a contiguous float32 absmax of one element per kQuantBlock.
 inline void check_quantized_states(const char* op, TensorList params, const std::vector<NamedList>& states,
                                    const PipelineArgs& pipeline) {
@@ -295,6 +303,10 @@ inline void check_quantized_states(const char* op, TensorList params, const std:
                       c.sizes() == p.sizes(),
                   op, ": ", list.name, "[", i, "] must hold uint8 codes of params[", i, "]'s shape and device (8-bit "
                   "states), got ", c.scalar_type(), " of shape ", c.sizes(), " on ", c.device());
+      TORCH_CHECK(p.is_non_overlapping_and_dense() ? same_memory_order(c, p) : c.is_contiguous(), op, ": ", list.name,
+                  "[", i, "] holds 8-bit codes laid out unlike params[", i, "] (strides ", c.strides(), " against ",
+                  p.strides(), "): a block is ", kQuantBlock, " codes in the parameter's memory order, so encode "
+                  "them again in its layout");
       const Tensor& m = pipeline.state_absmax[k * n + i];
       const int64_t blocks = (p.numel() + kQuantBlock - 1) / kQuantBlock;
       TORCH_CHECK(m.defined() && m.scalar_type() == at::kFloat && m.dim() == 1 && m.numel() == blocks &&

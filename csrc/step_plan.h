@@ -28,6 +28,7 @@ struct StepPlan : torch::CustomClassHolder {
     std::vector<int64_t> members;                 // indices into group_params
     at::ScalarType grad_dtype;                    // the dtype every member's gradient must have
     std::vector<std::vector<at::Tensor>> lists;   // the op's lists: params, [grads], states..., steps
+    std::vector<std::vector<int64_t>> strides;    // each member's strides when the plan was built
   };
 
   // `group_params`: every parameter of the group, in order.
@@ -36,10 +37,11 @@ struct StepPlan : torch::CustomClassHolder {
 
   // A bucket stepped by one op call, whose lists follow with add_list (the op's lists after the gradients).
   void add_bucket(std::vector<int64_t> members, at::ScalarType grad_dtype) {
-    Bucket b{std::move(members), grad_dtype, {{}, {}}};  // params, then the gradients' slot
+    Bucket b{std::move(members), grad_dtype, {{}, {}}, {}};  // params, then the gradients' slot
     for (int64_t m : b.members) {
       TORCH_CHECK(m >= 0 && m < int64_t(params_.size()), "StepPlan.add_bucket: member ", m, " out of range");
       b.lists[0].push_back(params_[size_t(m)]);
+      b.strides.push_back(params_[size_t(m)].strides().vec());
       stepped_[size_t(m)] = true;
     }
     buckets_.push_back(std::move(b));
@@ -51,19 +53,20 @@ struct StepPlan : torch::CustomClassHolder {
     b.lists.push_back(std::move(list));
   }
 
-  // Reads the gradients; true if every parameter the plan steps has the gradient it expects and no other
-  // parameter has one. Touches nothing.
+  // Reads the gradients; true if every parameter the plan steps has the gradient it expects, no other
+  // parameter has one, and no parameter changed its layout (`param.data = x.to(channels_last)`: its 8-bit
+  // codes must then be encoded again in the new order, on the checked path). Touches nothing.
   bool gather() {
     for (size_t i = 0; i < params_.size(); ++i)
       if (params_[i].grad().defined() != bool(stepped_[i])) return false;
     for (Bucket& b : buckets_) {
       std::vector<at::Tensor>& grads = b.lists[1];
       grads.clear();
-      for (int64_t m : b.members) {
-        const at::Tensor& p = params_[size_t(m)];
+      for (size_t k = 0; k < b.members.size(); ++k) {
+        const at::Tensor& p = params_[size_t(b.members[k])];
         const at::Tensor& g = p.grad();
         if (g.layout() != at::kStrided || g.scalar_type() != b.grad_dtype || g.device() != p.device() ||
-            g.sizes() != p.sizes())
+            g.sizes() != p.sizes() || p.strides() != at::IntArrayRef(b.strides[k]))
           return false;
         grads.push_back(g);
       }

@@ -85,18 +85,19 @@ def _like_in_memory_order(flat: Tensor, like: Tensor) -> Tensor:
 def quantize_blockwise(x: Tensor, signed: bool) -> tuple[Tensor, Tensor]:
     """(codes, absmax): uint8 codes shaped and laid out like x, and one float32 absmax per block of
     BLOCK_SIZE elements in memory order. Round to nearest; a code never changes the sign of the value, an
-    unsigned non-zero value never becomes 0, and a NaN takes the zero code (its absmax is NaN: the block
-    decodes to NaN)."""
+    unsigned non-zero value never becomes 0; a NaN takes the zero code and an infinity the code of ±1,
+    and neither changes its block's absmax, the largest finite magnitude."""
     compute = torch.float64 if x.dtype == torch.float64 else torch.float32
     blocks = _blocks(_memory_order(x).to(compute))
-    absmax = blocks.abs().amax(dim=1).to(torch.float32)  # amax keeps a NaN
+    # the largest finite magnitude (NOTE: [a non-finite state harms no other element] in quantize.h)
+    absmax = torch.where(blocks.isfinite(), blocks.abs(), 0).amax(dim=1).to(torch.float32)
     normalized = blocks / absmax.to(compute).unsqueeze(1)
     mids = _midpoints(map_values(signed)).to(device=x.device, dtype=compute)  # searchsorted wants one device
     codes = torch.searchsorted(mids, normalized.contiguous(), right=False)
     zero = zero_code(signed)
     if not signed:  # a second moment that was not zero stays above zero
         codes = torch.where((blocks > 0) & (codes == zero), zero + 1, codes)
-    codes = torch.where(normalized.isnan(), zero, codes)  # a NaN takes the zero code: its block decodes to NaN
+    codes = torch.where(normalized.isnan(), zero, codes)
     flat = codes.view(-1)[: x.numel()].to(torch.uint8)
     return _like_in_memory_order(flat, x), absmax
 

@@ -14,6 +14,8 @@ from optim_table import CASES, all_states, tolerance
 
 EIGHT_BIT = dict(state_bits=8, quantize_min_numel=0)
 SHAPES = [(4097,), (300,), (3, 5), (1,)]  # whole blocks and not
+# every case that takes 8-bit states: centered RMSprop keeps full precision (test_centered_rmsprop_refuses...)
+EIGHT_BIT_CASES = [case for case in CASES if not case.kwargs.get("centered")]
 
 
 def make_params(dtype=torch.float32, shapes=SHAPES, seed=0):
@@ -50,7 +52,7 @@ def _assert_match(s, t, dtype, what):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize("case", EIGHT_BIT_CASES, ids=str)
 def test_fused_kernel_equals_the_reference(case, dtype):
     """Codes, absmax, parameters and the other states of the native step equal the reference's after
     every step: bit for bit in float32, within one code in float64 (_assert_match)."""
@@ -109,7 +111,7 @@ CUDA_SHAPES = SHAPES + [(70_001,)]  # 70,001: two chunks, several slices of each
 @pytest.mark.cuda
 @CUDA_SKIP
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64], ids=str)
-@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize("case", EIGHT_BIT_CASES, ids=str)
 def test_cuda_kernel_matches_the_reference(case, dtype):
     """NOTE: [8-bit states on CUDA]: the fused CUDA step against the CPU reference. Codes within one: the
     per-tensor scalars are formed in double on both devices, but CUDA's pow is not glibc's, so an fp32
@@ -290,6 +292,90 @@ def test_codes_saved_in_another_memory_format_are_encoded_in_the_parameters():
         stepped.append(p.detach())
     assert torch.equal(*stepped)
 
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "reference"])
+def test_a_model_moved_to_another_memory_format_steps_its_codes_in_the_new_layout(fused):
+    """The model goes to channels_last after its 8-bit state exists: at the next step the codes are
+    encoded again in the parameter's layout (a block is 256 codes in memory order), so that the step is
+    that of an optimizer whose state was laid out so from the start: within the one re-encoding, and
+    the kernel and the reference alike, bit for bit."""
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(4, 24, 5, 5))
+    opt = gf.AdamW([p], lr=1e-2, fused=fused, **EIGHT_BIT)
+    for _ in range(3):
+        p.grad = torch.randn_like(p)
+        opt.step()
+    twin = torch.nn.Parameter(p.detach().to(memory_format=torch.channels_last))
+    twin_opt = gf.AdamW([twin], lr=1e-2, fused=fused, **EIGHT_BIT)
+    twin_opt.load_state_dict(copy.deepcopy(opt.state_dict()))  # encoded again in channels_last on load
+    p.data = p.data.to(memory_format=torch.channels_last)  # what module.to(memory_format=...) does
+    grad = torch.randn(4, 24, 5, 5)
+    for q, o in ((p, opt), (twin, twin_opt)):
+        q.grad = grad.clone()
+        o.step()
+    assert opt.state[p]["exp_avg"].stride() == p.stride()
+    assert torch.equal(p.detach(), twin.detach())
+    for key in ("exp_avg", "exp_avg_sq", "exp_avg_absmax", "exp_avg_sq_absmax"):
+        assert torch.equal(opt.state[p][key], twin_opt.state[twin][key]), key
+
+
+def test_the_kernel_refuses_codes_laid_out_unlike_their_parameter():
+    """Called directly, the op names codes whose memory order differs from the parameter's instead of
+    applying each scale to another block's elements."""
+    p = torch.randn(4, 24, 5, 5).to(memory_format=torch.channels_last)
+    codes = [torch.full((4, 24, 5, 5), 127, dtype=torch.uint8) for _ in range(2)]
+    absmax = [torch.ones(Q.num_blocks(p.numel())) for _ in range(2)]
+    with pytest.raises(RuntimeError, match=r"exp_avgs\[0\] holds 8-bit codes laid out unlike params\[0\]"):
+        gf.ops.adam_([p], [torch.randn_like(p)], [codes[0]], [codes[1]], [], [torch.zeros(())], lr=1e-2,
+                     beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled_weight_decay=True,
+                     amsgrad=False, state_absmax=absmax, state_signed=[1, 0])
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "reference"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_a_non_finite_gradient_element_harms_no_other_element(bad, fused):
+    """One NaN (or infinite) gradient element makes its own parameter element NaN, as in torch.optim
+    (and bitsandbytes); every other element of its block of 256 keeps training: its state is still
+    finite and its parameter is the one it would have been (within the codes the block's new scale
+    moves)."""
+    torch.manual_seed(0)
+    p, clean = (torch.nn.Parameter(torch.randn(1024)) for _ in range(2))
+    clean.data.copy_(p.data)
+    opts = [gf.AdamW([q], lr=1e-2, fused=fused, **EIGHT_BIT) for q in (p, clean)]
+    for step in range(4):
+        grad = torch.randn(1024)
+        for q, o in zip((p, clean), opts):
+            q.grad = grad.clone()
+            if step == 1 and q is p:
+                q.grad[300] = bad
+            o.step()
+    others = torch.ones(1024, dtype=torch.bool)
+    others[300] = False
+    assert p[300].isnan()
+    assert bool(p[others].isfinite().all())
+    torch.testing.assert_close(p[others], clean[others], rtol=0, atol=1e-3)
+    for key in ("exp_avg", "exp_avg_sq"):
+        st = opts[0].state[p]
+        assert bool(st[key + "_absmax"].isfinite().all()), key
+        decoded = Q.dequantize_blockwise(st[key], st[key + "_absmax"], key == "exp_avg")
+        assert bool(decoded[others].isfinite().all()), key
+
+
+def test_centered_rmsprop_refuses_eight_bit_states():
+    """v - ḡ² of two separately rounded states goes negative (a NaN that spoils its block) or near zero
+    (a step of g / eps): centered RMSprop keeps full-precision states, as bitsandbytes refuses it too."""
+    p = torch.zeros(4096, requires_grad=True)
+    with pytest.raises(ValueError, match=r"centered=True needs full-precision states.*expected state_bits=32"):
+        gf.RMSprop([p], centered=True, state_bits=8)
+    opt = gf.RMSprop([p], centered=True)
+    with pytest.raises(ValueError, match="centered=True needs full-precision states"):
+        opt.add_param_group({"params": [torch.zeros(3, requires_grad=True)], "state_bits": 8})
+    opt.param_groups[0]["state_bits"] = 8  # changed by hand: refused at the step, before anything is written
+    p.grad = torch.ones(4096)
+    with pytest.raises(ValueError, match="centered=True needs full-precision states"):
+        opt.step()
+    assert not opt.state[p] and bool((p == 0).all())
 
 @CUDA_SKIP
 @pytest.mark.cuda

@@ -168,29 +168,37 @@ GF_HD S dequantize_value(uint8_t code, S absmax, const QuantMap& map) {
   return S(map.value[code]) * absmax;
 }
 
-// The absmax of n values, NaN-propagating (a NaN anywhere makes the block's absmax NaN), as float32.
-// Eight running maxima, independent chains that the CPU overlaps (one chain waits a compare and a
-// select per element), and a NaN flag: max is exact, so the order changes nothing.
+// NOTE: [a non-finite state harms no other element]
+// A block's absmax is the largest *finite* magnitude in it (0 if there is none): a NaN state element
+// takes the zero code and an infinite one the code of ±1, so each decodes to a finite value of its own
+// and its block's other elements keep theirs. torch.optim and bitsandbytes also keep a NaN gradient to
+// its own element (its parameter element, updated from the unquantized state, is NaN all the same).
+template <class S>
+GF_HD S finite_magnitude(S x) {
+  const S a = magnitude(x);
+  return a < S(INFINITY) ? a : S(0);  // NaN compares false
+}
+
+// The absmax of n values as float32 (NOTE: [a non-finite state harms no other element]). Eight running
+// maxima, independent chains that the CPU overlaps (one chain waits a compare and a select per element):
+// max is exact, so the order changes nothing.
 template <class S>
 GF_HD float block_absmax(const S* x, int n) {
   constexpr int kChains = 8;
   S m[kChains] = {};
-  bool nan = false;
   int i = 0;
   for (; i + kChains <= n; i += kChains)
     for (int k = 0; k < kChains; ++k) {
-      const S a = magnitude(x[i + k]);
-      nan |= a != a;
+      const S a = finite_magnitude(x[i + k]);
       m[k] = a > m[k] ? a : m[k];
     }
   for (; i < n; ++i) {
-    const S a = magnitude(x[i]);
-    nan |= a != a;
+    const S a = finite_magnitude(x[i]);
     m[0] = a > m[0] ? a : m[0];
   }
   S top = m[0];
   for (int k = 1; k < kChains; ++k) top = m[k] > top ? m[k] : top;
-  return nan ? __builtin_nanf("") : float(top);
+  return float(top);
 }
 
 GF_HD const QuantMap& quant_map(bool is_signed) { return is_signed ? kSignedMap : kUnsignedMap; }

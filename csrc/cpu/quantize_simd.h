@@ -40,24 +40,18 @@ GF_HD void decode_state_block(const uint8_t* codes, int n, float absmax, const Q
   decode_block(codes + i, n - i, absmax, map, out + i);
 }
 
-// block_absmax, float: the lane-wise maximum and a NaN flag, then the lanes and the scalar tail.
+// block_absmax, float: the lane-wise maximum of the finite magnitudes, then the lanes and the scalar tail.
 GF_HD float block_absmax_simd(const float* x, int n) {
   vfloat top{};
-  vuint nan{};
   int i = 0;
   for (; i + kFloatLanes <= n; i += kFloatLanes) {
     const vfloat a = (vfloat)((vuint)load(x + i) & 0x7FFFFFFFu);
-    nan |= (vuint)(a != a);
-    top = a > top ? a : top;
+    const vfloat finite = a < INFINITY ? a : vfloat{};  // NaN compares false
+    top = finite > top ? finite : top;
   }
-  const float tail = block_absmax(x + i, n - i);
-  float m = tail;
-  bool any_nan = tail != tail;
-  for (int lane = 0; lane < kFloatLanes; ++lane) {
-    any_nan |= nan[lane] != 0;
-    m = top[lane] > m ? top[lane] : m;
-  }
-  return any_nan ? __builtin_nanf("") : m;
+  float m = block_absmax(x + i, n - i);
+  for (int lane = 0; lane < kFloatLanes; ++lane) m = top[lane] > m ? top[lane] : m;
+  return m;
 }
 
 #if GF_VEC_BYTES == 64

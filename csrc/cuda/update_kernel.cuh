@@ -188,16 +188,15 @@ constexpr int kPerLane = kQuantBlock / kWarp;
 static_assert(kBlockSize % kWarp == 0, "whole warps: every lane of a warp reaches its shuffles");
 static_assert(kChunkSize % (8 * kQuantBlock) == 0, "every slice of a chunk is whole blocks (NOTE: [blocks per chunk])");
 
-// The absmax of the warp's block, as block_absmax: the largest magnitude, NaN if any lane saw one.
+// The absmax of the warp's block, as block_absmax: the largest finite magnitude (NOTE: [a non-finite state
+// harms no other element]).
 template <class S>
 __device__ __forceinline__ float warp_absmax(const S (&x)[kPerLane], int64_t first, int64_t end) {
   S top = S(0);
-  bool nan = false;
 #pragma unroll
   for (int j = 0; j < kPerLane; ++j) {
     if (first + j * kWarp >= end) continue;
-    const S a = magnitude(x[j]);
-    nan |= a != a;
+    const S a = finite_magnitude(x[j]);
     top = a > top ? a : top;
   }
 #pragma unroll
@@ -205,7 +204,7 @@ __device__ __forceinline__ float warp_absmax(const S (&x)[kPerLane], int64_t fir
     const S other = __shfl_xor_sync(0xFFFFFFFFu, top, offset);
     top = other > top ? other : top;
   }
-  return __any_sync(0xFFFFFFFFu, nan) ? __int_as_float(0x7FC00000) : float(top);
+  return float(top);
 }
 
 template <class Rule, class Scalars, bool kRandom, class T, class H>

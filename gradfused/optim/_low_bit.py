@@ -58,14 +58,29 @@ def op_kwargs(keys: list[str], states: list[dict]) -> dict:
                 state_signed=[int(key not in UNSIGNED_STATES) for key in keys])
 
 
-def same_layout(t: Tensor, p: Tensor) -> bool:
-    """Whether t's elements lie in memory in p's order (dimensions of size 1 aside)."""
-    return t.shape == p.shape and all(a == b for a, b, n in zip(t.stride(), p.stride(), p.shape) if n > 1)
+def in_parameter_order(codes: Tensor, p: Tensor) -> bool:
+    """Whether codes lie in memory in the order the kernels walk p: p's own order where p is dense, else
+    logical order (the kernels work on a contiguous copy of a non-dense parameter). A block is 256 codes
+    in that order, so codes laid out otherwise would apply each scale to another block's elements."""
+    if codes.stride() == p.stride() and Q._is_dense(p):
+        return True
+    if not Q._is_dense(p):
+        return codes.is_contiguous()
+    return codes.shape == p.shape and all(a == b for a, b, n in zip(codes.stride(), p.stride(), p.shape) if n > 1)
 
 
-def laid_out_like(t: Tensor, p: Tensor) -> Tensor:
-    """t with p's strides (p dense), a copy where it has others."""
-    return t if same_layout(t, p) else torch.empty_like(p, dtype=t.dtype).copy_(t)
+def put_in_parameter_order(state: dict, key: str, p: Tensor) -> None:
+    """A state, codes or full precision (a checkpoint's), as codes in p's order (in_parameter_order): codes
+    laid out otherwise are decoded and encoded again, which rounds once more (within a code)."""
+    if is_codes(state[key]) and not in_parameter_order(state[key], p):
+        decode(state, key, torch.float32)
+    if not is_codes(state[key]):
+        full = state[key]
+        if not Q._is_dense(p):
+            state[key] = full.contiguous()
+        elif full.shape != p.shape or any(a != b for a, b, n in zip(full.stride(), p.stride(), p.shape) if n > 1):
+            state[key] = torch.empty_like(p, dtype=full.dtype).copy_(full)
+        encode(state, key)
 
 
 def encode(state: dict, key: str) -> None:

@@ -299,11 +299,7 @@ class FusedOptimizer(Optimizer):
                 st = self.state.get(p)
                 for key in [k for k in keys if st and k in st]:
                     if L.quantized(group, p):
-                        if L.is_codes(st[key]) and not L.same_layout(st[key], p):
-                            L.decode(st, key, torch.float32)
-                        if not L.is_codes(st[key]):
-                            st[key] = L.laid_out_like(st[key], p)
-                            L.encode(st, key)
+                        L.put_in_parameter_order(st, key, p)
                     elif L.is_codes(st[key]):
                         L.decode(st, key, P.state_dtype(group, p))
 
@@ -612,6 +608,7 @@ class FusedOptimizer(Optimizer):
         key = (tuple(used for _, used in specs), stateful, self.state.serial, changes)
         cached = self._plans.get(which)
         if cached is not None and cached[0] == key:
+            self._keep_codes_in_parameter_order(group, cached[1])
             return cached[1]
         plan = []
         for idx in self._buckets(params, by_grad_dtype=True, group=group):
@@ -624,7 +621,22 @@ class FusedOptimizer(Optimizer):
         if len(self._plans) >= _MAX_PLANS:
             self._plans.clear()
         self._plans[which] = (key, plan)
+        self._keep_codes_in_parameter_order(group, plan)
         return plan
+
+    def _keep_codes_in_parameter_order(self, group: dict, plan) -> None:
+        """8-bit codes of a parameter whose memory format changed since they were made (the model went to
+        channels_last) are encoded again in its order before the step (L.in_parameter_order). A changed
+        state dict drops the plans, so this looks at each cached state only after that."""
+        if group["state_bits"] != 8:
+            return
+        keys = [key for key, used in self._state_specs(group) if used]
+        for bucket, states, _ in plan:
+            for p, st in zip(bucket, states):
+                for key in keys:
+                    codes = st.get(key)
+                    if L.is_codes(codes) and codes.stride() != p.stride():
+                        L.put_in_parameter_order(st, key, p)
 
     def _plan_all(self, selected: list[list[Tensor]]) -> None:
         """Every group's plan, built (and so checked) before any group is written: a step fails whole."""

@@ -33,6 +33,10 @@ class RMSprop(FusedOptimizer):
         V.check_nonneg(self._name, "eps", group["eps"])
         V.check_nonneg(self._name, "momentum", group["momentum"])
         V.check_bool(self._name, "centered", group["centered"])
+        if group["centered"] and group["state_bits"] == 8:  # docs/low-bit-states.md, "Centered RMSprop"
+            raise ValueError(f"{self._name}: centered=True needs full-precision states: v - grad_avg² of two "
+                             "separately rounded 8-bit states goes negative (a NaN) or to nearly 0 (a step of "
+                             "g / eps); expected state_bits=32")
 
     def _state_specs(self, group):
         return [("square_avg", True), ("momentum_buffer", group["momentum"] > 0), ("grad_avg", group["centered"])]
