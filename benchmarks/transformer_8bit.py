@@ -1,5 +1,6 @@
-"""8-bit AdamW against 32-bit on a small causal transformer, with bitsandbytes' AdamW8bit beside it when
-it imports (docs/low-bit-states.md, "Evidence").
+"""8-bit AdamW, and AdamW with bf16 states (rounded to nearest and at random), against 32-bit on a small
+causal transformer, with bitsandbytes' AdamW8bit beside it when it imports (docs/low-bit-states.md,
+"Training results"; docs/mixed-precision.md, "bf16 states").
 
 The task is generated here: sequences of a fixed, random order-2 Markov chain over 16 tokens, each
 two-token context allowing 4 next tokens with Dirichlet(1) probabilities. The best achievable loss is
@@ -63,6 +64,9 @@ def optimizers(lr: float, wd: float) -> dict:
     out = {
         "gradfused AdamW 32-bit": lambda p: gf.AdamW(p, lr=lr, weight_decay=wd),
         "gradfused AdamW 8-bit": lambda p: gf.AdamW(p, lr=lr, weight_decay=wd, state_bits=8),
+        "gradfused AdamW bf16 states": lambda p: gf.AdamW(p, lr=lr, weight_decay=wd, state_dtype=torch.bfloat16),
+        "gradfused AdamW bf16 states, SR": lambda p: gf.AdamW(p, lr=lr, weight_decay=wd, state_dtype=torch.bfloat16,
+                                                               stochastic_rounding=True, seed=0),
         "torch AdamW": lambda p: torch.optim.AdamW(p, lr=lr, weight_decay=wd),
     }
     try:
@@ -136,7 +140,7 @@ def main(argv=None):
         for name, make in optimizers(args.lr, args.weight_decay).items():
             r = run(name, make, chain, args.steps, args.batch, seed)
             results.append(r)
-            print(f"seed {seed}  {name:26s} val loss {r['val_loss']:.4f}  optimizer {r['optimizer_ms_per_step']:.2f} "
+            print(f"seed {seed}  {name:33s} val loss {r['val_loss']:.4f}  optimizer {r['optimizer_ms_per_step']:.2f} "
                   f"ms/step  state {r['state_MiB']:.3f} MiB", flush=True)
     print(f"loss floor (the chain's entropy): {floor:.4f} nats; {results[0]['parameters']:,} parameters; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
@@ -144,7 +148,7 @@ def main(argv=None):
         mine = {r["optimizer"]: r["val_loss"] for r in results if r["seed"] == seed}
         base = mine["gradfused AdamW 32-bit"]
         for name, v in mine.items():
-            print(f"seed {seed}  {name:26s} {100 * (v - base) / base:+.2f} % against gradfused AdamW 32-bit")
+            print(f"seed {seed}  {name:33s} {100 * (v - base) / base:+.2f} % against gradfused AdamW 32-bit")
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, "results.json"), "w") as f:

@@ -51,8 +51,10 @@ inline DType dtype_of(const Tensor& t) {
 inline bool is_half(const Tensor& t) { return t.scalar_type() == at::kBFloat16 || t.scalar_type() == at::kHalf; }
 
 // One list checked against the parameters it belongs to. With `fp32_ok` a list of 16-bit parameters may
-// be float32 (mixed-precision states on CUDA, NOTE: [mixed precision in one pass]).
-inline void check_list_matches(const char* op, const NamedList& params, const NamedList& list, bool fp32_ok = false) {
+// be float32 (NOTE: [mixed precision in one pass]); with `bf16_ok` a list of float32 parameters may be
+// bfloat16 (states, state_dtype=torch.bfloat16).
+inline void check_list_matches(const char* op, const NamedList& params, const NamedList& list, bool fp32_ok = false,
+                               bool bf16_ok = false) {
   TORCH_CHECK(list.tensors.size() == params.tensors.size(), op, ": ", list.name, " has ", list.tensors.size(),
               " tensors but ", params.name, " has ", params.tensors.size());
   for (size_t i = 0; i < list.tensors.size(); ++i) {
@@ -64,9 +66,13 @@ inline void check_list_matches(const char* op, const NamedList& params, const Na
     TORCH_CHECK(t.device() == p.device(), op, ": ", list.name, "[", i, "] is on ", t.device(), " but ",
                 params.name, "[", i, "] is on ", p.device());
     const bool fp32_state = fp32_ok && is_half(p) && t.scalar_type() == at::kFloat;
-    TORCH_CHECK(t.scalar_type() == p.scalar_type() || fp32_state, op, ": ", list.name, "[", i, "] has dtype ",
-                t.scalar_type(), " but ", params.name, "[", i, "] has ", p.scalar_type(),
-                fp32_ok ? " (expected the parameter's dtype, or float32 for a 16-bit parameter)" : "");
+    const bool bf16_state = bf16_ok && p.scalar_type() == at::kFloat && t.scalar_type() == at::kBFloat16;
+    TORCH_CHECK(t.scalar_type() == p.scalar_type() || fp32_state || bf16_state, op, ": ", list.name, "[", i,
+                "] has dtype ", t.scalar_type(), " but ", params.name, "[", i, "] has ", p.scalar_type(),
+                bf16_ok  ? " (expected the parameter's dtype, float32 for a 16-bit parameter, or bfloat16 for a "
+                           "float32 one)"
+                : fp32_ok ? " (expected the parameter's dtype, or float32 for a 16-bit parameter)"
+                          : "");
     TORCH_CHECK(t.sizes() == p.sizes(), op, ": ", list.name, "[", i, "] has shape ", t.sizes(), " but ",
                 params.name, "[", i, "] has ", p.sizes());
   }
@@ -101,11 +107,12 @@ inline void check_owns_each_element(const char* op, const NamedList& list) {
 
 // Every check runs before anything is written, so bad input never half-applies a step. All tensors of a
 // call live on `device_type`, on params[0]'s device, and the params share params[0]'s dtype. With
-// `fp32_ok`, the lists in `fp32_ok_lists` (the
-// gradients, the states) of 16-bit parameters may be float32 (NOTE: [mixed precision in one pass]), each
+// `fp32_ok`, the lists in `fp32_ok_lists` (the gradients) and `state_lists` of 16-bit parameters may be
+// float32 (NOTE: [mixed precision in one pass]), and the state lists of float32 parameters bfloat16, each
 // list in one dtype: one kernel serves one combination per call.
 inline void check_lists(const char* op, c10::DeviceType device_type, const NamedList& params,
-                        at::ArrayRef<NamedList> others, at::ArrayRef<NamedList> fp32_ok_lists = {}, bool fp32_ok = false) {
+                        at::ArrayRef<NamedList> others, at::ArrayRef<NamedList> fp32_ok_lists = {}, bool fp32_ok = false,
+                        at::ArrayRef<NamedList> state_lists = {}) {
   for (size_t i = 0; i < params.tensors.size(); ++i) {
     const Tensor& p = params.tensors[i];
     TORCH_CHECK(p.defined(), op, ": ", params.name, "[", i, "] is undefined");
@@ -123,13 +130,14 @@ inline void check_lists(const char* op, c10::DeviceType device_type, const Named
                 "; group them by dtype before calling");
   }
   for (const NamedList& list : others) check_list_matches(op, params, list);
-  for (const NamedList& list : fp32_ok_lists) {
-    check_list_matches(op, params, list, fp32_ok);
-    for (size_t i = 1; fp32_ok && i < list.tensors.size(); ++i)
-      TORCH_CHECK(list.tensors[i].scalar_type() == list.tensors[0].scalar_type(), op, ": ", list.name, "[", i,
-                  "] has dtype ", list.tensors[i].scalar_type(), " but ", list.name, "[0] has ",
-                  list.tensors[0].scalar_type(), "; one call takes one dtype per list");
-  }
+  for (const NamedList& list : state_lists) check_list_matches(op, params, list, fp32_ok, /*bf16_ok=*/fp32_ok);
+  for (const NamedList& list : fp32_ok_lists) check_list_matches(op, params, list, fp32_ok);
+  for (at::ArrayRef<NamedList> lists : {fp32_ok_lists, state_lists})
+    for (const NamedList& list : lists)
+      for (size_t i = 1; fp32_ok && i < list.tensors.size(); ++i)
+        TORCH_CHECK(list.tensors[i].scalar_type() == list.tensors[0].scalar_type(), op, ": ", list.name, "[", i,
+                    "] has dtype ", list.tensors[i].scalar_type(), " but ", list.name, "[0] has ",
+                    list.tensors[0].scalar_type(), "; one call takes one dtype per list");
 }
 
 // Per-tensor scalar state (`state_steps`, NAdam's `mu_products`): one-element float tensors on the
@@ -197,7 +205,8 @@ struct PipelineArgs {
   }
 };
 
-inline void check_pipeline(const char* op, const PipelineArgs& a, TensorList params) {
+// `bf16_states`: float32 parameters with bfloat16 states, whose states stochastic_rounding rounds.
+inline void check_pipeline(const char* op, const PipelineArgs& a, TensorList params, bool bf16_states = false) {
   const size_t n = params.size();
   check_scalar_tensor(op, "grad_scale", a.grad_scale, params);
   check_scalar_tensor(op, "found_inf", a.found_inf, params);
@@ -237,10 +246,10 @@ inline void check_pipeline(const char* op, const PipelineArgs& a, TensorList par
                   op, ": master_weights[", i, "] must be a float32 tensor of params[", i, "]'s shape and device");
     }
   }
-  if (a.stochastic_rounding)
+  if (a.stochastic_rounding && !bf16_states)
     for (size_t i = 0; i < n; ++i)
-      TORCH_CHECK(params[i].scalar_type() == at::kBFloat16, op, ": stochastic_rounding needs bfloat16 params, but params[",
-                  i, "] has ", params[i].scalar_type());
+      TORCH_CHECK(params[i].scalar_type() == at::kBFloat16, op, ": stochastic_rounding needs bfloat16 params, or "
+                  "float32 params with bfloat16 states, but params[", i, "] has ", params[i].scalar_type());
 }
 
 // Everything an update op hands its backend, checked by check_update (the backend adds its own checks).
@@ -321,8 +330,8 @@ template <class Hyper, class Lr>
 void check_update(const UpdateArgs<Hyper, Lr>& a, c10::DeviceType device_type, bool fp32_ok) {
   const bool quantized = a.pipeline.quantized();
   std::vector<NamedList> lists{{"grads", a.grads}};
-  if (!quantized) lists.insert(lists.end(), a.states.begin(), a.states.end());
-  check_lists(a.op, device_type, {"params", a.params}, {}, lists, fp32_ok);
+  check_lists(a.op, device_type, {"params", a.params}, {}, lists, fp32_ok,
+              quantized ? at::ArrayRef<NamedList>() : at::ArrayRef<NamedList>(a.states));
   if (quantized) check_quantized_states(a.op, a.params, a.states, a.pipeline);
   for (size_t k = 1; fp32_ok && !quantized && !a.params.empty() && k < a.states.size(); ++k)  // one state dtype
     TORCH_CHECK(a.states[k].tensors[0].scalar_type() == a.states[0].tensors[0].scalar_type(), a.op, ": ",
@@ -338,7 +347,10 @@ void check_update(const UpdateArgs<Hyper, Lr>& a, c10::DeviceType device_type, b
   if constexpr (std::is_same<Lr, double>::value) check_nonneg(a.op, "lr", a.lr);
   else check_scalar_tensor(a.op, "lr", a.lr, a.params);
   check_nonneg(a.op, "weight_decay", a.weight_decay);
-  check_pipeline(a.op, a.pipeline, a.params);
+  const bool bf16_states = !quantized && !a.states.empty() && !a.params.empty() &&
+                           a.params[0].scalar_type() == at::kFloat &&
+                           a.states[0].tensors[0].scalar_type() == at::kBFloat16;
+  check_pipeline(a.op, a.pipeline, a.params, bf16_states);
 }
 
 // Gives each tensor of a call a flat pointer. A tensor that shares its parameter's dense layout is

@@ -352,3 +352,112 @@ def test_cpu_step_allocates_no_working_copies(option):
         p.grad = torch.randn_like(p)
     opt.step()
     assert step_peak_bytes(opt.step, torch.device("cpu")) == 0
+
+
+# ---- bf16 states on fp32 parameters (state_dtype=torch.bfloat16) ----
+
+BF16_STATES = {"bf16_states": dict(state_dtype=torch.bfloat16),
+               "bf16_states_stochastic": dict(state_dtype=torch.bfloat16, stochastic_rounding=True, seed=7)}
+
+
+def _bf16_state_dtypes_hold(opt):
+    for (_, _, name), t in all_states(opt):
+        if name not in ("step", "mu_product", "alignment_ema", "eta"):
+            assert t.dtype == torch.bfloat16, (name, t.dtype)
+
+
+@pytest.mark.parametrize("option", list(BF16_STATES))
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_bf16_states_fused_equal_the_working_copies_and_the_reference_bitwise(case, option):
+    """fp32 parameters with bf16 states: every value computed in fp32 and each state rounded once on its
+    store, to nearest or at random (Philox word 1 + k for state k). The fused kernel, the native fp32 kernel
+    on fp32 working copies of the states and the reference give the same parameters and states, bit for
+    bit."""
+    options = BF16_STATES[option]
+    lists = [_params(torch.float32) for _ in range(3)]
+    fused = case.make(lists[0], True, **options)
+    work = _working_copies(case.make(lists[1], True, **options))
+    ref = case.make(lists[2], False, **options)
+    _step_side_by_side([fused, work, ref], lists, torch.Generator().manual_seed(1), steps=6)
+    for other in (work, ref):
+        for p, q in zip(lists[0], lists[1] if other is work else lists[2]):
+            torch.testing.assert_close(p, q, rtol=0, atol=0)
+        for (key, a), (_, b) in zip(all_states(fused), all_states(other), strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0, msg=lambda m: f"{key}: {m}")
+    assert all(p.dtype == torch.float32 for p in lists[0])
+    _bf16_state_dtypes_hold(fused)
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["native", "reference"])
+def test_bf16_states_round_at_random_without_bias(fused):
+    """exp_avg of a constant gradient 1 with beta1 = 0.999 after 3000 steps is 1 - 0.999^3000 = 0.9502.
+    Rounded to nearest bf16 it stalls near 0.5, where (1 - beta1)(1 - m) is below half an ulp; rounded at
+    random it tracks the exact value (the mean over 4096 elements)."""
+    means = {}
+    for stochastic in (False, True):
+        p = torch.zeros(4096, requires_grad=True)
+        opt = gf.AdamW([p], lr=0.0, betas=(0.999, 0.999), weight_decay=0.0, fused=fused,
+                       state_dtype=torch.bfloat16, stochastic_rounding=stochastic, seed=3)
+        p.grad = torch.ones(4096)
+        for _ in range(3000):
+            opt.step()
+        means[stochastic] = opt.state[p]["exp_avg"].float().mean().item()
+    exact = 1 - 0.999 ** 3000
+    assert means[False] < 0.6, means
+    assert abs(means[True] - exact) < 0.01 * exact, means
+
+
+def test_bf16_states_halve_the_state_memory():
+    p = torch.zeros(4096, requires_grad=True)
+    opt = gf.AdamW([p], state_dtype=torch.bfloat16)
+    p.grad = torch.ones(4096)
+    opt.step()
+    state_bytes = sum(t.numel() * t.element_size() for t in opt.state[p].values() if t.dim() > 0)
+    assert state_bytes == 4 * 4096  # two bf16 moments: 4 bytes a parameter, against fp32's 8
+
+
+@pytest.mark.parametrize("saved, loaded", [
+    ({}, dict(state_dtype=torch.bfloat16)),
+    (dict(state_dtype=torch.bfloat16), {}),
+    (dict(state_bits=8, quantize_min_numel=0), dict(state_dtype=torch.bfloat16)),
+    (dict(state_dtype=torch.bfloat16), dict(state_bits=8, quantize_min_numel=0)),
+], ids=["fp32->bf16", "bf16->fp32", "8bit->bf16", "bf16->8bit"])
+def test_bf16_state_checkpoints_convert_to_and_from_fp32_and_8bit(saved, loaded):
+    """A checkpoint's states take this optimizer's format: fp32 states are rounded to bf16, bf16 ones
+    widened exactly, 8-bit ones decoded then rounded, bf16 ones encoded; the next step runs."""
+    from gradfused import quantization as Q
+    params = _params(torch.float32, shapes=[(4097,), (3, 5)])
+    first = gf.AdamW(params, lr=1e-2, **saved)
+    gen = torch.Generator().manual_seed(1)
+    for p, g in zip(params, _grads(params, gen)):
+        p.grad = g
+    first.step()
+    copies = [p.detach().clone().requires_grad_() for p in params]
+    second = gf.AdamW(copies, lr=1e-2, **loaded)
+    second.load_state_dict(copy.deepcopy(first.state_dict()))
+    for p, q in zip(params, copies):
+        for key in ("exp_avg", "exp_avg_sq"):
+            theirs, ours = first.state[p][key], second.state[q][key]
+            if theirs.dtype == torch.uint8:
+                theirs = Q.dequantize_blockwise(theirs, first.state[p][key + "_absmax"], key == "exp_avg")
+            if ours.dtype == torch.uint8:  # encoded from the bf16 values, as quantize_blockwise does
+                codes, absmax = Q.quantize_blockwise(theirs, key == "exp_avg")
+                assert torch.equal(ours, codes) and torch.equal(second.state[q][key + "_absmax"], absmax)
+            else:
+                assert ours.dtype == (torch.bfloat16 if loaded.get("state_dtype") else torch.float32)
+                torch.testing.assert_close(ours, theirs.to(ours.dtype), rtol=0, atol=0)
+    for q, g in zip(copies, _grads(copies, gen)):
+        q.grad = g
+    second.step()
+    assert all(bool(q.isfinite().all()) for q in copies)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(state_dtype=torch.bfloat16), "state_dtype=torch.bfloat16 does not fit params[0] of dtype torch.float64"),
+    (dict(stochastic_rounding=True), "stochastic_rounding=True needs bfloat16 parameters, or float32 parameters "
+                                     "with state_dtype=torch.bfloat16"),
+])
+def test_bf16_state_options_that_do_not_fit_are_named(kwargs, message):
+    dtype = torch.float64 if "state_dtype" in kwargs else torch.float32
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        gf.AdamW(_params(dtype), **kwargs)

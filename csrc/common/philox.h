@@ -71,15 +71,20 @@ GF_HD ElementDraw draw_element(const RandomKey& key, uint64_t element, bool want
 // Stochastic rounding to bf16 adds 16 random bits below the bf16 mantissa of the fp32 result, then cuts
 // them off. The bits come from the element's Philox counter with the top bit of the counter's second word
 // set, a stream apart from the pipeline's draws (elements never reach 2^63), under the same
-// (seed; parameter index, t) key. gradfused/optim/_precision.py draws the same bits with torch ops.
-template <class W>
+// (seed; parameter index, t) key. A bf16 parameter takes word 0 of the four; the bf16 states of an fp32
+// parameter (state_dtype=torch.bfloat16) take words 1, 2, 3, one per state, so that no two roundings of
+// one element share bits. gradfused/optim/_precision.py draws the same bits with torch ops.
+template <int kWord = 0, class W>
 GF_HD W stochastic_rounding_bits(const RandomKey& key, W element_lo, W element_hi) {
+  static_assert(kWord >= 0 && kWord < 4, "Philox gives four words");
   W c1 = element_hi | 0x80000000u, c2 = W{} + key.param_index, c3 = W{} + key.step;
   philox_rounds(element_lo, c1, c2, c3, uint32_t(key.seed), uint32_t(key.seed >> 32));
-  return element_lo & 0xFFFFu;
+  const W words[4] = {element_lo, c1, c2, c3};
+  return words[kWord] & 0xFFFFu;
 }
+template <int kWord = 0>
 GF_HD uint32_t stochastic_rounding_bits(const RandomKey& key, uint64_t element) {
-  return stochastic_rounding_bits(key, uint32_t(element), uint32_t(element >> 32));
+  return stochastic_rounding_bits<kWord>(key, uint32_t(element), uint32_t(element >> 32));
 }
 
 GF_CODE_END

@@ -84,6 +84,16 @@ GF_HD void draw_lanes(StepDraws<V>& draws, const RandomOptions& random, const Ra
   std::memcpy(&draws.lr_keep, lr_keep, sizeof(V));
 }
 
+// The bf16 states of an fp32 parameter rounded at random, state j with Philox word 1 + j (NOTE:
+// [stochastic rounding bits]); V is a vector or a scalar.
+template <int kStates, class V>
+GF_HD void store_states_stochastic(bf16* const* st, const V* sv, const RandomKey& key, int64_t first) {
+  if constexpr (kStates > 0) store_stochastic<1>(st[0] + first, sv[0], key, first);
+  if constexpr (kStates > 1) store_stochastic<2>(st[1] + first, sv[1], key, first);
+  if constexpr (kStates > 2) store_stochastic<3>(st[2] + first, sv[2], key, first);
+  static_assert(kStates <= 3, "three Philox words for states");
+}
+
 // NOTE: [one stream per element]
 // Every random number an element uses comes from its own Philox counter (element index, parameter index,
 // t) under the seed, drawn one element at a time whether the element sits in a vector or in the scalar
@@ -118,6 +128,9 @@ GF_HD void update_chunk(const SlotT& slot, int64_t begin, int64_t end, const Lau
   const bool grad_fp32 = kHalf && L.grad_fp32;
   const bool use_master = kHalf && L.store == ParamStore::Master;
   const bool stochastic = std::is_same_v<T, bf16> && L.store == ParamStore::Stochastic;
+  // bf16 states of an fp32 parameter (state_dtype=torch.bfloat16), rounded at random where asked
+  constexpr bool kBf16States = std::is_same_v<T, float> && std::is_same_v<TS, bf16>;
+  const bool stochastic_states = kBf16States && L.store == ParamStore::Stochastic;
   const RandomKey& key = slot.random_key;
 
   int64_t i = begin;
@@ -142,7 +155,13 @@ GF_HD void update_chunk(const SlotT& slot, int64_t begin, int64_t end, const Lau
     for (int j = 0; j < kStates; ++j) sv[j] = load(st[j] + i);
     if constexpr (kRandom) draw_lanes<V, S>(draws, L.random, key, slot.noise_std, i + key_offset);
     pipeline_step<Rule, kRandom, kWd>(pv, gv, sv, grad_mul, ps, hyper, ts, L.random, draws);
-    for (int j = 0; j < kStates; ++j) store(st[j] + i, sv[j]);
+    if constexpr (kBf16States) {
+      if (stochastic_states) store_states_stochastic<kStates>(st, sv, key, i + key_offset);
+      else
+        for (int j = 0; j < kStates; ++j) store(st[j] + i, sv[j]);
+    } else {
+      for (int j = 0; j < kStates; ++j) store(st[j] + i, sv[j]);
+    }
     if constexpr (kHalf) {
       if (use_master) store(master + i, pv);
       if constexpr (std::is_same_v<T, bf16>) {
@@ -167,7 +186,13 @@ GF_HD void update_chunk(const SlotT& slot, int64_t begin, int64_t end, const Lau
     for (int j = 0; j < kStates; ++j) sv[j] = to_compute(st[j][i]);
     if constexpr (kRandom) scalar_draws = element_draws<S>(L.random, key, slot.noise_std, uint64_t(i + key_offset));
     pipeline_step<Rule, kRandom, kWd>(pv, gv, sv, grad_mul, ps, hyper, ts, L.random, scalar_draws);
-    for (int j = 0; j < kStates; ++j) store_scalar(st[j] + i, sv[j]);
+    if constexpr (kBf16States) {
+      if (stochastic_states) store_states_stochastic<kStates>(st, sv, key, i + key_offset);
+      else
+        for (int j = 0; j < kStates; ++j) store_scalar(st[j] + i, sv[j]);
+    } else {
+      for (int j = 0; j < kStates; ++j) store_scalar(st[j] + i, sv[j]);
+    }
     if constexpr (kHalf) {
       if (use_master) master[i] = float(pv);
       if constexpr (std::is_same_v<T, bf16>) {
@@ -222,15 +247,18 @@ GF_HD void update_chunk_8bit(const SlotT& slot, int64_t begin, int64_t end, cons
   }
 }
 
-// The (parameter, state) storage types of a call: the state is the parameter's type, or float32 for
-// 16-bit parameters.
+// The (parameter, state) storage types of a call: the state is the parameter's type, float32 for 16-bit
+// parameters, or bfloat16 for float32 parameters.
 template <class F>
 GF_HD void layout_switch(DType param, DType state, F&& f) {
   const bool fp32_state = state == DType::Float32 && param != DType::Float32;
   dtype_switch(param, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) f(tag, tag);
-    else if (fp32_state) f(tag, TypeTag<float>{});
+    if constexpr (std::is_same_v<T, double>) f(tag, tag);
+    else if constexpr (std::is_same_v<T, float>) {
+      if (state == DType::BFloat16) f(tag, TypeTag<bf16>{});
+      else f(tag, tag);
+    } else if (fp32_state) f(tag, TypeTag<float>{});
     else f(tag, tag);
   });
 }

@@ -216,9 +216,12 @@ GF_HD uint16_t stochastic_bits(float x, uint32_t noise) {
   }
   return uint16_t((u + noise) >> 16);
 }
+// kWord: the Philox word of NOTE: [stochastic rounding bits] (0 for a parameter, 1 + k for state k).
+template <int kWord = 0>
 GF_HD void store_stochastic(bf16* p, float x, const RandomKey& key, int64_t element) {
-  p->bits = stochastic_bits(x, stochastic_rounding_bits(key, uint64_t(element)));
+  p->bits = stochastic_bits(x, stochastic_rounding_bits<kWord>(key, uint64_t(element)));
 }
+template <int kWord = 0>
 GF_HD void store_stochastic(bf16* p, vfloat v, const RandomKey& key, int64_t first) {
   constexpr int kW = int(sizeof(vuint) / sizeof(uint32_t));
   vuint iota;
@@ -226,7 +229,7 @@ GF_HD void store_stochastic(bf16* p, vfloat v, const RandomKey& key, int64_t fir
   const vuint lo = uint32_t(first) + iota;
   // a lane whose low word wrapped carries one into the high word (a true comparison is all ones: -1)
   const vuint hi = uint32_t(uint64_t(first) >> 32) - (vuint)(lo < uint32_t(first));
-  const vuint noise = stochastic_rounding_bits(key, lo, hi);
+  const vuint noise = stochastic_rounding_bits<kWord>(key, lo, hi);
   const vuint u = (vuint)v;
   const vuint finite = (vuint)(((u >> 23) & 0xFFu) != 0xFFu);  // all ones where finite
   const vuint bits = (((u + noise) >> 16) & finite) | (bf16_nearest_bits(v) & ~finite);

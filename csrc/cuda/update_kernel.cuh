@@ -98,6 +98,23 @@ __device__ __forceinline__ void step_element(S& p, S& g, S (&s)[kStateArrayLengt
   }
 }
 
+// The bf16 states of an fp32 parameter rounded at random, state k with Philox word 1 + k (NOTE:
+// [stochastic rounding bits]), as the CPU kernels.
+template <int kStates, int kArray>
+__device__ __forceinline__ void store_states_stochastic(__nv_bfloat16* const (&st)[kArray],
+                                                        const float (&sv)[kArray][kIlp], int64_t base,
+                                                        int64_t stride, int64_t end, const RandomKey& key) {
+#pragma unroll
+  for (int j = 0; j < kIlp; ++j) {
+    const int64_t i = base + j * stride;
+    if (i >= end) continue;
+    if constexpr (kStates > 0) st[0][i] = stochastic_round(sv[0][j], stochastic_rounding_bits<1>(key, uint64_t(i)));
+    if constexpr (kStates > 1) st[1][i] = stochastic_round(sv[1][j], stochastic_rounding_bits<2>(key, uint64_t(i)));
+    if constexpr (kStates > 2) st[2][i] = stochastic_round(sv[2][j], stochastic_rounding_bits<3>(key, uint64_t(i)));
+  }
+  static_assert(kStates <= 3, "three Philox words for states");
+}
+
 template <class Rule, class Scalars, bool kRandom, class T, class ST, class H>
 __global__ void __launch_bounds__(kBlockSize)
     update_kernel(const __grid_constant__ UpdateMeta meta, const __grid_constant__ UpdateCall<H> call) {
@@ -150,8 +167,17 @@ __global__ void __launch_bounds__(kBlockSize)
 #pragma unroll
       for (int k = 0; k < kStates; ++k) sv[k][j] = s[k];
     }
+    if constexpr (std::is_same<T, float>::value && std::is_same<ST, __nv_bfloat16>::value) {
+      if (call.store == ParamStore::Stochastic) {
+        store_states_stochastic<kStates>(st, sv, base, stride, end, ts.key);
+      } else {
 #pragma unroll
-    for (int k = 0; k < kStates; ++k) store_ilp(st[k], sv[k], base, stride, end, vector);
+        for (int k = 0; k < kStates; ++k) store_ilp(st[k], sv[k], base, stride, end, vector);
+      }
+    } else {
+#pragma unroll
+      for (int k = 0; k < kStates; ++k) store_ilp(st[k], sv[k], base, stride, end, vector);
+    }
     if (use_master) store_ilp(master, pv, base, stride, end, vector);
     if constexpr (std::is_same<T, __nv_bfloat16>::value) {
       if (call.store == ParamStore::Stochastic) {
@@ -320,7 +346,10 @@ __global__ void advance_steps_kernel(const __grid_constant__ AdvanceMeta meta, i
 template <class F>
 void dtype_pair_switch(DType param, DType state, F&& f) {
   switch (param) {
-    case DType::Float32: f(float{}, float{}); break;
+    case DType::Float32:  // bfloat16 states: state_dtype=torch.bfloat16
+      if (state == DType::BFloat16) f(float{}, __nv_bfloat16{});
+      else f(float{}, float{});
+      break;
     case DType::Float64: f(double{}, double{}); break;
     case DType::BFloat16:
       if (state == DType::Float32) f(__nv_bfloat16{}, float{});

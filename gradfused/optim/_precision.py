@@ -1,10 +1,12 @@
-"""Mixed-precision options for 16-bit (bf16/fp16) parameters, shared by every gradfused optimizer:
+"""Mixed-precision options, shared by every gradfused optimizer:
 
-- ``state_dtype=torch.float32``: optimizer states (momentum, moments) in fp32;
+- ``state_dtype=torch.float32`` (bf16/fp16 parameters): optimizer states (momentum, moments) in fp32;
+- ``state_dtype=torch.bfloat16`` (fp32 parameters): states in bf16, half the memory, computed in fp32 and
+  rounded once on their store (to nearest, or at random with ``stochastic_rounding=True``);
 - ``master_weights=True``: an fp32 copy of each parameter in the state (``master_weight``), updated by the
   step and written back rounded to the parameter; the states are fp32 too;
-- ``stochastic_rounding=True`` (bf16, without master weights): the fp32 result is rounded to bf16 at
-  random, up with probability equal to the fraction cut off, so the rounding is unbiased and updates
+- ``stochastic_rounding=True`` (bf16 parameters without master weights, or the bf16 states of fp32
+  parameters): the fp32 result is rounded to bf16 at random, up with probability equal to the fraction cut off, so the rounding is unbiased and updates
   smaller than half a bf16 ulp are not lost. The bits come from a generator keyed by (seed, step,
   parameter index), so a run is reproducible and a resumed checkpoint continues the same stream.
 
@@ -42,19 +44,29 @@ def check(owner: str, group: dict) -> None:
                          "choose one of master_weights=True and stochastic_rounding=True")
 
 
+def bf16_states(group: dict, p: Tensor) -> bool:
+    """fp32 parameter, bf16 states (state_dtype=torch.bfloat16)."""
+    return p.dtype == torch.float32 and group["state_dtype"] == torch.bfloat16
+
+
 def check_param(owner: str, group: dict, p: Tensor, where: str) -> None:
     """The options name dtypes that must fit the parameter's."""
     state_dtype = group["state_dtype"]
-    if state_dtype is not None and state_dtype != p.dtype and not (p.dtype in HALF and state_dtype == torch.float32):
+    if (state_dtype is not None and state_dtype != p.dtype and not (p.dtype in HALF and state_dtype == torch.float32)
+            and not bf16_states(group, p)):
         raise ValueError(f"{owner}: state_dtype={state_dtype} does not fit {where} of dtype {p.dtype} (expected the "
-                         "parameter's dtype, or torch.float32 for bfloat16/float16 parameters)")
-    if group["stochastic_rounding"] and p.dtype != torch.bfloat16:
-        raise ValueError(f"{owner}: stochastic_rounding=True needs bfloat16 parameters, but {where} has {p.dtype}")
+                         "parameter's dtype, torch.float32 for bfloat16/float16 parameters, or torch.bfloat16 for "
+                         "float32 parameters)")
+    if group["stochastic_rounding"] and p.dtype != torch.bfloat16 and not bf16_states(group, p):
+        raise ValueError(f"{owner}: stochastic_rounding=True needs bfloat16 parameters, or float32 parameters with "
+                         f"state_dtype=torch.bfloat16, but {where} has {p.dtype}")
 
 
 def state_dtype(group: dict, p: Tensor) -> torch.dtype:
     if p.dtype in HALF and (group["state_dtype"] == torch.float32 or group["master_weights"]):
         return torch.float32
+    if bf16_states(group, p):
+        return torch.bfloat16
     return p.dtype
 
 
@@ -64,20 +76,25 @@ def fp32_grad_ok(p: Tensor, g: Tensor) -> bool:
     return g.dtype == torch.float32 and p.dtype in HALF
 
 
-def uses_fp32_work(group: dict, dtype: torch.dtype) -> bool:
+def uses_fp32_work(group: dict, dtype: torch.dtype, eight_bit: bool = False) -> bool:
+    """Whether the reference steps fp32 working copies of a bucket of `dtype` parameters (8-bit states
+    are decoded by the op itself)."""
+    if dtype == torch.float32:
+        return group["state_dtype"] == torch.bfloat16 and not eight_bit
     return dtype in HALF and (group["master_weights"] or group["stochastic_rounding"]
                               or group["state_dtype"] == torch.float32)
 
 
-def stochastic_round_(dst: Tensor, src: Tensor, key: tuple[int, int, int]) -> None:
+def stochastic_round_(dst: Tensor, src: Tensor, key: tuple[int, int, int], word: int = 0) -> None:
     """dst (bf16) = src (fp32) rounded at random: 16 random bits are added below the bf16 mantissa, then
     cut off. Unbiased for finite values; inf and NaN stay as they are. key = (seed, step t, parameter
-    index): the bits are the CUDA kernels' (NOTE: [stochastic rounding bits] in csrc/common/philox.h)."""
+    index); `word`: 0 for a parameter, 1 + k for its state k. The bits are the kernels' (NOTE: [stochastic
+    rounding bits] in csrc/common/philox.h)."""
     seed, step, index = key
     # element k of the stream is the one at memory position k, as in the kernels (a channels_last tensor's
     # memory order is not its logical one)
     noise = in_memory_order(stochastic_rounding_bits(src.numel(), seed=seed, param_index=index, step=step,
-                                                     device=src.device), src)
+                                                     device=src.device, word=word), src)
     bits = src.view(torch.int32)
     rounded = ((bits + noise) & ~0xFFFF).view(torch.float32)
     dst.copy_(torch.where(torch.isfinite(src), rounded, src))
@@ -86,6 +103,9 @@ def stochastic_round_(dst: Tensor, src: Tensor, key: tuple[int, int, int]) -> No
 def fused_kwargs(group: dict, dtype: torch.dtype, states: list[dict]) -> dict:
     """The native op's mixed-precision arguments: the master weights (of `states`) and the stochastic-rounding
     switch. The states are already in their dtype (state_dtype below)."""
+    if dtype == torch.float32:  # bf16 states, rounded at random (8-bit codes have no rounding to choose)
+        bf16 = bool(states) and any(isinstance(v, Tensor) and v.dtype == torch.bfloat16 for v in states[0].values())
+        return dict(stochastic_rounding=True) if bf16 and group["stochastic_rounding"] else {}
     if dtype not in HALF:
         return {}
     masters = [local(st["master_weight"]) for st in states] if group["master_weights"] else []
@@ -110,11 +130,22 @@ class Fp32Work:
     def write_back(self, param_indices: list[int], grads_written: bool) -> None:
         """`grads_written`: the op stored the unscaled gradients (NOTE: [GradScaler and .grad])."""
         params = self.lists[0]
-        if self.group["stochastic_rounding"]:
-            for p, work, st, index in zip(self.targets, params, self.states, param_indices):
-                stochastic_round_(p, work, (self.group["seed"], int(st["step"].item()), index))
-        else:
+        stochastic = self.group["stochastic_rounding"]
+        keys = [(self.group["seed"], int(st["step"].item()), index)
+                for st, index in zip(self.states, param_indices)] if stochastic else []
+        if stochastic and self.targets and self.targets[0].dtype == torch.bfloat16:
+            for p, work, key in zip(self.targets, params, keys):
+                stochastic_round_(p, work, key)
+        elif any(work is not p for work, p in zip(params, self.targets)):
             torch._foreach_copy_(self.targets, params)
+        word = 0  # the kernels' state k, counting the lists in use (an empty one is a state not kept)
         for k, (original, work) in enumerate(self.upcast):
-            if work is not original and (k > 0 or grads_written):
+            word += int(k > 0 and bool(original))
+            if work is original or (k == 0 and not grads_written):
+                continue
+            if k > 0 and stochastic and original[0].dtype == torch.bfloat16 and \
+                    self.targets[0].dtype == torch.float32:  # the bf16 states of fp32 parameters
+                for state, fp32, key in zip(original, work, keys):
+                    stochastic_round_(state, fp32, key, word=word)  # state k: Philox word 1 + k
+            else:
                 torch._foreach_copy_(original, work)

@@ -677,7 +677,8 @@ class FusedOptimizer(Optimizer):
             work = None
             if backend is ops and self._fuse_precision:  # NOTE: [mixed precision in one pass]
                 fused_precision = P.fused_kwargs(group, bucket[0].dtype, states)
-            elif P.uses_fp32_work(group, bucket[0].dtype) or bucket[0].grad.dtype != bucket[0].dtype:
+            elif (P.uses_fp32_work(group, bucket[0].dtype, eight_bit=L.quantized(group, bucket[0]))
+                  or bucket[0].grad.dtype != bucket[0].dtype):
                 work = P.Fp32Work(group, states, tensors)
                 tensors = work.lists
             op(

@@ -54,8 +54,10 @@ def element_draws(numel: int, *, seed: int, param_index: int, step: int) -> tupl
     return normal, uniform_open01(words[2]), uniform_open01(words[3])
 
 
-def stochastic_rounding_bits(numel: int, *, seed: int, param_index: int, step: int, device=None) -> Tensor:
+def stochastic_rounding_bits(numel: int, *, seed: int, param_index: int, step: int, device=None,
+                             word: int = 0) -> Tensor:
     """The 16 random bits per element of stochastic rounding, int32, flat (NOTE: [stochastic rounding bits]
-    in csrc/common/philox.h: the counter's second word has its top bit set)."""
+    in csrc/common/philox.h: the counter's second word has its top bit set; `word` 0 rounds a parameter,
+    1 + k its state k)."""
     words = _element_words(numel, seed, param_index, step, 0x80000000, device)
-    return (words[0] & 0xFFFF).to(torch.int32)
+    return (words[word] & 0xFFFF).to(torch.int32)
