@@ -50,6 +50,25 @@ class BlocksPerChunk:
                 os.environ["GRADFUSED_CUDA_BLOCKS_PER_CHUNK"] = old
 
 
+class EightBitMinBlocks:
+    """Steps `opt` with GRADFUSED_CUDA_8BIT_MIN_BLOCKS=n (NOTE: [8-bit occupancy variants] in
+    csrc/cuda/update_kernel.cuh): AdamW's 8-bit kernel compiled for n blocks of 512 threads an SM."""
+
+    def __init__(self, opt, n: int):
+        self.opt, self.n = opt, str(n)
+
+    def step(self):
+        old = os.environ.get("GRADFUSED_CUDA_8BIT_MIN_BLOCKS")
+        os.environ["GRADFUSED_CUDA_8BIT_MIN_BLOCKS"] = self.n
+        try:
+            self.opt.step()
+        finally:
+            if old is None:
+                del os.environ["GRADFUSED_CUDA_8BIT_MIN_BLOCKS"]
+            else:
+                os.environ["GRADFUSED_CUDA_8BIT_MIN_BLOCKS"] = old
+
+
 class CapturedStep:
     """`opt.step()` captured once in a CUDA graph; `step()` replays it (torch's capture recipe: the first
     step, which creates the state, runs eagerly on a side stream)."""
@@ -100,7 +119,10 @@ PROVIDERS = {
     "gradfused.GradientAscent": (lambda p, o: gf.GradientAscent(p, **o), 28),
     "gradfused.Align(AdamW)": (lambda p, o: gf.GradientAlignment(gf.AdamW(p, **o)), 40),
     "gradfused.AdamW(8-bit)": (lambda p, o: gf.AdamW(p, **o), 28, EIGHT_BIT),
+    "gradfused.AdamW(8-bit)[2 blocks/SM]": (lambda p, o: EightBitMinBlocks(gf.AdamW(p, **o), 2), 28, EIGHT_BIT),
     "gradfused.AdamW(bf16,8-bit)": (lambda p, o: gf.AdamW(p, **o), 28, BF16_EIGHT_BIT),
+    "gradfused.AdamW(bf16,8-bit)[2 blocks/SM]": (lambda p, o: EightBitMinBlocks(gf.AdamW(p, **o), 2), 28,
+                                                 BF16_EIGHT_BIT),
     "gradfused.AdEMA(8-bit)": (lambda p, o: gf.AdEMA(p, **o), 36, EIGHT_BIT),
     "gradfused.SGD(momentum,8-bit)": (lambda p, o: gf.SGD(p, lr=1e-2, momentum=0.9, **o), 20, EIGHT_BIT),
     "bitsandbytes.AdamW8bit": (lambda p, o: _bitsandbytes().optim.AdamW8bit(p), 28, EIGHT_BIT),
@@ -130,8 +152,9 @@ CASES = {
         "gradfused.SGD(plain)", "torch.SGD(fused,plain)", "gradfused.SGD(momentum)", "torch.SGD(fused,momentum)"]),
     "100M-in-100": ("100M-in-100", (torch.float32, {}), ALL_RULES),
     "gpt2-124M-8bit": ("gpt2-124M", (torch.float32, {}), [
-        "gradfused.AdamW(8-bit)", "gradfused.AdamW", "torch.AdamW(fused)", "bitsandbytes.AdamW8bit",
-        "gradfused.AdamW(bf16,8-bit)", "gradfused.AdamW(bf16)", "gradfused.AdEMA(8-bit)", "gradfused.AdEMA",
+        "gradfused.AdamW(8-bit)", "gradfused.AdamW(8-bit)[2 blocks/SM]", "gradfused.AdamW", "torch.AdamW(fused)",
+        "bitsandbytes.AdamW8bit", "gradfused.AdamW(bf16,8-bit)", "gradfused.AdamW(bf16,8-bit)[2 blocks/SM]",
+        "gradfused.AdamW(bf16)", "gradfused.AdEMA(8-bit)", "gradfused.AdEMA",
         "gradfused.SGD(momentum,8-bit)", "gradfused.SGD(momentum)"]),
     "100M-in-100-bf16-master": ("100M-in-100", BF16_MASTER,
                                 [name for name in ALL_RULES if name.startswith("gradfused.")]),
@@ -149,6 +172,8 @@ RATIOS = [
     ("bitsandbytes.AdamW8bit", "gradfused.AdamW(8-bit)"), ("gradfused.AdamW", "gradfused.AdamW(bf16,8-bit)"),
     ("gradfused.AdamW(bf16)", "gradfused.AdamW(bf16,8-bit)"), ("gradfused.AdEMA", "gradfused.AdEMA(8-bit)"),
     ("gradfused.SGD(momentum)", "gradfused.SGD(momentum,8-bit)"),
+    ("gradfused.AdamW(8-bit)", "gradfused.AdamW(8-bit)[2 blocks/SM]"),
+    ("gradfused.AdamW(bf16,8-bit)", "gradfused.AdamW(bf16,8-bit)[2 blocks/SM]"),
 ]
 
 

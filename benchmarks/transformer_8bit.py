@@ -35,7 +35,10 @@ def markov_chain(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(next tokens [V, V, BRANCHES], their probabilities [V, V, BRANCHES]) of the generated language."""
     gen = torch.Generator().manual_seed(seed)
     nxt = torch.stack([torch.randperm(VOCAB, generator=gen)[:BRANCHES] for _ in range(VOCAB * VOCAB)])
-    probs = torch.distributions.Dirichlet(torch.ones(BRANCHES)).sample((VOCAB * VOCAB,))
+    # Dirichlet(1) as normalized Exp(1) draws, from `gen` (Dirichlet.sample would read the global generator,
+    # whose seed differs from process to process: another language each run)
+    exp = -torch.rand(VOCAB * VOCAB, BRANCHES, generator=gen, dtype=torch.float64).log()
+    probs = (exp / exp.sum(-1, keepdim=True)).float()
     return nxt.view(VOCAB, VOCAB, BRANCHES), probs.view(VOCAB, VOCAB, BRANCHES)
 
 
@@ -132,12 +135,15 @@ def main(argv=None):
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--weight-decay", type=float, default=0.01)
     parser.add_argument("--out", default=None, help="folder for results.json and loss_curves.png")
+    parser.add_argument("--optimizers", nargs="+", default=None, help="a subset of the optimizers' names")
     args = parser.parse_args(argv)
     chain = markov_chain(0)
     floor = entropy(chain[1])
     results = []
     for seed in args.seeds:
         for name, make in optimizers(args.lr, args.weight_decay).items():
+            if args.optimizers and name not in args.optimizers:
+                continue
             r = run(name, make, chain, args.steps, args.batch, seed)
             results.append(r)
             print(f"seed {seed}  {name:33s} val loss {r['val_loss']:.4f}  optimizer {r['optimizer_ms_per_step']:.2f} "

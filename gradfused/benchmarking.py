@@ -72,6 +72,7 @@ CASES: dict[str, tuple[Callable[[bool], list[tuple[int, ...]]], torch.dtype, dic
     "a-bf16-state-fp32": (_split(10_000_000, 100), torch.bfloat16, dict(state_dtype=torch.float32)),
     "a-bf16-master": (_split(10_000_000, 100), torch.bfloat16, dict(master_weights=True)),
     "a-bf16-stochastic": (_split(10_000_000, 100), torch.bfloat16, dict(stochastic_rounding=True, seed=0)),
+    "a-bf16-states": (_split(10_000_000, 100), torch.float32, dict(state_dtype=torch.bfloat16)),
     "a-8bit-states": (_split(10_000_000, 100), torch.float32, dict(state_bits=8)),
     "d-gpt2-small-8bit-states": (lambda small: CASES["d-gpt2-small"][0](small), torch.float32, dict(state_bits=8)),
     "h-1M-8bit-states": (lambda small: [(10_000,)] if small else [(1_000_000,)], torch.float32, dict(state_bits=8)),
@@ -265,7 +266,8 @@ def timed(fn: Callable[[], object], device: torch.device) -> float:
 
 def step_bytes(optimizer: str, shapes: list[tuple[int, ...]], dtype: torch.dtype, options: dict | None = None) -> float:
     """The bytes one step must move at the least: every tensor read once and every result written once.
-    With 16-bit parameters, fp32 states (state_dtype, master weights) and a master weight add theirs."""
+    With 16-bit parameters, fp32 states (state_dtype, master weights) and a master weight add theirs; bf16
+    states of fp32 parameters move half a state's bytes."""
     fp32 = BYTES_PER_ELEMENT[optimizer]
     narrow = dtype.itemsize / 4
     per_element = fp32 * narrow
@@ -277,6 +279,8 @@ def step_bytes(optimizer: str, shapes: list[tuple[int, ...]], dtype: torch.dtype
         per_element += states * 8 * (1 - narrow)
     if dtype.itemsize == 2 and options.get("master_weights"):
         per_element += 8
+    if dtype == torch.float32 and options.get("state_dtype") == torch.bfloat16:  # each state: 2 bytes each way
+        per_element -= (fp32 - 12) / 8 * 4
     return per_element * sum(math.prod(s) for s in shapes)
 
 

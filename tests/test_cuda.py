@@ -10,7 +10,7 @@ import torch
 import gradfused as gf
 from devices import cuda_ready
 from optim_table import CASES, DTYPES, all_states, tolerance
-from test_mixed_precision import COMBINATIONS, OPTIONS
+from test_mixed_precision import BF16_STATES, COMBINATIONS, OPTIONS
 from test_parity import STEPS, clone_params, groups, make_params
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -73,6 +73,23 @@ def test_cuda_mixed_precision_matches_reference(case, dtype, option):
     ref = case.make(ref_params, False, **OPTIONS[option])
     cuda = case.make(cuda_params, True, **OPTIONS[option])
     step_side_by_side([cuda, ref], [cuda_params, ref_params], dtype, STEPS, torch.Generator().manual_seed(1))
+    assert_all_close(cuda, cuda_params, ref, ref_params, {"atol": 5e-3, "rtol": 5e-3})
+
+
+@pytest.mark.parametrize("option", list(BF16_STATES))
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_cuda_bf16_states_of_fp32_parameters_match_reference(case, option):
+    """state_dtype=torch.bfloat16 on fp32 parameters, to nearest and at random (Philox words 1 + k, the
+    CPU's bits), against the CPU reference's fp32 working copies: the states within the 16-bit tolerance
+    of docs/algorithms.md §5 (one bf16 rounding apart where fp32 sums differ in their last bit)."""
+    shapes = [(4097,), (3, 5, 7), (), (0,), (2**20 + 3,)]
+    gen = torch.Generator().manual_seed(0)
+    ref_params = [torch.randn(s, generator=gen, dtype=torch.float64).float().requires_grad_() for s in shapes]
+    cuda_params = to_cuda(ref_params)
+    ref = case.make(ref_params, False, **BF16_STATES[option])
+    cuda = case.make(cuda_params, True, **BF16_STATES[option])
+    step_side_by_side([cuda, ref], [cuda_params, ref_params], torch.float32, STEPS, torch.Generator().manual_seed(1))
+    assert all(p.dtype == torch.float32 for p in cuda_params)
     assert_all_close(cuda, cuda_params, ref, ref_params, {"atol": 5e-3, "rtol": 5e-3})
 
 

@@ -141,14 +141,18 @@ def test_cuda_kernel_composes_with_mixed_precision(options, step_options):
 
 @pytest.mark.cuda
 @CUDA_SKIP
-@pytest.mark.parametrize("blocks_per_chunk", ["1", "8"])
-def test_cuda_blocks_per_chunk_change_nothing(blocks_per_chunk, monkeypatch):
+@pytest.mark.parametrize("variable, default, setting", [
+    ("GRADFUSED_CUDA_BLOCKS_PER_CHUNK", "4", "1"), ("GRADFUSED_CUDA_BLOCKS_PER_CHUNK", "4", "8"),
+    ("GRADFUSED_CUDA_8BIT_MIN_BLOCKS", "1", "2"),
+])
+def test_cuda_launch_settings_change_nothing(variable, default, setting, monkeypatch):
     """However many thread blocks share a chunk (NOTE: [blocks per chunk]), every block of 256 is one
-    warp's: the same codes, scales and parameters, bit for bit, as the default."""
+    warp's; and the occupancy variant (NOTE: [8-bit occupancy variants]) only allocates registers
+    otherwise: the same codes, scales and parameters, bit for bit, as the default."""
     params = make_params(shapes=[(200_003,), (4097,)])
     runs = []
-    for setting in ("4", blocks_per_chunk):
-        monkeypatch.setenv("GRADFUSED_CUDA_BLOCKS_PER_CHUNK", setting)
+    for value in (default, setting):
+        monkeypatch.setenv(variable, value)
         runs.append(list(_cuda_twin_steps(lambda p, fused: gf.AdamW(p, lr=1e-2, fused=fused, **EIGHT_BIT),
                                           [p.detach().clone() for p in params], steps=2))[-1])
     (_, a, pa, _), (_, b, pb, _) = runs

@@ -54,6 +54,7 @@ struct UpdateCall {
   double noise_eta, noise_gamma;
   Hyper hyper;
   int blocks_per_chunk;  // NOTE: [blocks per chunk]
+  int min_blocks_8bit;   // NOTE: [8-bit occupancy variants]
   cudaStream_t stream;
   // 8-bit states (NOTE: [8-bit states on CUDA]): the state lists hold uint8 codes; state_absmax[k *
   // num_tensors + i] is state k's absmax per block of tensor i (on the device).

@@ -54,6 +54,15 @@ int blocks_per_chunk() {
   return n;
 }
 
+// NOTE: [8-bit occupancy variants]; read at each call so that one process can compare the settings.
+int min_blocks_8bit() {
+  const char* v = std::getenv("GRADFUSED_CUDA_8BIT_MIN_BLOCKS");
+  if (v == nullptr || *v == 0) return 1;
+  const int n = std::atoi(v);
+  TORCH_CHECK(n == 1 || n == 2, "GRADFUSED_CUDA_8BIT_MIN_BLOCKS must be 1 or 2, got '", v, "'");
+  return n;
+}
+
 template <Rule R> struct LaunchOf;
 template <> struct LaunchOf<Rule::PersistentSgd> { static constexpr auto fn = &launch_persistent_sgd; };
 template <> struct LaunchOf<Rule::Adam> { static constexpr auto fn = &launch_adam; };
@@ -114,6 +123,7 @@ struct CudaBackend {
     call.noise_gamma = pipeline.noise_gamma();
     call.hyper = a.hyper;
     call.blocks_per_chunk = blocks_per_chunk();
+    call.min_blocks_8bit = min_blocks_8bit();
     call.stream = at::cuda::getCurrentCUDAStream().stream();
     call.quantized = pipeline.quantized();
     call.state_absmax = absmax.data();

@@ -233,8 +233,18 @@ __device__ __forceinline__ float warp_absmax(const S (&x)[kPerLane], int64_t fir
   return float(top);
 }
 
-template <class Rule, class Scalars, bool kRandom, class T, class H>
-__global__ void __launch_bounds__(kBlockSize)
+// NOTE: [8-bit occupancy variants]
+// The 8-bit kernel holds a block's codes, states, parameters and gradients in registers: 122-126 a thread
+// for AdamW, so one 512-thread block fits an SM (the fp32 kernel takes 40). Whether two blocks an SM
+// (at most 64 registers, spilling the rest) run faster is for a GPU to say: AdamW's 8-bit kernel is also
+// compiled with __launch_bounds__(kBlockSize, 2), and GRADFUSED_CUDA_8BIT_MIN_BLOCKS=2 picks it at each
+// call, so that benchmarks/gpu_bench.py compares both in one run (its `[2 blocks/SM]` rows). Only AdamW
+// has the variant: doubling every rule's 8-bit kernels would add minutes to each CUDA build.
+template <class Rule> struct HasOccupancyVariant : std::false_type {};
+template <int V> struct HasOccupancyVariant<AdamRule<V>> : std::true_type {};
+
+template <class Rule, class Scalars, bool kRandom, class T, class H, int kMinBlocks = 1>
+__global__ void __launch_bounds__(kBlockSize, kMinBlocks)
     update_kernel_8bit(const __grid_constant__ UpdateMeta8bit meta, const __grid_constant__ UpdateCall<H> call) {
   using S = S_of<T>;
   constexpr int kStates = Rule::kNumStates;
@@ -379,6 +389,10 @@ void launch_update_8bit(const UpdateCall<H>& call, bool random) {
     for (int k = 0; k < Rule::kNumStates; ++k) tensors[i].absmax[k] = call.state_absmax[k * call.num_tensors + i];
   }
   auto kernel = random ? &update_kernel_8bit<Rule, Scalars, true, T, H> : &update_kernel_8bit<Rule, Scalars, false, T, H>;
+  if constexpr (HasOccupancyVariant<Rule>::value) {  // NOTE: [8-bit occupancy variants]
+    if (call.min_blocks_8bit == 2)
+      kernel = random ? &update_kernel_8bit<Rule, Scalars, true, T, H, 2> : &update_kernel_8bit<Rule, Scalars, false, T, H, 2>;
+  }
   for_each_batch<UpdateMeta8bit>(tensors.data(), call.num_tensors, [&](const UpdateMeta8bit& meta, int blocks) {
     kernel<<<blocks * call.blocks_per_chunk, kBlockSize, 0, call.stream>>>(meta, call);
     check_launch("8-bit update");
