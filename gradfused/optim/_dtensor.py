@@ -21,6 +21,15 @@ def local(t: Tensor) -> Tensor:
     return t.to_local() if is_dtensor(t) else t
 
 
+def like_param(local_tensor: Tensor, like: Tensor) -> Tensor:
+    """`local_tensor` as a DTensor laid out like `like` (its shard on this rank) where `like` is one; else
+    itself. For per-element companions of a parameter (8-bit codes, decoded states)."""
+    if not is_dtensor(like):
+        return local_tensor
+    return DTensor.from_local(local_tensor, like.device_mesh, like.placements, run_check=False, shape=like.shape,
+                              stride=like.stride())
+
+
 def local_shards(owner: str, params: list[Tensor], *lists: list[Tensor]) -> list[list[Tensor]]:
     """The local tensors of `params` and of each list beside it (grads, states; an empty list stays empty),
     which must be laid out like their parameter (the same mesh and placements) for an elementwise op to see

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from .. import quantization as Q
 from . import _validation as V
+from ._dtensor import is_dtensor, like_param, local
 
 DEFAULTS = dict(state_bits=32, quantize_min_numel=4096)
 ABSMAX = "_absmax"  # the suffix of a state's absmax key
@@ -45,11 +46,24 @@ def quantized(group: dict, p: Tensor) -> bool:
     return group["state_bits"] == 8 and p.numel() >= group["quantize_min_numel"] and not p.is_complex()
 
 
+# NOTE: [8-bit states of sharded parameters]
+# A DTensor parameter (FSDP2's fully_shard) keeps its codes as a DTensor laid out like it, and one plain
+# float32 absmax per block of its *local* shard: each rank quantizes its shard, in blocks of 256 of the
+# shard's memory order, and nothing is communicated. Whether a parameter is 8-bit is decided on its
+# global size (quantized(), above), so the decision does not change with the world size. Where every
+# shard is a whole number of blocks, the blocks are those of the unsharded tensor and the step is the
+# unsharded optimizer's, bit for bit (tested); elsewhere a block ends at the shard's end, the same scheme
+# over other blocks. A state_dict holds these states decoded to float32 DTensors (saved_format): per-rank
+# scales would only load on the same shards, whereas DCP reshards full-precision DTensors to any world
+# size, and the load encodes them again on each rank (encode).
+
+
 def new_state(p: Tensor, key: str) -> dict[str, Tensor]:
     """Zero states of `p` as codes and absmax (an absmax of 0 decodes every code to 0)."""
     signed = key not in UNSIGNED_STATES
-    codes = torch.full_like(p, Q.zero_code(signed), dtype=torch.uint8, memory_format=torch.preserve_format)
-    return {key: codes, key + ABSMAX: torch.zeros(Q.num_blocks(p.numel()), dtype=torch.float32, device=p.device)}
+    codes = torch.full_like(local(p), Q.zero_code(signed), dtype=torch.uint8, memory_format=torch.preserve_format)
+    absmax = torch.zeros(Q.num_blocks(codes.numel()), dtype=torch.float32, device=codes.device)
+    return {key: like_param(codes, p), key + ABSMAX: absmax}
 
 
 def op_kwargs(keys: list[str], states: list[dict]) -> dict:
@@ -84,14 +98,17 @@ def put_in_parameter_order(state: dict, key: str, p: Tensor) -> None:
 
 
 def encode(state: dict, key: str) -> None:
-    """A full-precision state (a checkpoint's) as codes and absmax, in place of it."""
-    codes, absmax = Q.quantize_blockwise(state[key], key not in UNSIGNED_STATES)
-    state[key], state[key + ABSMAX] = codes, absmax
+    """A full-precision state (a checkpoint's) as codes and absmax, in place of it (a DTensor's shard by
+    shard: NOTE: [8-bit states of sharded parameters])."""
+    codes, absmax = Q.quantize_blockwise(local(state[key]), key not in UNSIGNED_STATES)
+    state[key], state[key + ABSMAX] = like_param(codes, state[key]), absmax
 
 
 def decode(state: dict, key: str, dtype: torch.dtype) -> None:
     """8-bit codes (a checkpoint's) as a full-precision state in `dtype`, in place of them."""
-    state[key] = Q.dequantize_blockwise(state[key], state.pop(key + ABSMAX), key not in UNSIGNED_STATES, dtype)
+    codes = state[key]
+    values = Q.dequantize_blockwise(local(codes), state.pop(key + ABSMAX), key not in UNSIGNED_STATES, dtype)
+    state[key] = like_param(values, codes)
 
 
 def is_codes(value) -> bool:
@@ -100,7 +117,12 @@ def is_codes(value) -> bool:
 
 def saved_format(state: dict) -> dict:
     """A parameter's state as a state_dict saves it: codes under `<key>_codes` (NOTE: [8-bit states in a
-    state_dict])."""
+    state_dict]); a sharded parameter's decoded to float32 (NOTE: [8-bit states of sharded parameters])."""
+    sharded = [key for key, value in state.items() if is_codes(value) and is_dtensor(value)]
+    if sharded:
+        state = dict(state)
+        for key in sharded:
+            decode(state, key, torch.float32)
     return {key + CODES if is_codes(value) else key: value for key, value in state.items()}
 
 

@@ -495,9 +495,6 @@ class FusedOptimizer(Optimizer):
                     fp32_grads.append(id(p))  # torch's param.grad_dtype = torch.float32
                 else:
                     self._raise_bad_grad(group, i, p, g)
-            if group["state_bits"] == 8 and is_dtensor(p):
-                raise ValueError(f"{self._name}: params[{i}] is a sharded DTensor; state_bits=8 is not supported "
-                                 "with FSDP2/DTensor parameters yet (their blocks would have to lie in each shard)")
             if draws and is_dtensor(p):
                 raise ValueError(f"{self._name}: params[{i}] is a sharded DTensor; grad_noise, grad_dropout, "
                                  "lr_dropout and stochastic_rounding key each element by its index in the whole "
