@@ -111,8 +111,8 @@ inline void check_owns_each_element(const char* op, const NamedList& list) {
 // float32 (NOTE: [mixed precision in one pass]), and the state lists of float32 parameters bfloat16, each
 // list in one dtype: one kernel serves one combination per call.
 inline void check_lists(const char* op, c10::DeviceType device_type, const NamedList& params,
-                        at::ArrayRef<NamedList> others, at::ArrayRef<NamedList> fp32_ok_lists = {}, bool fp32_ok = false,
-                        at::ArrayRef<NamedList> state_lists = {}) {
+                        at::ArrayRef<NamedList> others, at::ArrayRef<NamedList> fp32_ok_lists = {},
+                        bool fp32_ok = false, at::ArrayRef<NamedList> state_lists = {}) {
   for (size_t i = 0; i < params.tensors.size(); ++i) {
     const Tensor& p = params.tensors[i];
     TORCH_CHECK(p.defined(), op, ": ", params.name, "[", i, "] is undefined");

@@ -391,7 +391,8 @@ void launch_update_8bit(const UpdateCall<H>& call, bool random) {
   auto kernel = random ? &update_kernel_8bit<Rule, Scalars, true, T, H> : &update_kernel_8bit<Rule, Scalars, false, T, H>;
   if constexpr (HasOccupancyVariant<Rule>::value) {  // NOTE: [8-bit occupancy variants]
     if (call.min_blocks_8bit == 2)
-      kernel = random ? &update_kernel_8bit<Rule, Scalars, true, T, H, 2> : &update_kernel_8bit<Rule, Scalars, false, T, H, 2>;
+      kernel = random ? &update_kernel_8bit<Rule, Scalars, true, T, H, 2>
+                      : &update_kernel_8bit<Rule, Scalars, false, T, H, 2>;
   }
   for_each_batch<UpdateMeta8bit>(tensors.data(), call.num_tensors, [&](const UpdateMeta8bit& meta, int blocks) {
     kernel<<<blocks * call.blocks_per_chunk, kBlockSize, 0, call.stream>>>(meta, call);

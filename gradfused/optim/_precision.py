@@ -6,8 +6,8 @@
 - ``master_weights=True``: an fp32 copy of each parameter in the state (``master_weight``), updated by the
   step and written back rounded to the parameter; the states are fp32 too;
 - ``stochastic_rounding=True`` (bf16 parameters without master weights, or the bf16 states of fp32
-  parameters): the fp32 result is rounded to bf16 at random, up with probability equal to the fraction cut off, so the rounding is unbiased and updates
-  smaller than half a bf16 ulp are not lost. The bits come from a generator keyed by (seed, step,
+  parameters): the fp32 result is rounded to bf16 at random, up with probability equal to the fraction
+  cut off, so the rounding is unbiased and updates smaller than half a bf16 ulp are not lost. The bits come from a generator keyed by (seed, step,
   parameter index), so a run is reproducible and a resumed checkpoint continues the same stream.
 
 The native kernels, CPU and CUDA, fuse all three (NOTE: [mixed precision in one pass] in
