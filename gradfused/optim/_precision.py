@@ -104,8 +104,12 @@ def fused_kwargs(group: dict, dtype: torch.dtype, states: list[dict]) -> dict:
     """The native op's mixed-precision arguments: the master weights (of `states`) and the stochastic-rounding
     switch. The states are already in their dtype (state_dtype below)."""
     if dtype == torch.float32:  # bf16 states, rounded at random (8-bit codes have no rounding to choose)
-        bf16 = bool(states) and any(isinstance(v, Tensor) and v.dtype == torch.bfloat16 for v in states[0].values())
-        return dict(stochastic_rounding=True) if bf16 and group["stochastic_rounding"] else {}
+        if not (group["stochastic_rounding"] and group["state_dtype"] == torch.bfloat16) or len(states) == 0:
+            return {}  # plain loops below: Dynamo before torch 2.13 cannot trace bool(list) or any(generator)
+        for value in states[0].values():
+            if isinstance(value, Tensor) and value.dtype == torch.bfloat16:
+                return dict(stochastic_rounding=True)
+        return {}
     if dtype not in HALF:
         return {}
     masters = [local(st["master_weight"]) for st in states] if group["master_weights"] else []
@@ -140,7 +144,7 @@ class Fp32Work:
             torch._foreach_copy_(self.targets, params)
         word = 0  # the kernels' state k, counting the lists in use (an empty one is a state not kept)
         for k, (original, work) in enumerate(self.upcast):
-            word += int(k > 0 and bool(original))
+            word += int(k > 0 and len(original) > 0)
             if work is original or (k == 0 and not grads_written):
                 continue
             if k > 0 and stochastic and original[0].dtype == torch.bfloat16 and \
