@@ -32,41 +32,32 @@ LAYOUTS = {
     "100M-in-100": [(1_000_000,)] * 100,
 }
 
-class BlocksPerChunk:
-    """Steps `opt` with GRADFUSED_CUDA_BLOCKS_PER_CHUNK=n (NOTE: [blocks per chunk] in the launcher)."""
+class WithLaunchSetting:
+    """Steps `opt` with the environment variable `name` set to `value` for that step alone: the CUDA
+    launcher reads its settings at each call (NOTE: [blocks per chunk], GRADFUSED_CUDA_BLOCKS_PER_CHUNK;
+    NOTE: [8-bit occupancy variants], GRADFUSED_CUDA_8BIT_MIN_BLOCKS), so one run compares them."""
 
-    def __init__(self, opt, n: int):
-        self.opt, self.n = opt, str(n)
+    def __init__(self, opt, name: str, value: int):
+        self.opt, self.name, self.value = opt, name, str(value)
 
     def step(self):
-        old = os.environ.get("GRADFUSED_CUDA_BLOCKS_PER_CHUNK")
-        os.environ["GRADFUSED_CUDA_BLOCKS_PER_CHUNK"] = self.n
+        old = os.environ.get(self.name)
+        os.environ[self.name] = self.value
         try:
             self.opt.step()
         finally:
             if old is None:
-                del os.environ["GRADFUSED_CUDA_BLOCKS_PER_CHUNK"]
+                del os.environ[self.name]
             else:
-                os.environ["GRADFUSED_CUDA_BLOCKS_PER_CHUNK"] = old
+                os.environ[self.name] = old
 
 
-class EightBitMinBlocks:
-    """Steps `opt` with GRADFUSED_CUDA_8BIT_MIN_BLOCKS=n (NOTE: [8-bit occupancy variants] in
-    csrc/cuda/update_kernel.cuh): AdamW's 8-bit kernel compiled for n blocks of 512 threads an SM."""
+def one_block_per_chunk(opt):
+    return WithLaunchSetting(opt, "GRADFUSED_CUDA_BLOCKS_PER_CHUNK", 1)
 
-    def __init__(self, opt, n: int):
-        self.opt, self.n = opt, str(n)
 
-    def step(self):
-        old = os.environ.get("GRADFUSED_CUDA_8BIT_MIN_BLOCKS")
-        os.environ["GRADFUSED_CUDA_8BIT_MIN_BLOCKS"] = self.n
-        try:
-            self.opt.step()
-        finally:
-            if old is None:
-                del os.environ["GRADFUSED_CUDA_8BIT_MIN_BLOCKS"]
-            else:
-                os.environ["GRADFUSED_CUDA_8BIT_MIN_BLOCKS"] = old
+def two_8bit_blocks_per_sm(opt):
+    return WithLaunchSetting(opt, "GRADFUSED_CUDA_8BIT_MIN_BLOCKS", 2)
 
 
 class CapturedStep:
@@ -109,8 +100,8 @@ PROVIDERS = {
     "gradfused.AdamW[graph]": (lambda p, o: CapturedStep(gf.AdamW(p, **o)), 28),
     "gradfused.AdamW(bf16)": (lambda p, o: gf.AdamW(p, **o), 28, BF16),
     "gradfused.AdamW(bf16,master)": (lambda p, o: gf.AdamW(p, **o), 28, BF16_MASTER),
-    "gradfused.AdamW[1 block/chunk]": (lambda p, o: BlocksPerChunk(gf.AdamW(p, **o), 1), 28),
-    "gradfused.PersistentSGD[1 block/chunk]": (lambda p, o: BlocksPerChunk(gf.PersistentSGD(p, decay=0.9, **o), 1), 20),
+    "gradfused.AdamW[1 block/chunk]": (lambda p, o: one_block_per_chunk(gf.AdamW(p, **o)), 28),
+    "gradfused.PersistentSGD[1 block/chunk]": (lambda p, o: one_block_per_chunk(gf.PersistentSGD(p, decay=0.9, **o)), 20),
     "gradfused.AdamW(amsgrad)": (lambda p, o: gf.AdamW(p, amsgrad=True, **o), 36),
     "gradfused.RAdam": (lambda p, o: gf.RAdam(p, **o), 28),
     "gradfused.AdEMA": (lambda p, o: gf.AdEMA(p, **o), 36),
@@ -119,9 +110,9 @@ PROVIDERS = {
     "gradfused.GradientAscent": (lambda p, o: gf.GradientAscent(p, **o), 28),
     "gradfused.Align(AdamW)": (lambda p, o: gf.GradientAlignment(gf.AdamW(p, **o)), 40),
     "gradfused.AdamW(8-bit)": (lambda p, o: gf.AdamW(p, **o), 28, EIGHT_BIT),
-    "gradfused.AdamW(8-bit)[2 blocks/SM]": (lambda p, o: EightBitMinBlocks(gf.AdamW(p, **o), 2), 28, EIGHT_BIT),
+    "gradfused.AdamW(8-bit)[2 blocks/SM]": (lambda p, o: two_8bit_blocks_per_sm(gf.AdamW(p, **o)), 28, EIGHT_BIT),
     "gradfused.AdamW(bf16,8-bit)": (lambda p, o: gf.AdamW(p, **o), 28, BF16_EIGHT_BIT),
-    "gradfused.AdamW(bf16,8-bit)[2 blocks/SM]": (lambda p, o: EightBitMinBlocks(gf.AdamW(p, **o), 2), 28,
+    "gradfused.AdamW(bf16,8-bit)[2 blocks/SM]": (lambda p, o: two_8bit_blocks_per_sm(gf.AdamW(p, **o)), 28,
                                                  BF16_EIGHT_BIT),
     "gradfused.AdEMA(8-bit)": (lambda p, o: gf.AdEMA(p, **o), 36, EIGHT_BIT),
     "gradfused.SGD(momentum,8-bit)": (lambda p, o: gf.SGD(p, lr=1e-2, momentum=0.9, **o), 20, EIGHT_BIT),
