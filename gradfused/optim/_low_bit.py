@@ -73,7 +73,7 @@ def op_kwargs(keys: list[str], states: list[dict]) -> dict:
 
 
 def in_parameter_order(codes: Tensor, p: Tensor) -> bool:
-    """Whether codes lie in memory in the order the kernels walk p: p's own order where p is dense, else
+    """Whether codes (or any tensor shaped like p) lie in memory in the order the kernels walk p: p's own order where p is dense, else
     logical order (the kernels work on a contiguous copy of a non-dense parameter). A block is 256 codes
     in that order, so codes laid out otherwise would apply each scale to another block's elements."""
     if codes.stride() == p.stride() and Q._is_dense(p):
@@ -90,10 +90,8 @@ def put_in_parameter_order(state: dict, key: str, p: Tensor) -> None:
         decode(state, key, torch.float32)
     if not is_codes(state[key]):
         full = state[key]
-        if not Q._is_dense(p):
-            state[key] = full.contiguous()
-        elif full.shape != p.shape or any(a != b for a, b, n in zip(full.stride(), p.stride(), p.shape) if n > 1):
-            state[key] = torch.empty_like(p, dtype=full.dtype).copy_(full)
+        if not in_parameter_order(full, p):
+            state[key] = torch.empty_like(p, dtype=full.dtype).copy_(full) if Q._is_dense(p) else full.contiguous()
         encode(state, key)
 
 
