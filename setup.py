@@ -46,12 +46,17 @@ else:
     if too_old:
         raise SystemExit(too_old)
 
+    try:
+        cxx_flags, cpu_sources = build_config.cxx_flags(), build_config.cpu_sources()
+    except ValueError as e:
+        raise SystemExit(f"gradfused: {e}") from None
+
     def extension(kind, name, sources, nvcc_flags=()):
         return kind(name, [os.path.join("csrc", s) for s in sources], include_dirs=[os.path.join(HERE, "csrc")],
-                    extra_compile_args={"cxx": build_config.CXX_FLAGS, "nvcc": list(nvcc_flags)},
+                    extra_compile_args={"cxx": cxx_flags, "nvcc": list(nvcc_flags)},
                     extra_link_args=build_config.LINK_FLAGS)
 
-    ext_modules.append(extension(CppExtension, build_config.CPU_EXTENSION, build_config.CPU_SOURCES))
+    ext_modules.append(extension(CppExtension, build_config.CPU_EXTENSION, cpu_sources))
     cuda_skipped = build_config.cuda_build_skipped(torch.version.cuda, getattr(torch.version, "hip", None), CUDA_HOME)
     if cuda_skipped is None:
         build_config.set_default_arch_list(gpu_present=torch.cuda.is_available())

@@ -73,7 +73,9 @@ def jit_name(src: str) -> str:
     an installed copy each keep their own cache, where one shared folder made ninja rebuild everything at
     every switch between them."""
     where = hashlib.sha1(os.path.realpath(src).encode()).hexdigest()[:8]
-    return "gradfused_C_torch" + torch.__version__.replace(".", "_").replace("+", "_") + "_" + where
+    isas = _build.cpu_isas()  # a build of fewer instruction sets has its own folder (NOTE: [instruction sets built])
+    fewer = "" if isas == _build.CPU_ISAS else "_" + "_".join(isas)
+    return "gradfused_C_torch" + torch.__version__.replace(".", "_").replace("+", "_") + "_" + where + fewer
 
 
 def _jit_build(name: str, sources: list[str], cuda: bool) -> None:
@@ -89,7 +91,7 @@ def _jit_build(name: str, sources: list[str], cuda: bool) -> None:
     cpp_extension.load(
         name=name,
         sources=[os.path.join(src, s) for s in sources],
-        extra_cflags=_build.CXX_FLAGS,
+        extra_cflags=_build.cxx_flags(),
         extra_cuda_cflags=_build.NVCC_FLAGS if cuda else None,
         extra_ldflags=_build.LINK_FLAGS,
         extra_include_paths=[src],
@@ -155,7 +157,7 @@ def load() -> None:
     except ImportError as e:  # not built, or built against another torch
         aot_error = e
         try:
-            _jit_build(jit_name(_source_dir()), _build.CPU_SOURCES, cuda=False)
+            _jit_build(jit_name(_source_dir()), _build.cpu_sources(), cuda=False)
         except Exception as e:  # noqa: BLE001  (kept and reported by require())
             LOAD_ERROR = e
             LOAD_ERROR.__context__ = aot_error

@@ -64,6 +64,24 @@ def test_one_cxx_standard_for_gcc_and_nvcc():
     assert not any(f.startswith("-std=") and f != _build.CXX_STD for f in _build.CXX_FLAGS + _build.NVCC_FLAGS)
 
 
+def test_fewer_instruction_sets_build_fewer_kernel_units(monkeypatch):
+    """NOTE: [instruction sets built]: GRADFUSED_CPU_ISAS drops units and defines what cpu_features.cpp
+    leaves out; a JIT build of fewer sets has its own cache folder; nonsense is refused by name."""
+    monkeypatch.delenv("GRADFUSED_CPU_ISAS", raising=False)
+    every = _build.cpu_sources()
+    assert _build.cpu_isas() == ("generic", "avx2", "avx512") and not any("GF_WITHOUT" in f for f in _build.cxx_flags())
+    default_name = _native.jit_name("/src")
+    monkeypatch.setenv("GRADFUSED_CPU_ISAS", "avx2, generic")
+    assert _build.cpu_isas() == ("generic", "avx2")
+    assert set(every) - set(_build.cpu_sources()) == {f"cpu/kernels/{u}_avx512.cpp" for u in _build.KERNEL_UNITS}
+    assert [f for f in _build.cxx_flags() if "GF_WITHOUT" in f] == ["-DGF_WITHOUT_AVX512"]
+    assert _native.jit_name("/src") == default_name + "_generic_avx2"
+    for nonsense in ("avx2", "generic,sse9"):
+        monkeypatch.setenv("GRADFUSED_CPU_ISAS", nonsense)
+        with pytest.raises(ValueError, match="GRADFUSED_CPU_ISAS=.*includes generic"):
+            _build.cpu_sources()
+
+
 def test_default_architectures_only_without_a_gpu(monkeypatch):
     monkeypatch.delenv("TORCH_CUDA_ARCH_LIST", raising=False)
     _build.set_default_arch_list(gpu_present=True)  # torch then compiles for the GPUs it sees

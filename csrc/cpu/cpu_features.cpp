@@ -10,12 +10,17 @@ namespace cpu {
 #define GF_GENERIC_ENTRY(entry, Launch) &isa_generic::entry,
 #define GF_AVX2_ENTRY(entry, Launch) &isa_avx2::entry,
 #define GF_AVX512_ENTRY(entry, Launch) &isa_avx512::entry,
+// An instruction set not built (not x86-64, or left out by GRADFUSED_CPU_ISAS: NOTE: [instruction sets
+// built]) has an empty table, which choose() passes over.
 const KernelTable kGenericKernels = {"generic", GF_CPU_KERNEL_ENTRIES(GF_GENERIC_ENTRY)};
-#if defined(__x86_64__)
+#if defined(__x86_64__) && !defined(GF_WITHOUT_AVX2)
 const KernelTable kAvx2Kernels = {"avx2", GF_CPU_KERNEL_ENTRIES(GF_AVX2_ENTRY)};
-const KernelTable kAvx512Kernels = {"avx512", GF_CPU_KERNEL_ENTRIES(GF_AVX512_ENTRY)};
 #else
 const KernelTable kAvx2Kernels = {};
+#endif
+#if defined(__x86_64__) && !defined(GF_WITHOUT_AVX512)
+const KernelTable kAvx512Kernels = {"avx512", GF_CPU_KERNEL_ENTRIES(GF_AVX512_ENTRY)};
+#else
 const KernelTable kAvx512Kernels = {};
 #endif
 

@@ -120,7 +120,7 @@ template <class F> struct LaunchOf;
 template <class L> struct LaunchOf<void (*)(const L&, int64_t, int64_t)> { using type = L; };
 
 extern const KernelTable kGenericKernels;
-extern const KernelTable kAvx2Kernels;    // nullptr isa when not built (non-x86)
+extern const KernelTable kAvx2Kernels;    // nullptr isa when not built (NOTE: [instruction sets built])
 extern const KernelTable kAvx512Kernels;  // likewise
 
 // The best table this CPU supports, chosen once; GRADFUSED_CPU_ISA=generic|avx2|avx512 caps it.
