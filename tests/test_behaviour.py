@@ -334,7 +334,8 @@ for name, make in [("adamw", lambda p: gf.AdamW(p, lr=1e-2, amsgrad=True)), ("ra
                    ("align", lambda p: gf.GradientAlignment(gf.AdamW(p))), ("nadam", lambda p: gf.NAdam(p)),
                    ("rmsprop", lambda p: gf.RMSprop(p, momentum=0.9, centered=True)),
                    ("ascent", lambda p: gf.GradientAscent(p, nesterov=True, clip_value=1.0)),
-                   ("random", lambda p: gf.AdamW(p, grad_noise=(0.1, 0.55), grad_dropout=0.2, lr_dropout=0.5, seed=9))]:
+                   ("random", lambda p: gf.AdamW(p, grad_noise=(0.1, 0.55), grad_dropout=0.2, lr_dropout=0.5, seed=9)),
+                   ("8-bit", lambda p: gf.AdamW(p, lr=1e-2, state_bits=8, quantize_min_numel=0))]:
     for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
         params = [torch.randn(n, dtype=dtype, requires_grad=True) for n in (1000, 37)]
         opt = make(params)
@@ -342,7 +343,8 @@ for name, make in [("adamw", lambda p: gf.AdamW(p, lr=1e-2, amsgrad=True)), ("ra
             for p in params:
                 p.grad = torch.randn(p.shape).to(dtype)
             opt.step()
-        out[(name, str(dtype))] = [p.detach().clone() for p in params]
+        states = [t.reshape(-1).clone() for p in params for t in opt.state[p].values()] if name == "8-bit" else []
+        out[(name, str(dtype))] = [p.detach().clone() for p in params] + states
 for dtype in (torch.bfloat16, torch.float16):  # inf, NaN, overflow and subnormals through the vector stores
     special = [float("inf"), float("-inf"), float("nan"), 3e38, -3e38, 1e-40, 1.0, 0.0] * 5
     p = torch.tensor(special, requires_grad=True).to(dtype).detach().requires_grad_()
@@ -355,25 +357,31 @@ torch.save(out, sys.argv[1])
 
 
 def test_every_instruction_set_gives_the_same_numbers(tmp_path):
-    """The generic (no AVX) kernels run here too, capped by GRADFUSED_CPU_ISA, and must agree bitwise with
-    the best kernels of this CPU: the elementwise math is the same IEEE operations in the same order."""
+    """The generic (no AVX) and AVX2 kernels run here too, capped by GRADFUSED_CPU_ISA, and must agree bitwise
+    with the best kernels of this CPU: the elementwise math is the same IEEE operations in the same order.
+    8-bit states too: their codes and scales, whose encode and decode each instruction set has its own of."""
     results = {}
     # the subprocess imports the very gradfused this process runs (installed or in-place build): started
     # from the repository root it would import the source tree and compile it afresh
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(gf.__file__)))
-    for isa in ("generic", "best"):
-        env = dict(os.environ, GRADFUSED_CPU_ISA=isa, PYTHONPATH=package_root)
+    for isa in ("generic", "avx2", "best"):  # avx2: on an AVX-512 CPU, its own kernels
+        env = dict(os.environ, PYTHONPATH=package_root)
+        env.pop("GRADFUSED_CPU_ISA", None)
+        if isa != "best":  # any other value caps the choice (an unknown one, to generic)
+            env["GRADFUSED_CPU_ISA"] = isa
         path = tmp_path / f"{isa}.pt"
         subprocess.run([sys.executable, "-c", _ISA_SCRIPT, str(path)], env=env, check=True, cwd=tmp_path)
         results[isa] = torch.load(path)
     assert results["generic"].pop("isa") == "generic"
-    print("best instruction set here:", results["best"].pop("isa"))
-    for key, params in results["generic"].items():
-        for a, b in zip(params, results["best"][key]):
-            if key[0] == "align":  # only the lane count of the double sums differs
-                torch.testing.assert_close(a, b, msg=str(key))
-            else:  # bitwise, NaNs included
-                assert torch.equal(a.view(torch.uint8), b.view(torch.uint8)), key
+    print("instruction sets here:", results["avx2"].pop("isa"), results["best"].pop("isa"))
+    for other in ("avx2", "best"):
+        for key, params in results["generic"].items():
+            assert len(params) == len(results[other][key]), key
+            for a, b in zip(params, results[other][key]):
+                if key[0] == "align":  # only the lane count of the double sums differs
+                    torch.testing.assert_close(a, b, msg=str(key))
+                else:  # bitwise, NaNs included
+                    assert torch.equal(a.view(torch.uint8), b.view(torch.uint8)), (other, key)
 
 
 def test_a_stale_build_lock_is_removed_and_a_fresh_one_kept(tmp_path, capsys):
