@@ -26,10 +26,10 @@ KERNEL_UNITS = ("adam", "radam_nadam_rmsprop", "sgd")
 
 
 # NOTE: [instruction sets built]
-# GRADFUSED_CPU_ISAS=generic[,avx2[,avx512]] compiles the kernels for fewer instruction sets: each one is
-# about a third of the CPU engine's compile time. The CPU then runs the best one built (cpu_features.cpp).
+# GRADFUSED_CPU_ISAS=generic[,avx2][,avx512] compiles the kernels for fewer instruction sets: each one is
+# about a third of the kernels' compile time. The CPU then runs the best one built (cpu_features.cpp).
 # CI's later legs build the generic set only: the kernel units include no torch header, so the first leg's
-# build of every set already compiled them, and the later legs test what changes with torch.
+# build of every set already compiled them for this compiler.
 def cpu_isas() -> tuple[str, ...]:
     """The instruction sets whose kernels are compiled: all of CPU_ISAS unless GRADFUSED_CPU_ISAS names fewer."""
     value = os.environ.get("GRADFUSED_CPU_ISAS", "").strip()

@@ -113,7 +113,7 @@ struct KernelTable {
   X(alignment_stats, AlignLaunch) X(lookahead, LookaheadLaunch)
 #define GF_DECLARE_CPU_KERNEL(entry, Launch) void entry(const Launch&, int64_t chunk_begin, int64_t chunk_end);
 namespace isa_generic { GF_CPU_KERNEL_ENTRIES(GF_DECLARE_CPU_KERNEL) }
-namespace isa_avx2 { GF_CPU_KERNEL_ENTRIES(GF_DECLARE_CPU_KERNEL) }  // defined on x86-64 only
+namespace isa_avx2 { GF_CPU_KERNEL_ENTRIES(GF_DECLARE_CPU_KERNEL) }  // defined on x86-64, when built (NOTE: [instruction sets built])
 namespace isa_avx512 { GF_CPU_KERNEL_ENTRIES(GF_DECLARE_CPU_KERNEL) }  // likewise
 
 template <class F> struct LaunchOf;
