@@ -42,6 +42,16 @@ def cpu_isas() -> tuple[str, ...]:
     return tuple(isa for isa in CPU_ISAS if isa in named)
 
 
+def cpu_isa_cap_ignored() -> str | None:
+    """Why GRADFUSED_CPU_ISA (the run-time cap, csrc/cpu/cpu_features.cpp) is not what it was meant to be,
+    or None: the kernels read any other value than an instruction set's name as a cap to generic."""
+    value = os.environ.get("GRADFUSED_CPU_ISA")
+    if value is None or value in CPU_ISAS:
+        return None
+    return (f"GRADFUSED_CPU_ISA={value!r} is not one of {', '.join(CPU_ISAS)}: the CPU kernels run the generic "
+            "instruction set (unset it for the best one this CPU has)")
+
+
 def cpu_sources() -> list[str]:
     return ["gradfused.cpp", "cpu/ops_cpu.cpp", "cpu/cpu_features.cpp", "cpu/quantize_cpu.cpp"] + [
         f"cpu/kernels/{rules}_{isa}.cpp" for rules in KERNEL_UNITS for isa in cpu_isas()]

@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import time
+import warnings
 
 import torch
 
@@ -166,6 +167,9 @@ def load() -> None:
         kind = "just-in-time"
     CUDA_NOT_LOADED = _load_cuda(kind)
     _loaded(kind)
+    cap_ignored = _build.cpu_isa_cap_ignored()
+    if cap_ignored:
+        warnings.warn(f"gradfused: {cap_ignored}", stacklevel=2)
 
 
 def require() -> None:

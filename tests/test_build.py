@@ -82,6 +82,19 @@ def test_fewer_instruction_sets_build_fewer_kernel_units(monkeypatch):
             _build.cpu_sources()
 
 
+@pytest.mark.parametrize("value, ignored", [(None, False), ("avx2", False), ("best", True), ("AVX2", True)])
+def test_an_unknown_instruction_set_cap_is_named(monkeypatch, value, ignored):
+    """GRADFUSED_CPU_ISA caps the kernels at run time; any other value than a name caps them to generic,
+    which the load warns of, naming the variable."""
+    monkeypatch.delenv("GRADFUSED_CPU_ISA", raising=False)
+    if value is not None:
+        monkeypatch.setenv("GRADFUSED_CPU_ISA", value)
+    message = _build.cpu_isa_cap_ignored()
+    assert (message is not None) == ignored
+    if ignored:
+        assert f"GRADFUSED_CPU_ISA={value!r}" in message and "generic, avx2, avx512" in message
+
+
 def test_default_architectures_only_without_a_gpu(monkeypatch):
     monkeypatch.delenv("TORCH_CUDA_ARCH_LIST", raising=False)
     _build.set_default_arch_list(gpu_present=True)  # torch then compiles for the GPUs it sees
