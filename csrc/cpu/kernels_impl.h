@@ -94,6 +94,19 @@ GF_HD void store_states_stochastic(bf16* const* st, const V* sv, const RandomKey
   static_assert(kStates <= 3, "three Philox words for states");
 }
 
+// A vector's or an element's states, stored in their type (V: a vector or a scalar); bf16 states of an
+// fp32 parameter rounded at random where asked.
+template <int kStates, bool kBf16States, class TS, class V>
+GF_HD void store_states(TS* const* st, const V* sv, int64_t i, bool stochastic, const RandomKey& key, int64_t key_at) {
+  if constexpr (kBf16States) {
+    if (stochastic) return store_states_stochastic<kStates>(st, sv, key, key_at);
+  }
+  for (int j = 0; j < kStates; ++j) {
+    if constexpr (std::is_arithmetic_v<V>) store_scalar(st[j] + i, sv[j]);
+    else store(st[j] + i, sv[j]);
+  }
+}
+
 // NOTE: [one stream per element]
 // Every random number an element uses comes from its own Philox counter (element index, parameter index,
 // t) under the seed, drawn one element at a time whether the element sits in a vector or in the scalar
@@ -155,13 +168,7 @@ GF_HD void update_chunk(const SlotT& slot, int64_t begin, int64_t end, const Lau
     for (int j = 0; j < kStates; ++j) sv[j] = load(st[j] + i);
     if constexpr (kRandom) draw_lanes<V, S>(draws, L.random, key, slot.noise_std, i + key_offset);
     pipeline_step<Rule, kRandom, kWd>(pv, gv, sv, grad_mul, ps, hyper, ts, L.random, draws);
-    if constexpr (kBf16States) {
-      if (stochastic_states) store_states_stochastic<kStates>(st, sv, key, i + key_offset);
-      else
-        for (int j = 0; j < kStates; ++j) store(st[j] + i, sv[j]);
-    } else {
-      for (int j = 0; j < kStates; ++j) store(st[j] + i, sv[j]);
-    }
+    store_states<kStates, kBf16States>(st, sv, i, stochastic_states, key, i + key_offset);
     if constexpr (kHalf) {
       if (use_master) store(master + i, pv);
       if constexpr (std::is_same_v<T, bf16>) {
@@ -186,13 +193,7 @@ GF_HD void update_chunk(const SlotT& slot, int64_t begin, int64_t end, const Lau
     for (int j = 0; j < kStates; ++j) sv[j] = to_compute(st[j][i]);
     if constexpr (kRandom) scalar_draws = element_draws<S>(L.random, key, slot.noise_std, uint64_t(i + key_offset));
     pipeline_step<Rule, kRandom, kWd>(pv, gv, sv, grad_mul, ps, hyper, ts, L.random, scalar_draws);
-    if constexpr (kBf16States) {
-      if (stochastic_states) store_states_stochastic<kStates>(st, sv, key, i + key_offset);
-      else
-        for (int j = 0; j < kStates; ++j) store_scalar(st[j] + i, sv[j]);
-    } else {
-      for (int j = 0; j < kStates; ++j) store_scalar(st[j] + i, sv[j]);
-    }
+    store_states<kStates, kBf16States>(st, sv, i, stochastic_states, key, i + key_offset);
     if constexpr (kHalf) {
       if (use_master) master[i] = float(pv);
       if constexpr (std::is_same_v<T, bf16>) {
