@@ -59,7 +59,8 @@ def cpu_sources() -> list[str]:
 
 def cxx_flags() -> list[str]:
     """CXX_FLAGS, and a GF_WITHOUT_<ISA> define for each instruction set not built (cpu_features.cpp)."""
-    return CXX_FLAGS + [f"-DGF_WITHOUT_{isa.upper()}" for isa in CPU_ISAS if isa not in cpu_isas()]
+    built = cpu_isas()
+    return CXX_FLAGS + [f"-DGF_WITHOUT_{isa.upper()}" for isa in CPU_ISAS if isa not in built]
 
 
 # -ffp-contract=off: no implicit FMA, so every instruction set rounds alike and matches the reference

@@ -73,9 +73,10 @@ def op_kwargs(keys: list[str], states: list[dict]) -> dict:
 
 
 def in_parameter_order(codes: Tensor, p: Tensor) -> bool:
-    """Whether codes (or any tensor shaped like p) lie in memory in the order the kernels walk p: p's own order where p is dense, else
-    logical order (the kernels work on a contiguous copy of a non-dense parameter). A block is 256 codes
-    in that order, so codes laid out otherwise would apply each scale to another block's elements."""
+    """Whether codes (or any tensor shaped like p) lie in memory in the order the kernels walk p: p's own
+    order where p is dense, else logical order (the kernels work on a contiguous copy of a non-dense
+    parameter). A block is 256 codes in that order, so codes laid out otherwise would apply each scale to
+    another block's elements."""
     if codes.stride() == p.stride() and Q._is_dense(p):
         return True
     if not Q._is_dense(p):
