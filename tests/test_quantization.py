@@ -12,20 +12,25 @@ DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 
 
 @pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
-def test_maps_are_the_documented_tables(signed):
-    values = Q.map_values(signed).double()
-    assert len(values) == (255 if signed else 256)
-    assert bool((values[1:] > values[:-1]).all())  # strictly increasing
-    assert values[-1] == 1 and (values[0] == -1 if signed else values[0] == 0)
-    assert values[Q.zero_code(signed)] == 0
+def test_codes_are_the_documented_base_eight_map(signed):
+    """NOTE: [the 8-bit code]: code 0 stands for 0; below the top code (1) each group e = 0, 1, ... holds
+    2^(G-e) evenly spaced values of (8^-(e+1), 8^-e], the upper ends of the steps, down to 8^-G; signed
+    codes add a sign bit."""
+    values = Q.code_values(signed).double()
+    top, groups = Q.magnitude_top(signed), Q.code_groups(signed)
+    assert top == (127 if signed else 255)
+    magnitudes = values[: top + 1]
+    assert magnitudes[0] == 0 and magnitudes[top] == 1
+    assert bool((magnitudes[1:] > magnitudes[:-1]).all())  # strictly increasing
+    for e in range(groups + 1):
+        count = 2 ** (groups - e)
+        in_group = magnitudes[count: 2 * count]  # the codes whose leading one is bit groups - e
+        steps = torch.arange(1, count + 1, dtype=torch.float64) / count
+        assert torch.equal(in_group, 8.0 ** -e * (1 / 8 + 7 / 8 * steps)), e
+    assert magnitudes[1].item() == 8.0 ** -groups
     if signed:
-        assert torch.equal(values, -values.flip(0))
-    positive = values[values > 0]
-    bits = 7 if signed else 8
-    for e in range(bits - 1):  # 2^(bits-1-e) values in each decade (10^-(e+1), 10^-e), then 1 itself
-        in_decade = ((positive > 10.0 ** -(e + 1)) & (positive < 10.0 ** -e)).sum().item()
-        assert in_decade == 2 ** (bits - 1 - e), e
-    assert positive.min().item() == pytest.approx(0.325 * 10.0 ** -(bits - 2), rel=1e-6)
+        assert torch.equal(values[128:], -magnitudes[:128])
+    assert torch.equal(Q.code_values(signed, torch.float64), values)
 
 
 def _samples(n, dtype, seed=0):
@@ -71,22 +76,28 @@ def test_blocks_follow_memory_order():
 
 @pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
 def test_rounding_is_to_nearest_and_keeps_signs(signed):
-    """Each code is the map value nearest to x / absmax (within the rounding of the float32 midpoints),
-    so the error is at most half the map's spacing there, times the absmax; no code flips a sign, a
-    block's largest magnitude decodes exactly, and an unsigned non-zero value never decodes to 0."""
+    """Each code's value is the one nearest to x / absmax (no value is nearer, computed in double, up to
+    the float32 rounding of q·(1/7) in NOTE: [the 8-bit code], far below a step), except below the smallest
+    value, where u rounds to 0 under 9/16 of it (the bottom group's grid starts at 1/8 of it); no code flips
+    a sign, a block's largest magnitude decodes exactly, and an unsigned non-zero value never decodes to 0."""
     x = _samples(4096, torch.float32, seed=1)[:4096]
     x = x[torch.isfinite(x)][:3840]  # whole blocks, no NaN or inf
     if not signed:
         x = x.abs()
     codes, absmax = Q.quantize_blockwise(x, signed)
-    values = Q.map_values(signed).double()
-    u = (x.double().view(-1, 256) / absmax.double().clamp_min(1e-300).unsqueeze(1)).view(-1)  # a zero block: u = 0
-    hi = torch.searchsorted(values, u).clamp(1, len(values) - 1)  # values[hi - 1] <= u <= values[hi]
-    half_gap = (values[hi] - values[hi - 1]) / 2
+    values = Q.code_values(signed).double()
+    # u as the quantizer forms it: a float32 division (a zero block: u = 0)
+    u = (x.view(-1, 256) / absmax.clamp_min(1e-30).unsqueeze(1)).view(-1).double()
     err = (values[codes.long()] - u).abs()
-    if not signed:  # below half the smallest positive value, a positive value still takes it
-        half_gap = torch.where((u > 0) & (codes == 1), values[1], half_gap)
-    assert bool((err <= half_gap * (1 + 1e-6)).all())
+    nearest = (values[None, :] - u[:, None]).abs().min(dim=1).values
+    smallest = values[1].item()
+    above = u.abs() >= smallest
+    assert bool((err[above] - nearest[above] <= 2.0 ** -20 * u.abs()[above]).all())
+    assert bool(above.any() and (~above).any())  # both kinds of sample are there
+    below = ~above
+    flushed = codes[below] == 0 if signed else codes[below] == torch.where(u[below] > 0, 1, 0)
+    want_flushed = u[below].abs() < 9 / 16 * smallest if signed else torch.ones_like(flushed)
+    assert torch.equal(flushed, want_flushed)
     back = Q.dequantize_blockwise(codes, absmax, signed)
     assert bool((back * x >= 0).all())
     if not signed:
@@ -105,16 +116,48 @@ def test_dequantize_names_a_bad_absmax():
 
 
 @pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
-def test_values_on_the_midpoints_take_the_lower_code(signed):
-    """Ties: every midpoint itself (and its negative, signed), in a block whose absmax is 1, takes the
-    smaller neighbour's code, in the native lookup (NOTE: [the code lookup]) as in the reference."""
-    mids = Q._midpoints(Q.map_values(signed))
-    values = torch.cat([mids, -mids]) if signed else mids
-    x = torch.cat([torch.ones(1), values, torch.nextafter(values, torch.full_like(values, 2.0))])
+def test_values_near_and_on_the_midpoints(signed):
+    """Around every midpoint between neighbouring values (and its negative, signed), in blocks whose absmax
+    is 1: a value 2^-18 (relative) above takes the larger magnitude's code and one as far below the
+    smaller's; the midpoint itself, a tie up to the rounding of q·(1/7), either one. Native as reference."""
+    magnitudes = Q.code_values(signed).double()[: Q.magnitude_top(signed) + 1]
+    mids = ((magnitudes[1:] + magnitudes[:-1]) / 2).float()
+    assert torch.equal(mids.double(), (magnitudes[1:] + magnitudes[:-1]) / 2)  # exact in float32
+    if signed:  # the bottom group's grid starts at 1/8 of the smallest value: 0 up to 9/16 of it
+        mids[0] = 9 / 16 * magnitudes[1].item()
+    near = [mids * (1 + 2.0 ** -18), mids * (1 - 2.0 ** -18), mids]
+    values = torch.cat(near + ([-v for v in near] if signed else []))
+    x = torch.zeros(len(values), Q.BLOCK_SIZE)  # a block for each value, whose absmax is 1
+    x[:, 0], x[:, 1] = values, 1.0
     codes, absmax = gf.ops.quantize_blockwise(x, signed)
     ref_codes, ref_absmax = Q.quantize_blockwise(x, signed)
-    assert torch.equal(codes, ref_codes) and torch.equal(absmax, ref_absmax)
-    lower = torch.arange(len(mids), dtype=torch.uint8)  # midpoint k lies between codes k and k + 1
+    assert torch.equal(codes, ref_codes) and torch.equal(absmax, ref_absmax) and bool((absmax == 1).all())
+    codes = codes[:, 0].long().view(-1, len(mids))
+    upper, lower = torch.arange(1, len(mids) + 1), torch.arange(len(mids))
     if not signed:
-        lower[0] = 1  # except that a positive value never takes the code of 0
-    assert torch.equal(codes[1:1 + len(mids)], lower)
+        lower[0] = 1  # a positive value never takes the code of 0
+    assert torch.equal(codes[0], upper) and torch.equal(codes[1], lower)
+    assert bool(((codes[2] == upper) | (codes[2] == lower)).all())
+    if signed:
+        assert torch.equal(codes[3], upper | Q.SIGN_BIT)
+        assert torch.equal(codes[4], torch.where(lower > 0, lower | Q.SIGN_BIT, 0))
+        assert torch.equal(codes[5] & ~Q.SIGN_BIT, codes[2])
+
+
+@pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
+def test_format_one_codes_decode_with_their_own_map(signed):
+    """Checkpoints of gradfused 0.1 hold codes of the decade map (format 1): index k of its sorted values,
+    2^(bits-1-e) of them in each decade (10^-(e+1), 10^-e), 1 itself and 0."""
+    values = Q.legacy_code_values(signed).double()
+    count = 255 if signed else 256
+    assert bool((values[1:count] > values[: count - 1]).all()) and values[count - 1] == 1
+    bits = 7 if signed else 8
+    positive = values[:count][values[:count] > 0]
+    for e in range(bits - 1):
+        in_decade = ((positive > 10.0 ** -(e + 1)) & (positive < 10.0 ** -e)).sum().item()
+        assert in_decade == 2 ** (bits - 1 - e), e
+    codes = torch.arange(count, dtype=torch.uint8).repeat(3)[:700]
+    absmax = torch.tensor([2.0, 0.5, 4.0])
+    decoded = Q.legacy_dequantize_blockwise(codes, absmax, signed)
+    want = values[codes.long()].float() * absmax.repeat_interleave(256)[:700]
+    assert torch.equal(decoded, want)

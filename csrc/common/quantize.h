@@ -1,8 +1,7 @@
-// Block-wise dynamic 8-bit quantization of optimizer states (docs/low-bit-states.md): the two maps and
-// the per-value code and decode, for the CPU kernels, the CUDA kernels and the CPU ops of
-// csrc/cpu/quantize_cpu.cpp. gradfused/quantization.py is the pure-PyTorch oracle: the same maps, built
-// from the same decimal literals with the same double operations, and the same rounding rule, so both
-// give the same codes bit for bit.
+// Block-wise 8-bit quantization of optimizer states (docs/low-bit-states.md): the per-value code and
+// decode, and the block helpers, for the CPU kernels, the CUDA kernels and the CPU ops of
+// csrc/cpu/quantize_cpu.cpp. gradfused/quantization.py is the pure-PyTorch oracle: the same integer
+// operations on the same float bits, so both give the same codes bit for bit.
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -12,167 +11,117 @@ namespace gf {
 
 constexpr int kQuantBlock = 256;  // elements per absmax
 
-// NOTE: [the code lookup]
-// A code is the number of midpoints below a value. Rather than search the 255 midpoints, a float32
-// magnitude in [2^-25, 2) is cut into buckets by its exponent and the top 8 bits of its mantissa (256
-// buckets an octave, 0.4 % wide). The map's values are at least 0.7 % apart, so at most one midpoint falls
-// inside a bucket (checked when the table is built). `lookup[bucket]` holds, in its low 8 bits, the number
-// of midpoints below the bucket, and above them the low 15 mantissa bits of the midpoint inside it
-// (kNoMidpoint when none): a magnitude in the bucket lies above that midpoint when its own low 15 bits are
-// greater, and on it when they are equal. One table read and two integer compares a value, the same on a
-// scalar and on SIMD lanes (csrc/cpu/quantize_simd.h reads the entries lane by lane). The octave [1, 2) holds no
-// midpoint (the largest value is 1), so magnitudes of 2 and more share its top bucket.
-constexpr int kLutLowestExponent = -25;  // smaller magnitudes lie below every non-zero midpoint
-constexpr int kLutOctaves = 26;          // exponents -25 .. 0
-constexpr int kLutBucketBits = 8;
-constexpr int kLutLowBits = 23 - kLutBucketBits;  // the mantissa bits below the bucket's
-constexpr uint32_t kNoMidpoint = 1u << kLutLowBits;   // above every magnitude's low bits
+// NOTE: [the 8-bit code] (format 2)
+// bitsandbytes' dynamic map in base 8 instead of base 10, so that its values are binary fractions and
+// both directions are arithmetic. A code stands for x / absmax in [-1, 1]:
+// - Signed states (those that can be negative): a sign bit and a 7-bit magnitude code m in 0..127 (G = 6).
+// - Unsigned states (second moments): an 8-bit magnitude code m in 0..255 (G = 7).
+// m = 0 stands for 0. Otherwise the leading one of m, at bit p, picks the group e = G - p: the range
+// (8^-(e+1), 8^-e], split evenly into 2^p steps whose upper ends are the values; the p bits below the
+// leading one, j, count the steps. So m stands for 8^-e (1/8 + 7/8 (j + 1) / 2^p), which is
+//     (7 m + 7 - 6·2^p) · 2^(2p - 3 - 3G),
+// an integer times a power of two. The top group holds 2^G evenly spaced values (1/8, 1] (steps of 1.4 %
+// of 1 for signed states, like the decade map's 64 values in (0.1, 1]), each group below half as many,
+// down to the smallest value 8^-G: 2^-18 signed, 2^-21 unsigned.
+// Encoding (quantize_value) is arithmetic too: the exponent of u = |x| / absmax gives the group (k = the
+// octaves below 1, e = k / 3), scaling u by a power of two makes q = (u 8^e - 1/8) 2^(p+3) exact, and
+// j + 1 = rint(q · (1/7)) is the nearest step. The same float operations everywhere (the Python oracle
+// included), so every device gives the same codes. (Format 1, the decade map itself, needed a table
+// lookup per value; its checkpoints still load: quantization.py.)
+constexpr uint32_t kSignBit = 0x80;
 
-// A map: its sorted values in [-1, 1] (signed) or [0, 1] (unsigned), padded with 0 to 256 entries (the
-// signed map uses 255 codes), the float32 midpoints between neighbours, padded with +inf, so that a
-// value's code is the number of midpoints below it, and the lookup of NOTE: [the code lookup].
-struct QuantMap {
-  float value[256];
-  float midpoint[256];
-  int zero_code;
-  uint32_t lookup[kLutOctaves << kLutBucketBits];
+// The float layouts the codes are built from: float32 compute and float64 compute (float64 states).
+template <class S> struct FloatBits;
+template <> struct FloatBits<float> {
+  using U = uint32_t;
+  static constexpr int kMantissa = 23, kBias = 127;
 };
-
-namespace quantize_detail {
-constexpr double kDecades[] = {1.0, 0.1, 0.01, 0.001, 0.0001, 0.00001, 0.000001};
-
-// 0, 1, and for each decade e = 0 .. bits-2 the 2^(bits-1-e) midpoints of an even split of
-// (10^-(e+1), 10^-e]. Returns the count written to out.
-constexpr int magnitudes(int bits, double* out) {
-  int n = 0;
-  out[n++] = 0.0;
-  out[n++] = 1.0;
-  for (int e = 0; e < bits - 1; ++e) {
-    const int fraction_bits = bits - 1 - e;
-    for (int i = 0; i < (1 << fraction_bits); ++i)
-      out[n++] = kDecades[e] * (0.1 + 0.9 * (i + 0.5) / double(1 << fraction_bits));
-  }
-  return n;
-}
-
-constexpr void sort(double* v, int n) {  // insertion sort: compile time only
-  for (int i = 1; i < n; ++i)
-    for (int j = i; j > 0 && v[j - 1] > v[j]; --j) {
-      const double t = v[j];
-      v[j] = v[j - 1];
-      v[j - 1] = t;
-    }
-}
-
-constexpr QuantMap make_map(bool is_signed) {
-  double v[256] = {};
-  int n = 0;
-  if (is_signed) {  // a sign and 7 magnitude bits
-    double m[128] = {};
-    const int count = magnitudes(7, m);
-    for (int i = 0; i < count; ++i) {
-      v[n++] = m[i];
-      if (m[i] > 0) v[n++] = -m[i];
-    }
-  } else {
-    n = magnitudes(8, v);
-  }
-  sort(v, n);
-  QuantMap map{};
-  for (int i = 0; i < 256; ++i) {
-    map.value[i] = i < n ? float(v[i]) : 0.0f;
-    const double lower = static_cast<float>(v[i]), upper = i + 1 < n ? static_cast<float>(v[i + 1]) : 0.0;
-    map.midpoint[i] = i + 1 < n ? static_cast<float>((lower + upper) * 0.5) : __builtin_inff();
-    if (i < n && v[i] == 0.0) map.zero_code = i;
-  }
-  int below = 0;  // the buckets rise with k: one walk over the midpoints
-  for (int k = 0; k < (kLutOctaves << kLutBucketBits); ++k) {
-    const int exponent = kLutLowestExponent + (k >> kLutBucketBits);
-    double octave = 1.0;  // the bucket is [low, low + width), exactly
-    for (int e = exponent; e < 0; ++e) octave *= 0.5;
-    const double width = octave / (1 << kLutBucketBits);
-    const double low = octave + width * (k & ((1 << kLutBucketBits) - 1));
-    while (below + 1 < n && double(map.midpoint[below]) < low) ++below;
-    int inside = below;
-    while (inside + 1 < n && double(map.midpoint[inside]) < low + width) ++inside;
-    if (inside - below > 1) throw "two midpoints in one bucket: NOTE: [the code lookup] needs finer buckets";
-    if (inside > below && exponent == 0) throw "a midpoint in [1, 2): NOTE: [the code lookup] assumes none";
-    // the midpoint's mantissa bits below the bucket's, exactly: its distance from low in units of 2^-23 octaves
-    const uint32_t low_bits = inside > below ? uint32_t((double(map.midpoint[below]) - low) / width * kNoMidpoint) : kNoMidpoint;
-    map.lookup[k] = uint32_t(below) | low_bits << 8;
-  }
-  return map;
-}
-}  // namespace quantize_detail
-
-inline constexpr QuantMap kSignedMap = quantize_detail::make_map(true);
-inline constexpr QuantMap kUnsignedMap = quantize_detail::make_map(false);
-
+template <> struct FloatBits<double> {
+  using U = uint64_t;
+  static constexpr int kMantissa = 52, kBias = 1023;
+};
 }  // namespace gf
 
 GF_CODE_BEGIN
+
+// G of NOTE: [the 8-bit code]: the top group's step bits, one less than the magnitude code's width.
+GF_HD int code_groups(bool is_signed) { return is_signed ? 6 : 7; }
+
+template <class S> GF_HD typename FloatBits<S>::U bits_of(S x) {
+  typename FloatBits<S>::U u;
+  __builtin_memcpy(&u, &x, sizeof u);
+  return u;
+}
+template <class S> GF_HD S from_bits(typename FloatBits<S>::U u) {
+  S x;
+  __builtin_memcpy(&x, &u, sizeof x);
+  return x;
+}
+// 2^k, exactly, for a k in the normal range
+template <class S> GF_HD S power_of_two(int k) {
+  using B = FloatBits<S>;
+  return from_bits<S>(typename B::U(k + B::kBias) << B::kMantissa);
+}
+// The biased exponent of a >= 0 (0 for 0 and for denormals).
+template <class S> GF_HD int biased_exponent(S a) { return int(bits_of(a) >> FloatBits<S>::kMantissa); }
+
+// To the nearest integer, ties to even (the default rounding mode), as vroundps and torch.round.
+GF_HD float round_to_integer(float x) { return ::rintf(x); }
+GF_HD double round_to_integer(double x) { return ::rint(x); }
 
 // |x| without a branch (a sign test would be a jump mispredicted half the time on momentum).
 GF_HD float magnitude(float x) { return ::fabsf(x); }
 GF_HD double magnitude(double x) { return ::fabs(x); }
 
-
-// The number of midpoints below a float32 magnitude a (not NaN), and whether a is one of them (NOTE: [the
-// code lookup]).
-struct MagnitudeCode {
-  int below;
-  bool on_midpoint;
-};
-GF_HD MagnitudeCode count_below(float a, const QuantMap& map) {
-  uint32_t bits = 0;
-  __builtin_memcpy(&bits, &a, sizeof bits);
-  const int exponent = int(bits >> 23) - 127;
-  if (exponent < kLutLowestExponent) return {map.zero_code, false};  // 0 and below every positive midpoint
-  const int bucket = (((exponent > 0 ? 0 : exponent) - kLutLowestExponent) << kLutBucketBits) |
-                     (exponent > 0 ? (1 << kLutBucketBits) - 1 : int((bits >> kLutLowBits) & 0xFF));
-  const uint32_t entry = map.lookup[bucket], low_bits = bits & (kNoMidpoint - 1);
-  return {int(entry & 0xFF) + int(low_bits > entry >> 8), low_bits == entry >> 8};
-}
-// The same for any compute type, by a branch-free binary search (float64 states).
+// The value of magnitude code m, in [0, 1] (NOTE: [the 8-bit code]): an integer times a power of two,
+// exact in float and double. The leading one's position p is read from m's own float exponent, as the
+// SIMD decode does.
 template <class S>
-GF_HD int count_below_search(S u, const QuantMap& map) {
-  int code = 0;
-  for (int step = 128; step > 0; step >>= 1) code += step & -int(S(map.midpoint[code + step - 1]) < u);
-  return code;
+GF_HD S magnitude_value(uint32_t m, int groups) {
+  if (m == 0) return S(0);
+  const int p = biased_exponent(float(m)) - FloatBits<float>::kBias;
+  return S(int(7 * m + 7) - 6 * (1 << p)) * power_of_two<S>(2 * p - 3 - 3 * groups);
 }
 
 // The code of one value x, given its block's absmax, in the compute type S (float, or double for float64
-// states): the number of midpoints below x / absmax (nearest value; a tie goes to the smaller one). A NaN
-// takes the zero code; an unsigned map never turns a positive x into 0.
+// states): the step of NOTE: [the 8-bit code] nearest u = x / absmax within u's group (a u just above a
+// group's bottom can take the group below's top value, which is that bottom). A NaN takes code 0; an
+// infinity the code of ±1; an unsigned map never turns a positive x into 0, and takes a negative one (no
+// state it holds is negative) to 0.
 template <class S>
-GF_HD uint8_t quantize_value(S x, S absmax, const QuantMap& map, bool is_signed) {
+GF_HD uint8_t quantize_value(S x, S absmax, bool is_signed) {
   const S u = x / absmax;
-  if (u != u) return uint8_t(map.zero_code);
-  int code;
-  if constexpr (sizeof(S) == sizeof(float)) {
-    // Branch-free in the sign, which momentum flips at random. For u < 0 the signed map's symmetry gives
-    // the midpoints below u = -a as the positive ones above a: zero_code - (those below a, and one equal
-    // to a); the unsigned map has no negative midpoint, so its code is 0 there.
-    const MagnitudeCode m = count_below(magnitude(u), map);
-    const int mirrored = 2 * map.zero_code - m.below - int(m.on_midpoint);
-    code = !(u < S(0)) ? m.below : is_signed ? mirrored : 0;
-  } else {
-    code = count_below_search(u, map);
+  if (u != u) return 0;
+  const int groups = code_groups(is_signed);
+  const S a = magnitude(u);
+  int k = FloatBits<S>::kBias - 1 - biased_exponent(a);  // octaves below 1 (0 for a >= 1)
+  k = k < 0 ? 0 : k > 3 * groups + 3 ? 3 * groups + 3 : k;
+  const int e = k / 3;
+  uint32_t m = 0;
+  if (e <= groups) {  // below the bottom group, 0
+    const int p = groups - e;
+    const S step_one = power_of_two<S>(p);  // 2^p
+    const S q = a * power_of_two<S>(2 * e + groups + 3) - step_one;
+    S steps = round_to_integer(q * S(1.0 / 7.0));
+    steps = steps < step_one ? steps : step_one;  // an infinity: the top
+    m = uint32_t(steps + step_one) - 1;
   }
-  if (!is_signed && code == map.zero_code && x > S(0)) code += 1;
-  return uint8_t(code);
+  if (!is_signed && m == 0 && x > S(0)) m = 1;
+  if (u < S(0)) return is_signed && m != 0 ? uint8_t(kSignBit | m) : 0;
+  return uint8_t(m);
 }
 
 template <class S>
-GF_HD S dequantize_value(uint8_t code, S absmax, const QuantMap& map) {
-  return S(map.value[code]) * absmax;
+GF_HD S dequantize_value(uint8_t code, S absmax, bool is_signed) {
+  const S v = magnitude_value<S>(is_signed ? code & ~kSignBit : code, code_groups(is_signed));
+  return (is_signed && (code & kSignBit) ? -v : v) * absmax;
 }
 
 // NOTE: [a non-finite state harms no other element]
 // A block's absmax is the largest *finite* magnitude in it (0 if there is none): a NaN state element
-// takes the zero code and an infinite one the code of ±1, so each decodes to a finite value of its own
-// and its block's other elements keep theirs. torch.optim and bitsandbytes also keep a NaN gradient to
-// its own element (its parameter element, updated from the unquantized state, is NaN all the same).
+// takes code 0 and an infinite one the code of ±1, so each decodes to a finite value of its own and its
+// block's other elements keep theirs. torch.optim and bitsandbytes also keep a NaN gradient to its own
+// element (its parameter element, updated from the unquantized state, is NaN all the same).
 template <class S>
 GF_HD S finite_magnitude(S x) {
   const S a = magnitude(x);
@@ -201,19 +150,16 @@ GF_HD float block_absmax(const S* x, int n) {
   return float(top);
 }
 
-GF_HD const QuantMap& quant_map(bool is_signed) { return is_signed ? kSignedMap : kUnsignedMap; }
-
 // One block: n values decoded from their codes and the block's absmax, and encoded back (its new absmax
 // returned, to be stored). The CPU kernels and the CPU ops both go through these two.
 template <class S>
-GF_HD void decode_block(const uint8_t* codes, int n, S absmax, const QuantMap& map, S* out) {
-  for (int i = 0; i < n; ++i) out[i] = dequantize_value(codes[i], absmax, map);
+GF_HD void decode_block(const uint8_t* codes, int n, S absmax, bool is_signed, S* out) {
+  for (int i = 0; i < n; ++i) out[i] = dequantize_value(codes[i], absmax, is_signed);
 }
 template <class S>
 GF_HD float encode_block(const S* x, int n, bool is_signed, uint8_t* codes) {
-  const QuantMap& map = quant_map(is_signed);
   const float absmax = block_absmax(x, n);
-  for (int i = 0; i < n; ++i) codes[i] = quantize_value(x[i], S(absmax), map, is_signed);
+  for (int i = 0; i < n; ++i) codes[i] = quantize_value(x[i], S(absmax), is_signed);
   return absmax;
 }
 

@@ -235,7 +235,7 @@ GF_HD void update_chunk_8bit(const SlotT& slot, int64_t begin, int64_t end, cons
     const int64_t block = first / kQuantBlock;
     for (int j = 0; j < kStates; ++j) {
       decode_state_block(static_cast<const uint8_t*>(slot.ptr[2 + j]) + first, n, slot.absmax[j][block],
-                         quant_map(L.state_signed[j]), buffer[j]);
+                         L.state_signed[j], buffer[j]);
       block_slot.ptr[2 + j] = buffer[j];
     }
     block_slot.ptr[0] = static_cast<T*>(slot.ptr[0]) + first;

@@ -64,7 +64,7 @@ at::Tensor dequantize_blockwise_cpu(const at::Tensor& codes, const at::Tensor& a
     at::parallel_for(0, blocks, 64, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         const int64_t begin = b * kQuantBlock;
-        decode_block(c + begin, int(std::min<int64_t>(kQuantBlock, n - begin)), S(s[b]), quant_map(is_signed),
+        decode_block(c + begin, int(std::min<int64_t>(kQuantBlock, n - begin)), S(s[b]), is_signed,
                      out + begin);
       }
     });

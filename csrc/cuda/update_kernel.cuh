@@ -199,9 +199,8 @@ __global__ void __launch_bounds__(kBlockSize)
 // absmax, runs the pipeline as the full-precision kernel does (the parameter is updated from the new,
 // unquantized states), reduces each new state's absmax over the warp with shuffles (no reduction leaves
 // the block, nothing is allocated), and stores the codes: the same functions of csrc/common/quantize.h
-// as the CPU kernels, so both devices give the same codes and scales. The maps live in device memory
-// (each .cu holds a copy), read through the L1 cache.
-__device__ const QuantMap kDeviceMaps[2] = {kUnsignedMap, kSignedMap};
+// as the CPU kernels, so both devices give the same codes and scales (NOTE: [the 8-bit code]: integer
+// operations on the float's bits, no table).
 
 struct UpdateTensor8bit : UpdateTensor {
   float* absmax[kMaxStates];  // each state's absmax per block
@@ -271,12 +270,12 @@ __global__ void __launch_bounds__(kBlockSize, kMinBlocks)
 #pragma unroll
     for (int k = 0; k < kStates; ++k) {
       const uint8_t* codes = static_cast<const uint8_t*>(tensor.ptr[2 + k]);
-      const QuantMap& map = kDeviceMaps[call.state_signed[k]];
+      const bool is_signed = call.state_signed[k];
       const S absmax = S(tensor.absmax[k][block]);
 #pragma unroll
       for (int j = 0; j < kPerLane; ++j) {
         const int64_t i = mine + j * kWarp;
-        sv[k][j] = i < slice.end ? dequantize_value(codes[i], absmax, map) : S(0);
+        sv[k][j] = i < slice.end ? dequantize_value(codes[i], absmax, is_signed) : S(0);
       }
     }
     // every load of the block before any store, so that the lane's loads are in flight together (the
@@ -324,11 +323,10 @@ __global__ void __launch_bounds__(kBlockSize, kMinBlocks)
       if (lane == 0) tensor.absmax[k][block] = absmax;
       uint8_t* codes = static_cast<uint8_t*>(tensor.ptr[2 + k]);
       const bool is_signed = call.state_signed[k];
-      const QuantMap& map = kDeviceMaps[is_signed];
 #pragma unroll
       for (int j = 0; j < kPerLane; ++j) {
         const int64_t i = mine + j * kWarp;
-        if (i < slice.end) codes[i] = quantize_value(sv[k][j], S(absmax), map, is_signed);
+        if (i < slice.end) codes[i] = quantize_value(sv[k][j], S(absmax), is_signed);
       }
     }
   }

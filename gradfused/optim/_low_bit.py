@@ -27,7 +27,10 @@ ABSMAX = "_absmax"  # the suffix of a state's absmax key
 # keys, torch's Adam, AdamW, NAdam, RAdam and RMSprop fail at their first step instead (KeyError:
 # 'exp_avg'), before writing anything; torch's SGD reads state.get("momentum_buffer") and starts its
 # momentum again from the gradient. full_precision_state_dict (below) is the checkpoint torch.optim loads.
-CODES = "_codes"
+# The suffix names the code's format (NOTE: [the 8-bit code]): format 1's codes, under `<key>_codes` or (in
+# still older checkpoints) under `<key>`, are decoded with that format's map when they load.
+CODES = f"_codes_v{Q.FORMAT_VERSION}"
+LEGACY_CODES = "_codes"
 # the states that cannot be negative take the unsigned map; every other state the signed one
 UNSIGNED_STATES = frozenset({"exp_avg_sq", "max_exp_avg_sq", "square_avg"})
 
@@ -59,9 +62,8 @@ def quantized(group: dict, p: Tensor) -> bool:
 
 
 def new_state(p: Tensor, key: str) -> dict[str, Tensor]:
-    """Zero states of `p` as codes and absmax (an absmax of 0 decodes every code to 0)."""
-    signed = key not in UNSIGNED_STATES
-    codes = torch.full_like(local(p), Q.zero_code(signed), dtype=torch.uint8, memory_format=torch.preserve_format)
+    """Zero states of `p` as codes and absmax (code 0 stands for 0)."""
+    codes = torch.zeros_like(local(p), dtype=torch.uint8, memory_format=torch.preserve_format)
     absmax = torch.zeros(Q.num_blocks(codes.numel()), dtype=torch.float32, device=codes.device)
     return {key: like_param(codes, p), key + ABSMAX: absmax}
 
@@ -126,10 +128,25 @@ def saved_format(state: dict) -> dict:
 
 
 def loaded_format(state: dict) -> dict:
-    """The inverse of saved_format (a checkpoint of an older version, codes under the state's key, is
-    already in it)."""
-    return {key[:-len(CODES)] if key.endswith(CODES) and is_codes(value) else key: value
-            for key, value in state.items()}
+    """The inverse of saved_format. Codes of format 1 (under `<key>_codes`, or under `<key>` itself in older
+    checkpoints) are decoded to float32 with that format's map, which the optimizer then encodes again as
+    its states require; codes whose absmax is missing or malformed are left for the checks to refuse."""
+    out, legacy = {}, []
+    for key, value in state.items():
+        if is_codes(value) and key.endswith(CODES):
+            out[key[:-len(CODES)]] = value
+        elif is_codes(value):
+            name = key.removesuffix(LEGACY_CODES)
+            out[name] = value
+            legacy.append(name)
+        else:
+            out[key] = value
+    for key in legacy:
+        absmax = out.get(key + ABSMAX)
+        if (isinstance(absmax, Tensor) and absmax.dtype == torch.float32 and absmax.dim() == 1
+                and absmax.numel() == Q.num_blocks(out[key].numel())):
+            out[key] = Q.legacy_dequantize_blockwise(out[key], out.pop(key + ABSMAX), key not in UNSIGNED_STATES)
+    return out
 
 
 def full_precision_state_dict(optimizer) -> dict:
