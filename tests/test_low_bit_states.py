@@ -12,6 +12,7 @@ from gradfused import quantization as Q
 from gradfused.optim import _low_bit as L
 from devices import CUDA_SKIP
 from optim_table import CASES, all_states, tolerance
+from test_quantization import edge_blocks
 
 EIGHT_BIT = dict(state_bits=8, quantize_min_numel=0)
 SHAPES = [(4097,), (300,), (3, 5), (1,)]  # whole blocks and not
@@ -346,6 +347,48 @@ def test_the_kernel_refuses_codes_laid_out_unlike_their_parameter():
         gf.ops.adam_([p], [torch.randn_like(p)], [codes[0]], [codes[1]], [], [torch.zeros(())], lr=1e-2,
                      beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled_weight_decay=True,
                      amsgrad=False, state_absmax=absmax, state_signed=[1, 0])
+
+
+@pytest.mark.parametrize("signed", [True, False], ids=["momentum", "square_avg"])
+def test_kernel_encodes_the_edges_as_the_reference(signed):
+    """The SIMD encode of the CPU kernel (csrc/cpu/quantize_simd.h) at the edges of NOTE: [the 8-bit code]
+    (test_quantization.edge_blocks): after one step SGD's momentum buffer is the gradient itself and
+    RMSprop's square average (alpha 0) its square, exactly, so their codes and scales must be the
+    reference's for those values."""
+    g = edge_blocks(True)
+    p = torch.zeros_like(g, requires_grad=True)
+    p.grad = g.clone()
+    if signed:
+        opt, key, state = gf.SGD([p], lr=1.0, momentum=0.9, **EIGHT_BIT), "momentum_buffer", g
+    else:
+        opt, key, state = gf.RMSprop([p], lr=1.0, alpha=0.0, **EIGHT_BIT), "square_avg", g * g
+    assert opt.param_groups[0]["fused"] is not False
+    opt.step()
+    codes, absmax = Q.quantize_blockwise(state, signed)
+    assert torch.equal(opt.state[p][key], codes) and torch.equal(opt.state[p][key + L.ABSMAX], absmax)
+
+
+def test_kernel_decodes_every_code_as_the_reference():
+    """The SIMD decode of the CPU kernel, every code under a normal, a denormal and a large scale: SGD with
+    momentum 1, lr 1 and a zero gradient from a zero parameter turns the parameter into minus the decoded
+    buffer, exactly; the buffer is then encoded again as the reference encodes those values."""
+    p = torch.zeros(3 * 256, requires_grad=True)
+    opt = gf.SGD([p], lr=1.0, momentum=1.0, **EIGHT_BIT)
+    p.grad = torch.ones_like(p)
+    opt.step()  # creates the state
+    codes = torch.arange(256, dtype=torch.uint8).repeat(3)
+    absmax = torch.tensor([0.75, 3e-39, 1e37])
+    opt.state[p]["momentum_buffer"].copy_(codes)
+    opt.state[p]["momentum_buffer" + L.ABSMAX].copy_(absmax)
+    with torch.no_grad():
+        p.zero_()
+    p.grad = torch.zeros_like(p)
+    opt.step()
+    decoded = Q.dequantize_blockwise(codes, absmax, True)
+    assert torch.equal(-p.detach(), decoded)
+    want_codes, want_absmax = Q.quantize_blockwise(decoded + 0.0, True)  # -0 + 0: the kernel's buffer is +0
+    assert torch.equal(opt.state[p]["momentum_buffer"], want_codes)
+    assert torch.equal(opt.state[p]["momentum_buffer" + L.ABSMAX], want_absmax)
 
 
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "reference"])

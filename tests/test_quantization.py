@@ -1,6 +1,8 @@
 """The block-wise 8-bit quantization scheme (docs/low-bit-states.md): the maps, the rounding rule and its
 guarantees, and the native ops (csrc/common/quantize.h) against the pure-PyTorch reference
 (gradfused/quantization.py), bit for bit."""
+import hashlib
+
 import pytest
 import torch
 
@@ -34,7 +36,8 @@ def test_codes_are_the_documented_base_eight_map(signed):
 
 
 def _samples(n, dtype, seed=0):
-    """Magnitudes over many decades, both signs, and blocks of zeros, a NaN, an inf and denormal-small values."""
+    """Magnitudes over many decades, both signs, and blocks of zeros, a NaN, an inf and a tiny value
+    (1e-30: normal in float32, 0 in float16). edge_blocks has the exact edges."""
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(n, generator=gen, dtype=torch.float64) * 10.0 ** (-8 * torch.rand(n, generator=gen, dtype=torch.float64))
     if n > 600:
@@ -43,6 +46,40 @@ def _samples(n, dtype, seed=0):
         x[560] = float("inf")
         x[580] = 1e-30
     return x.to(dtype)
+
+
+def edge_blocks(signed):
+    """float32 blocks of 256 at the edges of NOTE: [the 8-bit code]: every code's value exactly (absmax 1,
+    -0 included); ±8^-e and the values either side of each group boundary, 9/16 of the smallest value and
+    its neighbours, ±0, denormals, ±inf and NaN beside a finite absmax; a block of denormals (a denormal
+    absmax); a block of values near float32's largest; zeros. Magnitudes only where unsigned."""
+    values = Q.code_values(signed)
+    smallest = values[1].item()
+    groups = Q.code_groups(signed)
+    bounds = torch.tensor([8.0 ** -e for e in range(groups + 3)], dtype=torch.float32)
+    near = [bounds, torch.nextafter(bounds, torch.zeros_like(bounds)), torch.nextafter(bounds, bounds * 2)]
+    ninth = torch.tensor([9 / 16 * smallest], dtype=torch.float32)
+    special = torch.tensor([0.0, -0.0, 1e-40, -1e-40, 2.0 ** -149, float("inf"), float("-inf"), float("nan"), 0.75])
+    edges = torch.cat(near + [-b for b in near] + [ninth, torch.nextafter(ninth, ninth * 2), torch.nextafter(ninth, ninth * 0), special])
+    gen = torch.Generator().manual_seed(5)
+    fill = lambda n, scale: torch.randn(n, generator=gen) * scale
+    blocks = [values, torch.cat([edges, fill(256 - len(edges), 1e-3)]), fill(256, 1e-39),
+              fill(256, 1e37), torch.zeros(256)]
+    x = torch.cat(blocks)
+    return x if signed else x.abs()
+
+
+@pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
+def test_native_codes_equal_the_reference_at_the_edges(signed):
+    x = edge_blocks(signed)
+    codes, absmax = gf.ops.quantize_blockwise(x, signed)
+    ref_codes, ref_absmax = Q.quantize_blockwise(x, signed)
+    assert torch.equal(codes, ref_codes) and torch.equal(absmax, ref_absmax)
+    assert torch.equal(codes[:256], torch.arange(256, dtype=torch.uint8).where(torch.arange(256) != 0x80, 0)
+                       if signed else torch.arange(256, dtype=torch.uint8))  # each value takes its own code
+    assert 0 < absmax[2].item() < 2.0 ** -126  # a denormal absmax
+    back = gf.ops.dequantize_blockwise(codes, absmax, signed)
+    assert torch.equal(back, Q.dequantize_blockwise(codes, absmax, signed))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -147,9 +184,14 @@ def test_values_near_and_on_the_midpoints(signed):
 @pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
 def test_format_one_codes_decode_with_their_own_map(signed):
     """Checkpoints of gradfused 0.1 hold codes of the decade map (format 1): index k of its sorted values,
-    2^(bits-1-e) of them in each decade (10^-(e+1), 10^-e), 1 itself and 0."""
-    values = Q.legacy_code_values(signed).double()
+    2^(bits-1-e) of them in each decade (10^-(e+1), 10^-e), 1 itself and 0. The table is pinned to the
+    float32 bits that version wrote (map_values at commit e1b226d, hashed)."""
     count = 255 if signed else 256
+    pinned = {True: "fd4ac3b6bd9e0bc2624acb48dc074138a883c8fb5beb1dd964bb857901d162e4",
+              False: "02a9b523750e21348029626da435f2adadb851b687d86349cd20752f9255de26"}
+    table = Q.legacy_code_values(signed)[:count]
+    assert table.dtype == torch.float32 and hashlib.sha256(table.numpy().tobytes()).hexdigest() == pinned[signed]
+    values = Q.legacy_code_values(signed).double()
     assert bool((values[1:count] > values[: count - 1]).all()) and values[count - 1] == 1
     bits = 7 if signed else 8
     positive = values[:count][values[:count] > 0]

@@ -22,13 +22,13 @@ from ._dtensor import is_dtensor, like_param, local
 DEFAULTS = dict(state_bits=32, quantize_min_numel=4096)
 ABSMAX = "_absmax"  # the suffix of a state's absmax key
 # NOTE: [8-bit states in a state_dict]
-# A state_dict saves a state's codes under `<key>_codes`, not under the state's own key: torch.optim would
-# load uint8 codes under `exp_avg` and cast them into moments of 0..255, then train on them. Without its
-# keys, torch's Adam, AdamW, NAdam, RAdam and RMSprop fail at their first step instead (KeyError:
-# 'exp_avg'), before writing anything; torch's SGD reads state.get("momentum_buffer") and starts its
-# momentum again from the gradient. full_precision_state_dict (below) is the checkpoint torch.optim loads.
-# The suffix names the code's format (NOTE: [the 8-bit code]): format 1's codes, under `<key>_codes` or (in
-# still older checkpoints) under `<key>`, are decoded with that format's map when they load.
+# A state_dict saves a state's codes under `<key>_codes_v2` (CODES), not under the state's own key:
+# torch.optim would load uint8 codes under `exp_avg` and cast them into moments of 0..255, then train on
+# them. Without its keys, torch's Adam, AdamW, NAdam, RAdam and RMSprop fail at their first step instead
+# (KeyError: 'exp_avg'), before writing anything; torch's SGD reads state.get("momentum_buffer") and starts
+# its momentum again from the gradient. full_precision_state_dict (below) is the checkpoint torch.optim
+# loads. The suffix names the code's format (NOTE: [the 8-bit code]): format 1's codes, under `<key>_codes`
+# or (in still older checkpoints) under `<key>`, are decoded with that format's map when they load.
 CODES = f"_codes_v{Q.FORMAT_VERSION}"
 LEGACY_CODES = "_codes"
 # the states that cannot be negative take the unsigned map; every other state the signed one
@@ -117,7 +117,7 @@ def is_codes(value) -> bool:
 
 
 def saved_format(state: dict) -> dict:
-    """A parameter's state as a state_dict saves it: codes under `<key>_codes` (NOTE: [8-bit states in a
+    """A parameter's state as a state_dict saves it: codes under `<key>_codes_v2` (NOTE: [8-bit states in a
     state_dict]); a sharded parameter's decoded to float32 (NOTE: [8-bit states of sharded parameters])."""
     sharded = [key for key, value in state.items() if is_codes(value) and is_dtensor(value)]
     if sharded:
